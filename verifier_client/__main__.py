@@ -1,0 +1,5 @@
+"""``python -m verifier_client``."""
+
+from verifier_client.cli import main
+
+main()

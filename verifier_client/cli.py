@@ -1,0 +1,214 @@
+"""Command line of the Verifier client (typer).
+
+Exit codes: 0 success; 2 bad input or any error (one clear line on stderr, no stack trace).
+Progress bars go to stderr, so ``--json`` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from protocol.budget import Pilot, plan
+from protocol.errors import ProtocolError
+from protocol.evaluation import evaluate_design
+from protocol.residual import estimate_residual
+from protocol.sampling import SEED_BYTES, ChallengeDesign
+from protocol.tasks import Task, load_task, spec_hash
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Verifier client for verifiable data attribution.",
+)
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _parse_seed(seed: str | None) -> bytes:
+    if seed is None:
+        return os.urandom(SEED_BYTES)
+    try:
+        if len(seed) == 2 * SEED_BYTES:
+            return bytes.fromhex(seed)
+        value = int(seed)
+    except ValueError:
+        raise _fail(f"--seed must be a non-negative integer or {2 * SEED_BYTES} hex digits") from None
+    if value < 0:
+        raise _fail("--seed must be non-negative")
+    return value.to_bytes(SEED_BYTES, "little") if value < 2**256 else b""
+
+
+def _evaluate(task: Task, design: ChallengeDesign, show: bool) -> np.ndarray:
+    if not show:
+        return evaluate_design(task, design)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_err,
+        transient=True,
+    ) as bar:
+        job = bar.add_task(f"training {task.name}", total=len(design))
+        return evaluate_design(task, design, progress=lambda done, _t: bar.update(job, completed=done))
+
+
+@app.command()
+def residual(
+    task: Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")],
+    budget: Annotated[int, typer.Option(help="Calls of f to spend (6 per pair triple).")],
+    p: Annotated[float, typer.Option(help="Inclusion probability of B_p.")] = 0.5,
+    rho0: Annotated[float, typer.Option(help="Noise levels are (0, rho0, 2 rho0).")] = 0.2,
+    confidence: Annotated[float, typer.Option(help="Confidence of the intervals.")] = 0.95,
+    seed: Annotated[str | None, typer.Option(help="Design seed (int or 64 hex); random if unset.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Estimate B_0, B_1 and B_{>=2} (the best MSE any linear datamodel reaches) per target."""
+    try:
+        t = load_task(task)
+        if budget < 6:
+            raise _fail(f"--budget must be at least 6 calls of f (one pair per level); got {budget}")
+        design = ChallengeDesign.saunshi(_parse_seed(seed), t.n_train, p, rho0, budget // 6)
+        started = time.perf_counter()
+        values = _evaluate(t, design, progress)
+        est = estimate_residual(values, design, confidence=confidence)
+        truth = _exact_spectrum(t, p)
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    targets: list[dict[str, Any]] = []
+    for z in range(t.n_targets):
+        row: dict[str, Any] = {
+            "index": z,
+            "b0": float(est.b0[z]),
+            "b1": float(est.b1[z]),
+            "residual": float(est.residual[z]),
+            "variance": float(est.variance[z]),
+            "ci_low": float(est.ci_low[z]),
+            "ci_high": float(est.ci_high[z]),
+            "std_error": float(est.std_error[z]),
+            "bias_bound": float(est.bias_bound[z]),
+        }
+        if truth is not None:
+            row["exact"] = {k: float(v[z]) for k, v in truth.items()}
+        targets.append(row)
+    out = {
+        "task": t.name,
+        "task_hash": spec_hash(t),
+        "budget": budget,
+        "calls": len(design),
+        "p": p,
+        "rho0": rho0,
+        "pairs_per_level": design.pairs_per_level,
+        "confidence": confidence,
+        "seed": design.seed.hex(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "targets": targets,
+    }
+    if json_out:
+        typer.echo(json.dumps(out))
+        return
+    table = Table(title=f"{t.name}: residual estimate from {len(design)} calls of f (p = {p})")
+    for col in ("target", "B0", "B1", "B>=2", f"{confidence:.0%} CI", "Var f", "exact B>=2"):
+        table.add_column(col, justify="right")
+    for row in targets:
+        exact = f"{row['exact']['residual']:.4f}" if "exact" in row else "-"
+        table.add_row(
+            str(row["index"]), f"{row['b0']:.4f}", f"{row['b1']:.4f}", f"{row['residual']:.4f}",
+            f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]", f"{row['variance']:.4f}", exact,
+        )  # fmt: skip
+    Console().print(table)
+
+
+def _exact_spectrum(task: Task, p: float) -> dict[str, np.ndarray] | None:
+    spectrum = getattr(task, "spectrum", None)
+    if spectrum is None or getattr(task, "bound", 0) < getattr(task, "supremum", np.inf):
+        return None
+    s = spectrum(p)
+    return {"b0": s.b0, "b1": s.b1, "residual": s.residual, "variance": s.variance}
+
+
+@app.command("plan")
+def plan_cmd(
+    task: Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")],
+    epsilon: Annotated[float, typer.Option(help="Reject any attribution with err(g) > epsilon.")],
+    delta: Annotated[float, typer.Option(help="Failure probability.")] = 0.05,
+    p: Annotated[float, typer.Option(help="Inclusion probability of B_p.")] = 0.5,
+    tau: Annotated[float, typer.Option(help="CHECKEQUIV tolerance (0: exact match).")] = 0.0,
+    honest_err: Annotated[float, typer.Option(help="Largest err an honest Prover passes with.")] = 0.0,
+    pilot: Annotated[int, typer.Option(help="Calls of f for a pilot (Bernstein bounds); 0: none.")] = 0,
+    seed: Annotated[str | None, typer.Option(help="Pilot design seed; random if unset.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Print every sample size of a protocol run, for both estimators and both protocols."""
+    try:
+        t = load_task(task)
+        pilot_bounds = None
+        if pilot:
+            if pilot < 18:
+                raise _fail("--pilot needs at least 18 calls (3 pairs per level)")
+            design = ChallengeDesign.saunshi(_parse_seed(seed), t.n_train, p, 0.2, pilot // 6)
+            pilot_bounds = Pilot.from_values(_evaluate(t, design, True), design)
+        plans = {
+            est: plan(
+                epsilon, delta, t.bound, n_targets=t.n_targets, p=p, estimator=est, tau=tau,
+                honest_err=honest_err, pilot=pilot_bounds,
+            ).as_dict()
+            for est in ("residual", "gap")
+        }  # fmt: skip
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    out = {"task": t.name, "task_hash": spec_hash(t), "bound": t.bound, "n_targets": t.n_targets,
+           "pilot_calls": pilot, "plans": plans}  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(out, default=float))
+        return
+    table = Table(title=f"{t.name}: plan for epsilon = {epsilon}, delta = {delta}, b = {t.bound:.3g}")
+    table.add_column("")
+    for est in plans:
+        table.add_column(f"{est} estimator", justify="right")
+    rows = [
+        ("rho0", "rho0", "{:.3f}"),
+        ("pairs per level n", "pairs_per_level", "{:,}"),
+        ("Prover trainings |E|", "n_subsets", "{:,}"),
+        ("spot-checks k", "spot_checks", "{:,}"),
+        ("fresh samples |M|", "fresh_samples", "{:,}"),
+        ("corruptible values m*", "max_corrupted", "{:,}"),
+        ("decision threshold", "threshold", "{:.4g}"),
+    ]
+    for label, key, fmt in rows:
+        table.add_row(label, *(fmt.format(pl[key]) for pl in plans.values()))
+    table.add_row(
+        "Verifier trainings, interactive",
+        *(f"{pl['verifier_trainings']['interactive']:,}" for pl in plans.values()),
+    )
+    table.add_row(
+        "Verifier trainings, non-interactive",
+        *(f"{pl['verifier_trainings']['noninteractive']:,}" for pl in plans.values()),
+    )
+    Console().print(table)
+    bound_name = "Bernstein (pilot)" if pilot_bounds else "Hoeffding (worst case)"
+    Console().print(f"Sample sizes from {bound_name}; `--json` lists the source of every number.")
+
+
+def main() -> None:
+    """Entry point of ``python -m verifier_client`` and the ``vda-verifier`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        _err.print("interrupted")
+        sys.exit(2)
