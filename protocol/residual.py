@@ -153,6 +153,14 @@ def fit_nonnegative_reference(
     return np.stack([nnls(a, h[:, j])[0] for j in range(h.shape[1])], axis=1)
 
 
+def _fit(
+    rhos: NDArray[np.float64], h: NDArray[np.float64], degree: int, nonnegative: bool
+) -> NDArray[np.float64]:
+    if nonnegative:
+        return fit_nonnegative(rhos, h, degree)
+    return np.asarray(np.linalg.lstsq(_vandermonde(rhos, degree), h, rcond=None)[0])
+
+
 def linear_weights(rhos: NDArray[np.float64], degree: int = 2) -> NDArray[np.float64]:
     """a (L,) with c_0 + c_1 = sum_l a_l h(rho_l) for the unconstrained least-squares fit."""
     a = _vandermonde(np.asarray(rhos, dtype=np.float64), degree)
@@ -221,10 +229,17 @@ def estimate_residual(
     design: StabilityDesign,
     confidence: float = 0.95,
     degree: int = 2,
+    nonnegative: bool = True,
 ) -> ResidualEstimate:
-    """The paper's estimator (module doc): B-hat_{>=2} = h-hat(1) - c_0 - c_1, per target."""
+    """The paper's estimator (module doc): B-hat_{>=2} = h-hat(1) - c_0 - c_1, per target.
+
+    ``nonnegative=False`` replaces NNLS by plain least squares: unbiased up to the degree >= 3
+    term, but it can return B-hat_0 or B-hat_1 < 0. NNLS (the paper's choice, the default) has
+    lower variance and an upward bias where the unconstrained c_2 is often negative (small
+    rho0, few pairs); ``docs/estimators.md`` measures both.
+    """
     st = noise_stability(values, design)
-    c = fit_nonnegative(st.rhos, st.h, degree)
+    c = _fit(st.rhos, st.h, degree, nonnegative)
     residual = st.h1 - c[0] - c[1]
     a = linear_weights(st.rhos, degree)
     psi = st.squares / (2.0 * len(st.rhos)) - a[:, None, None] * st.products
@@ -269,6 +284,7 @@ def estimate_gap(
     design: StabilityDesign,
     confidence: float = 0.95,
     degree: int = 2,
+    nonnegative: bool = True,
 ) -> GapEstimate:
     """err(g) of a datamodel committed before E was drawn: c_0(r) + c_1(r) for r = f - g.
 
@@ -278,7 +294,7 @@ def estimate_gap(
     g = as_finite_matrix("predictions", predictions, f.shape)
     r = f - g
     st = noise_stability(r, design)
-    c = fit_nonnegative(st.rhos, st.h, degree)
+    c = _fit(st.rhos, st.h, degree, nonnegative)
     gap = c[0] + c[1]
     a = linear_weights(st.rhos, degree)
     se = _linear_se(a[:, None, None] * st.products)

@@ -46,7 +46,9 @@ def _parse_seed(seed: str | None) -> bytes:
             return bytes.fromhex(seed)
         value = int(seed)
     except ValueError:
-        raise _fail(f"--seed must be a non-negative integer or {2 * SEED_BYTES} hex digits") from None
+        raise _fail(
+            f"--seed must be a non-negative integer or {2 * SEED_BYTES} hex digits"
+        ) from None
     if value < 0:
         raise _fail("--seed must be non-negative")
     return value.to_bytes(SEED_BYTES, "little") if value < 2**256 else b""
@@ -64,7 +66,9 @@ def _evaluate(task: Task, design: ChallengeDesign, show: bool) -> np.ndarray:
         transient=True,
     ) as bar:
         job = bar.add_task(f"training {task.name}", total=len(design))
-        return evaluate_design(task, design, progress=lambda done, _t: bar.update(job, completed=done))
+        return evaluate_design(
+            task, design, progress=lambda done, _t: bar.update(job, completed=done)
+        )
 
 
 @app.command()
@@ -74,15 +78,21 @@ def residual(
     p: Annotated[float, typer.Option(help="Inclusion probability of B_p.")] = 0.5,
     rho0: Annotated[float, typer.Option(help="Noise levels are (0, rho0, 2 rho0).")] = 0.2,
     confidence: Annotated[float, typer.Option(help="Confidence of the intervals.")] = 0.95,
-    seed: Annotated[str | None, typer.Option(help="Design seed (int or 64 hex); random if unset.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    seed: Annotated[
+        str | None, typer.Option(help="Design seed (int or 64 hex); random if unset.")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Estimate B_0, B_1 and B_{>=2} (the best MSE any linear datamodel reaches) per target."""
     try:
         t = load_task(task)
         if budget < 6:
-            raise _fail(f"--budget must be at least 6 calls of f (one pair per level); got {budget}")
+            raise _fail(
+                f"--budget must be at least 6 calls of f (one pair per level); got {budget}"
+            )
         design = ChallengeDesign.saunshi(_parse_seed(seed), t.n_train, p, rho0, budget // 6)
         started = time.perf_counter()
         values = _evaluate(t, design, progress)
@@ -149,10 +159,16 @@ def plan_cmd(
     delta: Annotated[float, typer.Option(help="Failure probability.")] = 0.05,
     p: Annotated[float, typer.Option(help="Inclusion probability of B_p.")] = 0.5,
     tau: Annotated[float, typer.Option(help="CHECKEQUIV tolerance (0: exact match).")] = 0.0,
-    honest_err: Annotated[float, typer.Option(help="Largest err an honest Prover passes with.")] = 0.0,
-    pilot: Annotated[int, typer.Option(help="Calls of f for a pilot (Bernstein bounds); 0: none.")] = 0,
+    honest_err: Annotated[
+        float, typer.Option(help="Largest err an honest Prover passes with.")
+    ] = 0.0,
+    pilot: Annotated[
+        int, typer.Option(help="Calls of f for a pilot (Bernstein bounds); 0: none.")
+    ] = 0,
     seed: Annotated[str | None, typer.Option(help="Pilot design seed; random if unset.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
 ) -> None:
     """Print every sample size of a protocol run, for both estimators and both protocols."""
     try:
@@ -177,7 +193,9 @@ def plan_cmd(
     if json_out:
         typer.echo(json.dumps(out, default=float))
         return
-    table = Table(title=f"{t.name}: plan for epsilon = {epsilon}, delta = {delta}, b = {t.bound:.3g}")
+    table = Table(
+        title=f"{t.name}: plan for epsilon = {epsilon}, delta = {delta}, b = {t.bound:.3g}"
+    )
     table.add_column("")
     for est in plans:
         table.add_column(f"{est} estimator", justify="right")

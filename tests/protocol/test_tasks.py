@@ -12,7 +12,7 @@ from protocol.evaluation import evaluate_design
 from protocol.sampling import ChallengeDesign
 from protocol.tasks import PlantedTask, evaluate_checked, load_task, spec_hash
 
-FACTORY = '''
+FACTORY = """
 import numpy as np
 
 class Tiny:
@@ -29,7 +29,7 @@ class Tiny:
 
 def make():
     return Tiny()
-'''
+"""
 
 
 def _task_file(tmp_path: Path, out: str) -> str:
