@@ -60,8 +60,8 @@ from protocol.checks import as_mask_matrix, check_probability, check_rho
 from protocol.errors import InvalidParameterError, ShapeError
 
 __all__ = [
-    "SEED_BYTES",
     "ChallengeDesign",
+    "SEED_BYTES",
     "bernoulli_threshold",
     "correlated_pair",
     "keystream",

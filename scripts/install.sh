@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Creates (or reuses) a virtual environment and installs the project with its dev tools.
+# Creates (or reuses) a virtual environment and installs the project.
 # The same script installs the Docker images, so what the tests run is what ships.
+#   VENV    where the environment lives (default .venv)
+#   PYTHON  interpreter that creates it (default python3)
+#   EXTRAS  optional dependency groups (default dev; "" for a runtime-only image)
+#   TORCH_INDEX_URL  where torch comes from (images set the CPU or CUDA wheel index)
 set -euo pipefail
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EXTRAS:-dev}
+EXTRAS=${EXTRAS-dev}
 cd "$(dirname "$0")/.."
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-# torch first and pinned: 2.13.0 is the CPU wheel on disk; anything looser pulls a CUDA build.
-"$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-"$VENV/bin/python" -m pip install --quiet -e ".[${EXTRAS}]"
+# torch first and pinned: on this project's machines 2.13.0 is the CPU wheel on disk; a looser
+# requirement pulls a multi-GB CUDA build.
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
+else
+  "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
+fi
+if [ -n "$EXTRAS" ]; then
+  "$VENV/bin/python" -m pip install --quiet -e ".[${EXTRAS}]"
+else
+  "$VENV/bin/python" -m pip install --quiet -e .
+fi

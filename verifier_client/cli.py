@@ -49,9 +49,9 @@ def _parse_seed(seed: str | None) -> bytes:
         raise _fail(
             f"--seed must be a non-negative integer or {2 * SEED_BYTES} hex digits"
         ) from None
-    if value < 0:
-        raise _fail("--seed must be non-negative")
-    return value.to_bytes(SEED_BYTES, "little") if value < 2**256 else b""
+    if not 0 <= value < 2 ** (8 * SEED_BYTES):
+        raise _fail(f"--seed must be in [0, 2**{8 * SEED_BYTES})")
+    return value.to_bytes(SEED_BYTES, "little")
 
 
 def _evaluate(task: Task, design: ChallengeDesign, show: bool) -> np.ndarray:

@@ -1,0 +1,42 @@
+"""The docker files, checked without a Docker engine: the compose file parses, its commands
+exist with the flags it passes, and the image installs through the tests' install script."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from typer.main import get_command
+
+from verifier_client.cli import app as verifier_app
+
+ROOT = Path(__file__).parents[1]
+
+
+def _flags(app: object, command: str) -> set[str]:
+    click_group = get_command(app)  # type: ignore[arg-type]
+    cmd = click_group.commands[command]  # type: ignore[attr-defined]
+    return {opt for param in cmd.params for opt in getattr(param, "opts", [])} | {
+        opt for param in cmd.params for opt in getattr(param, "secondary_opts", [])
+    }
+
+
+def test_compose_commands_use_real_cli_flags() -> None:
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert doc["services"], "no services"
+    apps = {"verifier_client": verifier_app}
+    for name, service in doc["services"].items():
+        assert service["build"]["dockerfile"] == "docker/Dockerfile", name
+        module, command, *rest = service["command"]
+        flags = _flags(apps[module], command)
+        used = {arg for arg in rest if arg.startswith("--")}
+        assert used <= flags, f"{name}: unknown flags {sorted(used - flags)}"
+
+
+def test_image_installs_through_the_tests_install_script() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(r"RUN .*bash scripts/install\.sh", text)
+    for package in ("protocol", "prover_service", "verifier_client"):
+        assert f"COPY {package} ./{package}" in text
+    assert "install.sh" in (ROOT / "Makefile").read_text()
