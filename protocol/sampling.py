@@ -67,6 +67,7 @@ __all__ = [
     "keystream",
     "pack_masks",
     "sample_masks",
+    "seed_from_text",
     "stream_words",
     "training_seeds",
     "unpack_masks",
@@ -91,6 +92,26 @@ def _check_domain(domain: str) -> bytes:
     if not raw or b"\x00" in raw:
         raise InvalidParameterError("stream domain must be non-empty and contain no NUL byte")
     return raw
+
+
+def seed_from_text(text: str) -> bytes:
+    """A challenge seed from the command line: 64 hex digits, or an integer in [0, 2**256)
+    encoded little-endian in 32 bytes."""
+    text = text.strip()
+    if len(text) == 2 * SEED_BYTES:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidParameterError(
+            f"a seed must be a non-negative integer or {2 * SEED_BYTES} hex digits; got {text!r}"
+        ) from None
+    if not 0 <= value < 2 ** (8 * SEED_BYTES):
+        raise InvalidParameterError(f"a seed must be in [0, 2**{8 * SEED_BYTES}); got {text!r}")
+    return value.to_bytes(SEED_BYTES, "little")
 
 
 def keystream(seed: bytes, domain: str, index: int, nbytes: int) -> bytes:

@@ -22,7 +22,7 @@ from protocol.budget import Pilot, plan
 from protocol.errors import ProtocolError
 from protocol.evaluation import evaluate_design
 from protocol.residual import estimate_residual
-from protocol.sampling import SEED_BYTES, ChallengeDesign
+from protocol.sampling import SEED_BYTES, ChallengeDesign, seed_from_text
 from protocol.tasks import Task, load_task, spec_hash
 
 app = typer.Typer(
@@ -42,16 +42,9 @@ def _parse_seed(seed: str | None) -> bytes:
     if seed is None:
         return os.urandom(SEED_BYTES)
     try:
-        if len(seed) == 2 * SEED_BYTES:
-            return bytes.fromhex(seed)
-        value = int(seed)
-    except ValueError:
-        raise _fail(
-            f"--seed must be a non-negative integer or {2 * SEED_BYTES} hex digits"
-        ) from None
-    if not 0 <= value < 2 ** (8 * SEED_BYTES):
-        raise _fail(f"--seed must be in [0, 2**{8 * SEED_BYTES})")
-    return value.to_bytes(SEED_BYTES, "little")
+        return seed_from_text(seed)
+    except ProtocolError as exc:
+        raise _fail(f"--seed: {exc}") from None
 
 
 def _evaluate(task: Task, design: ChallengeDesign, show: bool) -> np.ndarray:

@@ -3,7 +3,8 @@
 A task reference is either
 
 * a built-in name, optionally with parameters: ``planted`` or
-  ``planted:n_train=1000,n_targets=5,b3=0.05`` (values parsed as int, then float, then string);
+  ``planted:n_train=1000,n_targets=5,b3=0.05`` (values parsed as int, then float, then string).
+  Built in: ``planted``, ``digits-logreg``, ``digits-mlp``, ``cifar10-resnet:data_dir=PATH``;
 * ``path/to/file.py:FACTORY``, where ``FACTORY()`` returns an object meeting :class:`Task`.
 
 :func:`load_task` resolves both forms; both services and every CLI call it.
@@ -19,10 +20,15 @@ from typing import Any
 
 from protocol.errors import ProtocolError, TaskError
 from protocol.tasks.base import Task, evaluate_checked, spec_hash
+from protocol.tasks.cifar import CifarResNet
+from protocol.tasks.digits import DigitsLogReg, DigitsMLP
 from protocol.tasks.planted import PlantedSpectrum, PlantedTask
 
 __all__ = [
     "BUILTIN_TASKS",
+    "CifarResNet",
+    "DigitsLogReg",
+    "DigitsMLP",
     "PlantedSpectrum",
     "PlantedTask",
     "Task",
@@ -31,7 +37,12 @@ __all__ = [
     "spec_hash",
 ]
 
-BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"planted": PlantedTask}
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
+    "planted": PlantedTask,
+    "digits-logreg": DigitsLogReg,
+    "digits-mlp": DigitsMLP,
+    "cifar10-resnet": CifarResNet,
+}
 
 
 def _parse_value(text: str) -> Any:

@@ -1,0 +1,339 @@
+"""Trained tasks on scikit-learn's bundled digits (1,797 images of 8 x 8 pixels, 10 classes).
+
+**Split** (both tasks): a permutation of the 1,797 rows by sorting the uint32 words of
+``stream(SHA-256(b"VDA/v1/digits-split"), "split", 0)`` (ties broken by row index); the first
+1,497 rows are the training pool (the N examples that masks select), the last 300 the targets.
+Features are standardised with the pool's mean and standard deviation (a constant feature gets
+sd 1), and a constant 1 is appended as the bias input. f is the correct-class margin on each
+target (true logit minus the largest other), clipped to [-b, b]. The public probe set for
+CHECKEQUIV is the first 16 pool rows; the fingerprint is their 10 logits per model.
+
+``digits-logreg``: multinomial logistic regression, objective (scikit-learn's, C = 1/l2)
+``0.5 l2 ||W_features||^2 + sum_{i in x} CE_i`` with an unpenalised intercept. Convex, one
+optimum; solved per model by preconditioned L-BFGS (memory 5, a fixed number of iterations, a
+monotone safeguard that halves a model's step when its objective would rise), started from and
+preconditioned by the full-pool solution at weight p (its exact Hessian H0, so one L-BFGS
+step on a typical subset is close to a Newton step). Models sit in the columns of one
+(65 * 10, K) matrix, so the forward and backward passes are two large GEMMs over all K models.
+
+``digits-mlp``: a 64-128-10 ReLU network, seeded initialisation (uniform +-1/sqrt(fan_in)) and
+seeded minibatches (drawn with replacement from the model's own subset), SGD with momentum and
+weight decay, a fixed number of steps; batched with one (K, ., .) tensor per layer. Non-convex:
+CHECKEQUIV needs the same device class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from protocol.codec import sha256_hex
+from protocol.errors import InvalidParameterError
+from protocol.sampling import stream_words
+from protocol.tasks.trained import TrainedTask, correct_class_margin, splitmix64
+
+__all__ = ["DigitsData", "DigitsLogReg", "DigitsMLP", "load_digits_split"]
+
+N_POOL, N_TARGETS, N_PROBES, N_CLASSES = 1497, 300, 16, 10
+
+
+class DigitsData:
+    """The fixed split (module doc): pool and targets, standardised, with a bias column."""
+
+    def __init__(self) -> None:
+        from sklearn.datasets import load_digits  # the data ships inside scikit-learn
+
+        x, y = load_digits(return_X_y=True)
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.int64)
+        self.data_hash = sha256_hex(x.astype("<f8").tobytes() + y.astype("<i8").tobytes())
+        key = hashlib.sha256(b"VDA/v1/digits-split").digest()
+        words = stream_words(key, "split", 0, len(x)).astype(np.int64)
+        perm = np.lexsort((np.arange(len(x)), words))
+        pool, targets = perm[:N_POOL], perm[N_POOL : N_POOL + N_TARGETS]
+        mean, sd = x[pool].mean(0), x[pool].std(0)
+        sd[sd == 0] = 1.0
+
+        def prep(rows: NDArray[np.int64]) -> NDArray[np.float64]:
+            return np.hstack([(x[rows] - mean) / sd, np.ones((len(rows), 1))])
+
+        self.pool_index, self.target_index = pool, targets
+        self.x_pool, self.y_pool = prep(pool), y[pool]
+        self.x_targets, self.y_targets = prep(targets), y[targets]
+        self.x_probes = self.x_pool[:N_PROBES]
+
+
+@cache
+def load_digits_split() -> DigitsData:
+    """The split, computed once per process."""
+    return DigitsData()
+
+
+def _softmax_rows(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def _full_pool_newton(
+    x: NDArray[np.float64], y: NDArray[np.int64], weight: float, l2: float, iters: int = 50
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Newton's method in float64 on the pool with every point weighted ``weight``.
+
+    Returns W (D, C) and the Hessian (D C, D C) at W, with the softmax's gauge direction
+    (the same intercept added to every class) given curvature 1 so the Hessian is invertible.
+    """
+    n, d = x.shape
+    c = N_CLASSES
+    onehot = np.eye(c)[y]
+    reg = np.full(d, l2)
+    reg[-1] = 0.0
+    gauge = np.zeros((d, c))
+    gauge[-1] = 1.0 / np.sqrt(c)
+    gauge_v = gauge.reshape(-1)
+    w = np.zeros((d, c))
+    hess = np.eye(d * c)
+    for _ in range(iters):
+        p = _softmax_rows(x @ w)
+        grad = weight * x.T @ (p - onehot) + reg[:, None] * w
+        xw = x * weight
+        hess = np.zeros((d, c, d, c))
+        for k in range(c):
+            hess[:, k, :, k] = (xw * p[:, k : k + 1]).T @ x
+        v = (x[:, :, None] * p[:, None, :]).reshape(n, d * c)
+        hess = hess.reshape(d * c, d * c) - (v * weight).T @ v
+        hess += np.diag(np.repeat(reg, c)) + np.outer(gauge_v, gauge_v)
+        step = np.linalg.solve(hess, grad.reshape(-1)).reshape(d, c)
+        w -= step
+        if np.max(np.abs(step)) < 1e-12:
+            break
+    return w, hess
+
+
+class DigitsLogReg(TrainedTask):
+    """``digits-logreg`` (module doc)."""
+
+    name = "digits-logreg"
+    n_train = N_POOL
+    n_targets = N_TARGETS
+
+    def __init__(
+        self,
+        l2: float = 1.0,
+        iters: int = 18,
+        memory: int = 5,
+        p: float = 0.5,
+        bound: float = 16.0,
+        tau: float = 1e-3,
+        chunk_size: int = 256,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(device, chunk_size)
+        if not (l2 > 0 and iters >= 1 and memory >= 1 and 0 < p < 1 and bound > 0 and tau >= 0):
+            raise InvalidParameterError("digits-logreg: need l2 > 0, iters, memory >= 1, 0<p<1")
+        self.l2, self.iters, self.memory, self.p = float(l2), int(iters), int(memory), float(p)
+        self.bound, self.tau = float(bound), float(tau)
+        data = load_digits_split()
+        self.data = data
+        w0, hess = _warm_start(self.l2, self.p)
+        dev, f32 = self.device, torch.float32
+        self._d, self._c = data.x_pool.shape[1], N_CLASSES
+        self._x = torch.tensor(data.x_pool, dtype=f32, device=dev)
+        self._labels = torch.tensor(data.y_pool, device=dev)
+        self._onehot = torch.nn.functional.one_hot(self._labels, N_CLASSES).to(f32)[:, :, None]
+        self._xt = torch.tensor(data.x_targets, dtype=f32, device=dev)
+        self._yt = torch.tensor(data.y_targets, device=dev)
+        self._xp = torch.tensor(data.x_probes, dtype=f32, device=dev)
+        self._w0 = torch.tensor(w0.reshape(-1, 1), dtype=f32, device=dev)
+        self._h0inv = torch.tensor(np.linalg.inv(hess), dtype=f32, device=dev)
+        reg = torch.full((self._d, self._c), self.l2)
+        reg[-1] = 0.0
+        self._reg = reg.reshape(-1, 1).to(dev, f32)
+
+    def _spec(self) -> dict[str, Any]:
+        return {
+            "task": self.name, "version": 1, "data": "sklearn.datasets.load_digits",
+            "data_hash": self.data.data_hash,
+            "split": {"rule": "sort stream(SHA-256('VDA/v1/digits-split'),'split',0)",
+                      "pool": N_POOL, "targets": N_TARGETS, "probes": N_PROBES},
+            "features": "standardised by pool mean/sd, bias column",
+            "model": "multinomial logistic regression", "objective": "0.5 l2 |W|^2 + sum CE",
+            "l2": self.l2, "optimiser": "preconditioned L-BFGS, warm start at full pool",
+            "iters": self.iters, "memory": self.memory, "p": self.p, "dtype": "float32",
+            "output": "correct-class margin",
+        }  # fmt: skip
+
+    def _loss_grad(self, w: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, d, c = self._x.shape[0], self._d, self._c
+        k = w.shape[1]
+        logits = (self._x @ w.view(d, c * k)).view(n, c, k)
+        z = logits - logits.amax(1, keepdim=True)
+        e = z.exp()
+        s = e.sum(1, keepdim=True)
+        true = z.gather(1, self._labels.view(n, 1, 1).expand(n, 1, k)).squeeze(1)
+        f = ((s.squeeze(1).log() - true) * m).sum(0) + 0.5 * (self._reg * w * w).sum(0)
+        e.div_(s).sub_(self._onehot).mul_(m[:, None, :])
+        g = (self._x.T @ e.view(n, c * k)).view(d * c, k) + self._reg * w
+        return f, g
+
+    def solve(self, masks: torch.Tensor) -> torch.Tensor:
+        """Weights (D C, K) of the K models (columns) for masks (K, N)."""
+        m = masks.T.to(torch.float32)
+        k = m.shape[1]
+        w = self._w0.repeat(1, k)
+        f, g = self._loss_grad(w, m)
+        step = torch.ones(k, device=w.device)
+        hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for _ in range(self.iters):
+            q = g.clone()
+            alphas = []
+            for s_i, y_i, rho_i in reversed(hist):
+                a = rho_i * (s_i * q).sum(0)
+                alphas.append(a)
+                q -= a * y_i
+            r = self._h0inv @ q
+            for (s_i, y_i, rho_i), a in zip(hist, reversed(alphas), strict=True):
+                r += s_i * (a - rho_i * (y_i * r).sum(0))
+            w_new = w - step * r
+            f_new, g_new = self._loss_grad(w_new, m)
+            ok = f_new <= f + 1e-4 * f.abs()
+            s_vec, y_vec = w_new - w, g_new - g
+            sy = (s_vec * y_vec).sum(0)
+            good = ok & (sy > 1e-10)
+            w = torch.where(ok, w_new, w)
+            f = torch.where(ok, f_new, f)
+            g = torch.where(ok, g_new, g)
+            step = torch.where(ok, torch.ones_like(step), step * 0.5)
+            zero = torch.zeros_like(s_vec)
+            rho = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+            hist.append((torch.where(good, s_vec, zero), torch.where(good, y_vec, zero), rho))
+            hist = hist[-self.memory :]
+        return w
+
+    def logits(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits (K, T, C) of the models in w (D C, K) on inputs x (T, D)."""
+        k = w.shape[1]
+        return (x @ w.view(self._d, self._c * k)).view(x.shape[0], self._c, k).permute(2, 0, 1)
+
+    def train_chunk(
+        self, masks: torch.Tensor, seeds: NDArray[np.uint64]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeds are unused: the optimum of a convex problem does not depend on them."""
+        w = self.solve(masks)
+        return correct_class_margin(self.logits(w, self._xt), self._yt), self.logits(w, self._xp)
+
+
+@cache
+def _warm_start(l2: float, p: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    data = load_digits_split()
+    return _full_pool_newton(data.x_pool, data.y_pool, p, l2)
+
+
+def _uniform(seeds: NDArray[np.uint64], tag: int, count: int) -> NDArray[np.float64]:
+    """(K, count) uniforms in [0, 1) from splitmix64(splitmix64(seed ^ tag) + i)."""
+    base = splitmix64(np.asarray(seeds, dtype=np.uint64) ^ np.uint64(tag))
+    with np.errstate(over="ignore"):
+        h = splitmix64(base[:, None] + np.arange(count, dtype=np.uint64)[None, :])
+    return np.asarray((h >> np.uint64(11)).astype(np.float64) / 2.0**53)
+
+
+class DigitsMLP(TrainedTask):
+    """``digits-mlp`` (module doc)."""
+
+    name = "digits-mlp"
+    n_train = N_POOL
+    n_targets = N_TARGETS
+
+    def __init__(
+        self,
+        hidden: int = 128,
+        steps: int = 300,
+        batch: int = 64,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        bound: float = 30.0,
+        tau: float = 0.0,
+        chunk_size: int = 128,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(device, chunk_size)
+        if not (hidden >= 1 and steps >= 1 and batch >= 1 and lr > 0 and bound > 0):
+            raise InvalidParameterError("digits-mlp: need hidden, steps, batch >= 1, lr, bound > 0")
+        self.hidden, self.steps, self.batch = int(hidden), int(steps), int(batch)
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.bound, self.tau = float(bound), float(tau)
+        self.data = load_digits_split()
+        dev, f32 = self.device, torch.float32
+        self._x = torch.tensor(self.data.x_pool, dtype=f32, device=dev)
+        self._y = torch.tensor(self.data.y_pool, device=dev)
+        self._xt = torch.tensor(self.data.x_targets, dtype=f32, device=dev)
+        self._yt = torch.tensor(self.data.y_targets, device=dev)
+        self._xp = torch.tensor(self.data.x_probes, dtype=f32, device=dev)
+
+    def _spec(self) -> dict[str, Any]:
+        return {
+            "task": self.name, "version": 1, "data": "sklearn.datasets.load_digits",
+            "data_hash": self.data.data_hash,
+            "split": {"rule": "sort stream(SHA-256('VDA/v1/digits-split'),'split',0)",
+                      "pool": N_POOL, "targets": N_TARGETS, "probes": N_PROBES},
+            "model": f"MLP 64-{self.hidden}-10 ReLU", "init": "uniform +-1/sqrt(fan_in), seeded",
+            "optimiser": "SGD momentum", "lr": self.lr, "momentum": self.momentum,
+            "weight_decay": self.weight_decay, "steps": self.steps, "batch": self.batch,
+            "sampling": "with replacement from the subset, seeded", "dtype": "float32",
+            "output": "correct-class margin",
+        }  # fmt: skip
+
+    def _forward(self, w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x (K, B, 65) or (B, 65) -> logits (K, B, 10)."""
+        if x.dim() == 2:
+            x = x.expand(w1.shape[0], *x.shape)
+        h = torch.relu(torch.bmm(x, w1))
+        h = torch.cat([h, torch.ones_like(h[:, :, :1])], dim=2)
+        return torch.bmm(h, w2)
+
+    def train_chunk(
+        self, masks: torch.Tensor, seeds: NDArray[np.uint64]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        k, d, hdim = masks.shape[0], self._x.shape[1], self.hidden
+        dev = self.device
+        init = _uniform(seeds, 1, d * hdim + (hdim + 1) * N_CLASSES) * 2.0 - 1.0
+        w1 = torch.tensor(init[:, : d * hdim].reshape(k, d, hdim) / np.sqrt(d - 1), device=dev)
+        w2 = torch.tensor(
+            init[:, d * hdim :].reshape(k, hdim + 1, N_CLASSES) / np.sqrt(hdim), device=dev
+        )
+        w1, w2 = w1.float().requires_grad_(), w2.float().requires_grad_()
+        # Minibatches: the r-th included point of each model, r = floor(u * count).
+        m_np = masks.cpu().numpy()
+        order = torch.tensor(np.argsort(~m_np, axis=1, kind="stable"), device=dev)
+        count = np.maximum(m_np.sum(1), 1)
+        u = _uniform(seeds, 2, self.steps * self.batch)
+        rank = np.minimum((u * count[:, None]).astype(np.int64), count[:, None] - 1)
+        picks = torch.gather(order, 1, torch.tensor(rank, device=dev))
+        picks = picks.view(k, self.steps, self.batch)
+        live = torch.tensor(m_np.any(1), device=dev, dtype=torch.float32).view(k, 1, 1)
+        v1, v2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        with torch.enable_grad():
+            for t in range(self.steps):
+                idx = picks[:, t]
+                logits = self._forward(w1, w2, self._x[idx])
+                loss = (
+                    torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, N_CLASSES), self._y[idx].reshape(-1), reduction="sum"
+                    )
+                    / self.batch
+                )
+                g1, g2 = torch.autograd.grad(loss, (w1, w2))
+                with torch.no_grad():
+                    v1.mul_(self.momentum).add_((g1 + self.weight_decay * w1) * live)
+                    v2.mul_(self.momentum).add_((g2 + self.weight_decay * w2) * live)
+                    w1.sub_(self.lr * v1)
+                    w2.sub_(self.lr * v2)
+        w1, w2 = w1.detach(), w2.detach()
+        margins = correct_class_margin(self._forward(w1, w2, self._xt), self._yt)
+        return margins, self._forward(w1, w2, self._xp)
