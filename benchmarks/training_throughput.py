@@ -1,0 +1,245 @@
+"""Training throughput of the trained tasks, with the sequential baselines beside. Prints JSON.
+
+    OMP_NUM_THREADS=2 python benchmarks/training_throughput.py [--device cpu|cuda] [--models 1024]
+        [--threads 2] [--mlp-models 256] [--cifar-models 2] [--cross-device]
+
+Reports, per task: models/s, FLOPs per model (counted from the recipe), achieved GFLOP/s and
+its fraction of the float32 GEMM rate measured in the same run, peak memory, and for
+digits-logreg the solution quality against scikit-learn's optimum on the same subsets (max
+|margin difference| over targets and checked models) and scikit-learn's own rates: one
+process, and two single-thread processes. ``--cross-device`` (needs CUDA) trains the same
+subsets on CPU and CUDA and reports the largest difference of values and probe logits
+(what CHECKEQUIV's tolerance must absorb). The CIFAR-10 timing uses random stand-in images of
+CIFAR-10's shape (50,000 x 3 x 32 x 32) when no ``--cifar-dir`` is given: valid for speed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pin(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _gemm_rate(device: str) -> float:
+    import torch
+
+    n = 4096 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device)
+    a @ a
+    _sync(device)
+    reps = 3 if device == "cpu" else 20
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sk_margins(args: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]) -> np.ndarray:
+    xp, yp, xt, yt, tol = args
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=1.0, max_iter=10_000, tol=tol).fit(xp, yp)
+    logits = xt @ model.coef_.T + model.intercept_
+    true = logits[np.arange(len(yt)), yt].copy()
+    logits[np.arange(len(yt)), yt] = -np.inf
+    return true - logits.max(1)
+
+
+def _sk_worker(payload: tuple[list[np.ndarray], Any, float]) -> list[np.ndarray]:
+    from threadpoolctl import threadpool_limits
+
+    masks, data, tol = payload
+    with threadpool_limits(1):  # env variables are read at import: limit the live pools
+        return [_sk_margins((data[0][m], data[1][m], data[2], data[3], tol)) for m in masks]
+
+
+def bench_logreg(device: str, models: int, threads: int) -> dict[str, Any]:
+    from protocol.tasks.digits import DigitsLogReg
+
+    task = DigitsLogReg(device=device)
+    rng = np.random.default_rng(0)
+    masks = rng.random((models, task.n_train)) < 0.5
+    seeds = np.arange(models, dtype=np.uint64)
+    task.evaluate_outputs(masks[: task.chunk_size], seeds[: task.chunk_size])  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    out = task.evaluate_outputs(masks, seeds)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    n, d, c = task.n_train, 65, 10
+    p_dim = d * c
+    per_pass = 2 * (2 * n * d * c) + 8 * n * c  # forward + backward GEMMs + softmax
+    per_iter = per_pass + 2 * p_dim * p_dim + (4 * task.memory + 6) * p_dim
+    flops = per_pass + task.iters * per_iter + 2 * (300 + 16) * d * c
+    data = task.data
+    xp, yp = data.x_pool[:, :64], data.y_pool
+    xt, yt = data.x_targets[:, :64], data.y_targets
+    check = min(16, models)
+    tight = [_sk_margins((xp[m], yp[m], xt, yt, 1e-10)) for m in masks[:check]]
+    quality = float(max(np.abs(tight[i] - out.values[i]).max() for i in range(check)))
+    seq_n = 48
+    sk: dict[str, float] = {}
+    for tol in (1e-4, 1e-6):
+        t0 = time.perf_counter()
+        runs = [_sk_margins((xp[m], yp[m], xt, yt, tol)) for m in masks[:seq_n]]
+        sk[f"tol={tol:g} one_process_models_per_second"] = seq_n / (time.perf_counter() - t0)
+        sk[f"tol={tol:g} max_margin_diff"] = float(
+            max(np.abs(tight[i] - runs[i]).max() for i in range(check))
+        )
+        halves = [list(masks[:seq_n:2]), list(masks[1:seq_n:2])]
+        with ProcessPoolExecutor(2) as pool:
+            list(pool.map(_sk_worker, [([masks[0]], (xp, yp, xt, yt), tol)] * 2))  # start-up
+            t0 = time.perf_counter()
+            list(pool.map(_sk_worker, [(h, (xp, yp, xt, yt), tol) for h in halves]))
+            sk[f"tol={tol:g} two_single_thread_processes_models_per_second"] = seq_n / (
+                time.perf_counter() - t0
+            )
+    gemm = _gemm_rate(device)
+    rate = models / seconds
+    return {
+        "task": "digits-logreg", "device": device, "threads": threads, "models": models,
+        "chunk_size": task.chunk_size, "iters": task.iters, "models_per_second": rate,
+        "flops_per_model": flops, "achieved_gflops": rate * flops / 1e9,
+        "gemm_gflops": gemm, "fraction_of_gemm": rate * flops / 1e9 / gemm,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "max_margin_diff_vs_sklearn_optimum": quality,
+        "sklearn": sk,
+        "speedup_vs_two_process_sklearn_default_tol": rate
+        / sk["tol=0.0001 two_single_thread_processes_models_per_second"],
+        "speedup_vs_two_process_sklearn_tol_1e-6": rate
+        / sk["tol=1e-06 two_single_thread_processes_models_per_second"],
+    }  # fmt: skip
+
+
+def bench_mlp(device: str, models: int) -> dict[str, Any]:
+    from protocol.tasks.digits import DigitsMLP
+
+    task = DigitsMLP(device=device)
+    rng = np.random.default_rng(1)
+    masks = rng.random((models, task.n_train)) < 0.5
+    seeds = np.arange(models, dtype=np.uint64)
+    task.evaluate_outputs(masks[: task.chunk_size], seeds[: task.chunk_size])
+    _sync(device)
+    t0 = time.perf_counter()
+    out = task.evaluate_outputs(masks, seeds)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    d, h, c, b = 65, task.hidden, 10, task.batch
+    flops = task.steps * 3 * 2 * b * (d * h + (h + 1) * c)
+    rate = models / seconds
+    return {
+        "task": "digits-mlp", "device": device, "models": models, "models_per_second": rate,
+        "flops_per_model": flops, "achieved_gflops": rate * flops / 1e9,
+        "target_accuracy": float((out.values > 0).mean()),
+        "peak_memory_mb": _peak_memory_mb(device),
+    }  # fmt: skip
+
+
+def _stand_in_cifar(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, n in [*((f"data_batch_{i}", 10_000) for i in range(1, 6)), ("test_batch", 10_000)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n).tolist()}  # fmt: skip
+        with (root / name).open("wb") as fh:
+            pickle.dump(batch, fh)
+
+
+def bench_cifar(device: str, models: int, cifar_dir: str | None, epochs: int) -> dict[str, Any]:
+    from protocol.tasks.cifar import CifarResNet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = cifar_dir or tmp
+        if cifar_dir is None:
+            _stand_in_cifar(Path(tmp))
+        task = CifarResNet(data_dir=root, device=device, epochs=epochs)
+        rng = np.random.default_rng(2)
+        masks = rng.random((models, task.n_train)) < 0.5
+        seeds = np.arange(models, dtype=np.uint64)
+        t0 = time.perf_counter()
+        out = task.evaluate_outputs(masks, seeds)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    return {
+        "task": "cifar10-resnet", "device": device, "models": models, "epochs": epochs,
+        "data": cifar_dir or "random stand-in of CIFAR-10 shape (speed only)",
+        "seconds_per_model": seconds / models, "target_accuracy": float((out.values > 0).mean()),
+        "peak_memory_mb": _peak_memory_mb(device),
+    }  # fmt: skip
+
+
+def cross_device(models: int) -> list[dict[str, Any]]:
+    from protocol.tasks.digits import DigitsLogReg, DigitsMLP
+
+    rows = []
+    rng = np.random.default_rng(3)
+    for cls in (DigitsLogReg, DigitsMLP):
+        cpu, gpu = cls(device="cpu"), cls(device="cuda")
+        masks = rng.random((models, cpu.n_train)) < 0.5
+        seeds = np.arange(models, dtype=np.uint64)
+        a, b = cpu.evaluate_outputs(masks, seeds), gpu.evaluate_outputs(masks, seeds)
+        rows.append({
+            "task": cls.name, "models": models,
+            "max_abs_value_diff": float(np.abs(a.values - b.values).max()),
+            "max_abs_probe_diff": float(np.abs(a.probes - b.probes).max()),
+            "declared_tau": cpu.tau,
+        })  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", type=int, default=1024)
+    ap.add_argument("--mlp-models", type=int, default=256)
+    ap.add_argument("--cifar-models", type=int, default=0)
+    ap.add_argument("--cifar-epochs", type=int, default=8)
+    ap.add_argument("--cifar-dir", default=None)
+    ap.add_argument("--cross-device", action="store_true")
+    args = ap.parse_args()
+    _pin(args.threads)
+    rows = [bench_logreg(args.device, args.models, args.threads)]
+    rows.append(bench_mlp(args.device, args.mlp_models))
+    if args.cifar_models:
+        rows.append(bench_cifar(args.device, args.cifar_models, args.cifar_dir, args.cifar_epochs))
+    result: dict[str, Any] = {"benchmark": "training_throughput", "rows": rows}
+    if args.cross_device:
+        result["cross_device"] = cross_device(256)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
