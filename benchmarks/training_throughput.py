@@ -210,7 +210,13 @@ def cross_device(models: int) -> list[dict[str, Any]]:
         masks = rng.random((models, cpu.n_train)) < 0.5
         seeds = np.arange(models, dtype=np.uint64)
         a, b = cpu.evaluate_outputs(masks, seeds), gpu.evaluate_outputs(masks, seeds)
+        perm = rng.permutation(models)[: models // 2 + 3]  # other batch composition and positions
+        again = gpu.evaluate_outputs(masks[perm], seeds[perm])
         rows.append({
+            "cuda_bitwise_equal_across_batches": bool(
+                np.array_equal(again.values, b.values[perm])
+                and np.array_equal(again.probes, b.probes[perm])
+            ),
             "task": cls.name, "models": models,
             "max_abs_value_diff": float(np.abs(a.values - b.values).max()),
             "max_abs_probe_diff": float(np.abs(a.probes - b.probes).max()),
