@@ -26,7 +26,8 @@ at most the sum of
   f^2 in [0, b^2] over the two halves of E (L n i.i.d. each) gives
   t_1 = b^2 sqrt(ln(2/delta_l) / (2 L n)). With a pilot, Bernstein with a variance bound v:
   t = sqrt(2 v ln(2/delta_l) / n) + 2 M ln(2/delta_l) / (3 n), M the range of the variable;
-* *degree >= 3 bias*: ``2 rho0^2 (1 + sqrt(5) K rho0) B3max``, B3max = b^2 unless a bound is given;
+* *degree >= 3 bias*: ``2 rho0^2 (1 + sqrt(5) K rho0) B3max``, B3max = b^2 unless a pilot or
+  ``b3_bound`` bounds it;
 * *CHECKEQUIV slack*: a Prover may move every value by tau unseen, each h-hat by
   s = 2 b tau + tau^2, the estimate by ``(K sqrt(L) + 1) s``. Plans where this eats more than
   half of eta are refused (:class:`BudgetError`): the rest would cost over 4x the trainings;
@@ -192,6 +193,7 @@ def plan(
     residual_range: float | None = None,
     pilot: Pilot | None = None,
     corruption_share: float = 0.5,
+    b3_bound: float | None = None,
 ) -> Plan:
     """Turn the guarantees asked for into sample sizes (module doc)."""
     eps = check_positive("epsilon", epsilon)
@@ -217,7 +219,13 @@ def plan(
     d_mse = 0.0 if gap else dlt / 4.0
     d_event = (dlt - d_spot - d_mse) / events
     fb = rr if gap else b  # range bound of the values whose products are averaged
-    b3max = min(pilot.b3, b * b) if pilot else b * b
+    b3max = b * b
+    if pilot:
+        b3max = min(b3max, pilot.b3)
+    if b3_bound is not None:
+        if not (math.isfinite(b3_bound) and b3_bound >= 0):
+            raise InvalidParameterError(f"b3_bound must be finite and >= 0; got {b3_bound!r}")
+        b3max = min(b3max, b3_bound)
     sources = {
         "tolerance": f"eta = (epsilon - honest_err) / {2 if gap else 4}; "
         "theta = (epsilon + honest_err) / 2",
@@ -234,12 +242,14 @@ def plan(
     }  # fmt: skip
 
     best: tuple[int, float, dict[str, float], int] | None = None
+    tau_blocked = 0
     for rho0 in _RHO_GRID:
         a = linear_weights(np.array([0.0, rho0, 2 * rho0]))
         k_norm = float(np.linalg.norm(a))
         slack = 2 * fb * tau + tau * tau
         e_tau = (k_norm * math.sqrt(_LEVELS) + (0.0 if gap else 1.0)) * slack
         if e_tau > eta / 2:
+            tau_blocked += 1
             continue
         e_bias = 2 * rho0**2 * (1 + math.sqrt(5) * k_norm * rho0) * b3max
         rest = eta - e_tau - e_bias
@@ -264,12 +274,15 @@ def plan(
         if best is None or n < best[0]:
             best = (n, float(rho0), budget, m_star)
     if best is None:
-        if tau > 0:
+        if tau_blocked == len(_RHO_GRID):
             raise BudgetError(
                 f"the CHECKEQUIV tolerance tau = {tau} eats more than half of the margin eta = "
                 f"{eta:.3g} at every rho0; tighten tau or loosen epsilon"
             )
-        raise BudgetError(f"epsilon = {eps} is too small for any rho0 with B3max = {b3max}")
+        raise BudgetError(
+            f"epsilon = {eps} is too small for the degree>=3 bias bound at every rho0 with "
+            f"B3max = {b3max:.3g} (b^2 unless bounded): run a pilot or give b3_bound"
+        )
     n, rho0, budget, m_star = best
     n_subsets = 2 * _LEVELS * n
     k = spot_checks(n_subsets, m_star, d_spot)

@@ -16,6 +16,10 @@ preconditioned by the full-pool solution at weight p (its exact Hessian H0, so o
 step on a typical subset is close to a Newton step). Models sit in the columns of one
 (65 * 10, K) matrix, so the forward and backward passes are two large GEMMs over all K models.
 
+``dtype="float64"`` (with more ``iters``) is the cross-device mode: float32 rounding moves
+margins by ~1e-4 and the declared tau of 1e-3 is too coarse for the planner at useful epsilon,
+while float64 runs agree to ~1e-12.
+
 ``digits-mlp``: a 64-128-10 ReLU network, seeded initialisation (uniform +-1/sqrt(fan_in)) and
 seeded minibatches (drawn with replacement from the model's own subset), SGD with momentum and
 weight decay, a fixed number of steps; batched with one (K, ., .) tensor per layer. Non-convex:
@@ -40,6 +44,10 @@ from protocol.tasks.trained import TrainedTask, correct_class_margin, splitmix64
 __all__ = ["DigitsData", "DigitsLogReg", "DigitsMLP", "load_digits_split"]
 
 N_POOL, N_TARGETS, N_PROBES, N_CLASSES = 1497, 300, 16, 10
+# CHECKEQUIV tolerance across device classes, ~3x (float32) and ~2,500x (float64) the largest
+# rounding-driven difference measured on CPU (other GEMM shapes, thread counts, inputs perturbed
+# by one unit in the last place): 3e-4 in float32, 4e-13 in float64. See docs/training.md.
+_DEFAULT_TAU = {"float32": 1e-3, "float64": 1e-9}
 
 
 class DigitsData:
@@ -129,19 +137,26 @@ class DigitsLogReg(TrainedTask):
         memory: int = 5,
         p: float = 0.5,
         bound: float = 16.0,
-        tau: float = 1e-3,
+        tau: float | None = None,
         chunk_size: int = 256,
         device: str | None = None,
+        dtype: str = "float32",
     ) -> None:
         super().__init__(device, chunk_size)
+        tau = _DEFAULT_TAU.get(dtype, 0.0) if tau is None else tau
         if not (l2 > 0 and iters >= 1 and memory >= 1 and 0 < p < 1 and bound > 0 and tau >= 0):
             raise InvalidParameterError("digits-logreg: need l2 > 0, iters, memory >= 1, 0<p<1")
+        if dtype not in ("float32", "float64"):
+            raise InvalidParameterError(
+                f"digits-logreg: dtype must be float32 or float64; got {dtype!r}"
+            )
+        self.dtype = dtype
         self.l2, self.iters, self.memory, self.p = float(l2), int(iters), int(memory), float(p)
         self.bound, self.tau = float(bound), float(tau)
         data = load_digits_split()
         self.data = data
         w0, hess = _warm_start(self.l2, self.p)
-        dev, f32 = self.device, torch.float32
+        dev, f32 = self.device, getattr(torch, dtype)
         self._d, self._c = data.x_pool.shape[1], N_CLASSES
         self._x = torch.tensor(data.x_pool, dtype=f32, device=dev)
         self._labels = torch.tensor(data.y_pool, device=dev)
@@ -164,7 +179,7 @@ class DigitsLogReg(TrainedTask):
             "features": "standardised by pool mean/sd, bias column",
             "model": "multinomial logistic regression", "objective": "0.5 l2 |W|^2 + sum CE",
             "l2": self.l2, "optimiser": "preconditioned L-BFGS, warm start at full pool",
-            "iters": self.iters, "memory": self.memory, "p": self.p, "dtype": "float32",
+            "iters": self.iters, "memory": self.memory, "p": self.p, "dtype": self.dtype,
             "output": "correct-class margin",
         }  # fmt: skip
 
@@ -183,11 +198,11 @@ class DigitsLogReg(TrainedTask):
 
     def solve(self, masks: torch.Tensor) -> torch.Tensor:
         """Weights (D C, K) of the K models (columns) for masks (K, N)."""
-        m = masks.T.to(torch.float32)
+        m = masks.T.to(self._x.dtype)
         k = m.shape[1]
         w = self._w0.repeat(1, k)
         f, g = self._loss_grad(w, m)
-        step = torch.ones(k, device=w.device)
+        step = torch.ones(k, device=w.device, dtype=w.dtype)
         hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for _ in range(self.iters):
             q = g.clone()

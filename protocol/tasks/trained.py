@@ -11,7 +11,8 @@ the batch, *on one machine and device*. Three things make that hold:
   kernel sees the same shapes every time (a batch of 1 takes other BLAS paths and differs);
 * **per-model randomness** from counter-based hashes of the model's seed (SplitMix64), never
   from a shared generator whose state would depend on the batch;
-* **no cross-model reductions**: every sum runs over one model's own data.
+* **no cross-model reductions**: every sum runs over one model's own data;
+* **the same thread count** on CPU (part of ``device_class``): BLAS partitions work by threads.
 
 Across devices (CPU against CUDA) results differ in the last bits and more: CHECKEQUIV
 (:mod:`protocol.checkequiv`) then compares within a tolerance tau declared in the spec.
@@ -93,10 +94,14 @@ class TrainedTask:
 
     @property
     def device_class(self) -> str:
-        """What CHECKEQUIV's exact mode requires both sides to share."""
+        """What CHECKEQUIV's exact mode requires both sides to share.
+
+        On CPU the thread count is part of it: BLAS splits work differently with 1 and 2
+        threads, and float32 margins then differ by ~1e-4 (measured on digits-logreg).
+        """
         if self.device.type == "cuda":
             return f"cuda:{torch.cuda.get_device_name(self.device)}"
-        return f"cpu:{platform.machine()}"
+        return f"cpu:{platform.machine()}:threads={torch.get_num_threads()}"
 
     def train_chunk(
         self, masks: torch.Tensor, seeds: NDArray[np.uint64]

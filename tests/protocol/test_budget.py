@@ -86,6 +86,12 @@ def test_checkequiv_tolerance_enters_the_margin_and_is_refused_when_too_large() 
         plan(0.5, 0.05, 1.0, tau=0.01)
 
 
+def test_bias_bound_refusal_names_its_cause_and_a_b3_bound_lifts_it() -> None:
+    with pytest.raises(BudgetError, match="degree>=3 bias"):
+        plan(0.5, 0.05, 16.0)
+    assert plan(0.5, 0.05, 16.0, b3_bound=0.5).rho0 > 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -1,0 +1,184 @@
+"""Trained tasks: bitwise determinism whatever the batch, quality against scikit-learn, clipping,
+shapes, bad inputs, the CIFAR-10 loader on stand-in data, and CHECKEQUIV."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protocol.budget import plan
+from protocol.checkequiv import check_equiv, fingerprint
+from protocol.errors import BudgetError, InvalidParameterError, ShapeError, TaskError
+from protocol.tasks import load_task, spec_hash
+from protocol.tasks.cifar import CifarResNet, load_cifar10
+from protocol.tasks.digits import DigitsLogReg, DigitsMLP
+
+torch.set_num_threads(1)
+RNG = np.random.default_rng(42)
+MASKS = RNG.random((40, 1497)) < 0.5
+SEEDS = RNG.integers(0, 2**63, 40).astype(np.uint64)
+
+
+@pytest.fixture(scope="module")
+def logreg() -> DigitsLogReg:
+    return DigitsLogReg(chunk_size=16)
+
+
+@pytest.fixture(scope="module")
+def mlp() -> DigitsMLP:
+    return DigitsMLP(steps=25, chunk_size=8)
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+def test_same_mask_and_seed_give_identical_bits_in_any_batch(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    task = request.getfixturevalue(name)
+    whole = task.evaluate_outputs(MASKS, SEEDS)
+    for rows in ([7], [39, 0, 13], list(range(20, 40)), list(range(17))[::-1]):
+        part = task.evaluate_outputs(MASKS[rows], SEEDS[rows])
+        np.testing.assert_array_equal(part.values, whole.values[rows])
+        np.testing.assert_array_equal(part.probes, whole.probes[rows])
+
+
+def test_mlp_seed_matters_and_logreg_seed_does_not(logreg: DigitsLogReg, mlp: DigitsMLP) -> None:
+    other = SEEDS[:4] + np.uint64(1)
+    assert not np.array_equal(mlp.evaluate(MASKS[:4], SEEDS[:4]), mlp.evaluate(MASKS[:4], other))
+    np.testing.assert_array_equal(
+        logreg.evaluate(MASKS[:4], SEEDS[:4]), logreg.evaluate(MASKS[:4], other)
+    )
+
+
+def test_logreg_matches_scikit_learn_optimum(logreg: DigitsLogReg) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    d = logreg.data
+    values = logreg.evaluate(MASKS[:4], SEEDS[:4])
+    for k in range(4):
+        ref = LogisticRegression(C=1.0, max_iter=10_000, tol=1e-10).fit(
+            d.x_pool[MASKS[k], :64], d.y_pool[MASKS[k]]
+        )
+        logits = d.x_targets[:, :64] @ ref.coef_.T + ref.intercept_
+        true = logits[np.arange(300), d.y_targets].copy()
+        logits[np.arange(300), d.y_targets] = -np.inf
+        # The benchmark's quality goal: per-model margins within 0.05 of the optimum.
+        assert np.abs(np.clip(true - logits.max(1), -16, 16) - values[k]).max() < 0.05
+
+
+def test_mlp_learns_the_digits(mlp: DigitsMLP) -> None:
+    full = DigitsMLP(steps=150, chunk_size=2)
+    values = full.evaluate(np.ones((2, 1497), dtype=bool), np.array([1, 2], dtype=np.uint64))
+    assert (values > 0).mean() > 0.9  # > 90 % of targets classified correctly
+
+
+def test_values_are_clipped_to_the_declared_bound() -> None:
+    task = DigitsLogReg(bound=0.5, chunk_size=4)
+    values = task.evaluate(MASKS[:4], SEEDS[:4])
+    assert np.abs(values).max() == 0.5
+    assert values.shape == (4, 300) and values.dtype == np.float64
+
+
+def test_spec_names_everything_that_changes_numerics(logreg: DigitsLogReg) -> None:
+    spec = logreg.spec()
+    for key in ("data_hash", "split", "model", "optimiser", "iters", "dtype", "versions",
+                "checkequiv_tau", "chunk_size", "bound"):  # fmt: skip
+        assert key in spec, key
+    assert spec_hash(logreg) != spec_hash(DigitsLogReg(chunk_size=16, iters=10))
+
+
+def test_bad_inputs(logreg: DigitsLogReg) -> None:
+    with pytest.raises(ShapeError, match="N = 1497"):
+        logreg.evaluate(np.ones((2, 100), dtype=bool), SEEDS[:2])
+    with pytest.raises(ShapeError, match="one seed per mask"):
+        logreg.evaluate(MASKS[:2], SEEDS[:3])
+    with pytest.raises(InvalidParameterError, match="chunk_size"):
+        DigitsLogReg(chunk_size=0)
+    with pytest.raises(InvalidParameterError, match="CUDA"):
+        DigitsLogReg(device="cuda:0") if not torch.cuda.is_available() else (_ for _ in ()).throw(
+            InvalidParameterError("CUDA present; nothing to refuse")
+        )
+    with pytest.raises(TaskError, match="unknown task"):
+        load_task("digits-logistic")
+
+
+def _stand_in_cifar(root: Path, n: int = 24) -> None:
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n).tolist()}  # fmt: skip
+        (root / name).write_bytes(pickle.dumps(batch))
+
+
+def test_cifar_loader_reads_the_python_batches(tmp_path: Path) -> None:
+    _stand_in_cifar(tmp_path)
+    x, y, xt, yt = load_cifar10(tmp_path)
+    assert x.shape == (120, 3, 32, 32) and y.shape == (120,) and xt.shape == (24, 3, 32, 32)
+    assert x.dtype == np.uint8 and yt.max() <= 9
+
+
+def test_cifar_missing_or_broken_data_gives_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="does not exist"):
+        load_cifar10(tmp_path / "nowhere")
+    with pytest.raises(TaskError, match="needs data_dir"):
+        CifarResNet()
+    _stand_in_cifar(tmp_path)
+    (tmp_path / "data_batch_3").unlink()
+    with pytest.raises(TaskError, match="data_batch_3.*missing"):
+        load_cifar10(tmp_path)
+    (tmp_path / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(TaskError, match="not a CIFAR-10 python batch"):
+        load_cifar10(tmp_path)
+
+
+@pytest.mark.slow
+def test_cifar_task_trains_deterministically_on_stand_in_data(tmp_path: Path) -> None:
+    _stand_in_cifar(tmp_path)
+    task = load_task(
+        f"cifar10-resnet:data_dir={tmp_path},n_train=48,n_targets=4,width=4,epochs=1,batch=16"
+    )
+    masks = np.random.default_rng(1).random((2, 48)) < 0.5
+    seeds = np.array([3, 4], dtype=np.uint64)
+    first = task.evaluate_outputs(masks, seeds)  # type: ignore[attr-defined]
+    again = task.evaluate_outputs(masks[1:], seeds[1:])  # type: ignore[attr-defined]
+    assert first.values.shape == (2, 4) and first.probes.shape == (2, 160)
+    np.testing.assert_array_equal(again.values[0], first.values[1])
+    np.testing.assert_array_equal(again.probes[0], first.probes[1])
+
+
+def test_checkequiv_exact_and_tolerance_modes() -> None:
+    values = np.array([[1.0, 2.0], [3.0, 4.0]])
+    probes = np.ones((2, 3), dtype=np.float32)
+    nudged = values + np.array([[0.0, 0.0], [0.0, 5e-4]])
+    exact = check_equiv(nudged, probes, values, probes, same_device_class=True, tau=0.0)
+    assert exact.mode == "exact" and exact.match.tolist() == [True, False]
+    loose = check_equiv(nudged, probes, values, probes, same_device_class=False, tau=1e-3)
+    assert loose.all_match and loose.max_abs_diff[1] == pytest.approx(5e-4)
+    tight = check_equiv(nudged, probes, values, probes, same_device_class=False, tau=1e-4)
+    assert tight.match.tolist() == [True, False]
+    with pytest.raises(ShapeError, match="same device class"):
+        check_equiv(values, probes, values, probes, same_device_class=False, tau=0.0)
+    with pytest.raises(ShapeError):
+        check_equiv(values[:1], probes, values, probes, same_device_class=True, tau=0.0)
+    assert fingerprint(values[0], probes[0]) != fingerprint(values[1], probes[0])
+
+
+def test_declared_tau_enters_the_plan(logreg: DigitsLogReg) -> None:
+    # float32's tolerance (1e-3) eats the margin at b = 16: cross-device checks need float64,
+    # whose tolerance (1e-9) the planner charges and accepts.
+    with pytest.raises(BudgetError, match="tau"):
+        plan(0.5, 0.05, logreg.bound, n_targets=logreg.n_targets, tau=logreg.tau)
+    f64 = DigitsLogReg(dtype="float64", iters=4, chunk_size=2)
+    pl = plan(0.5, 0.05, f64.bound, n_targets=f64.n_targets, tau=f64.tau, b3_bound=1.0)
+    assert 0 < pl.error_budget["tau_slack"] < 1e-4  # (K sqrt3 + 1) 2 b tau = 2.6e-6 here
+
+
+def test_float64_mode_agrees_with_float32_and_is_deterministic() -> None:
+    f64 = DigitsLogReg(dtype="float64", iters=30, chunk_size=4)
+    a = f64.evaluate(MASKS[:4], SEEDS[:4])
+    np.testing.assert_array_equal(a[2:], f64.evaluate(MASKS[2:4], SEEDS[2:4]))
+    f32 = DigitsLogReg(chunk_size=4).evaluate(MASKS[:4], SEEDS[:4])
+    assert np.abs(a - f32).max() < 0.05
