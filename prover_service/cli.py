@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -17,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from protocol.errors import ProtocolError
 from protocol.sampling import seed_from_text, training_seeds
 from protocol.tasks import load_task, spec_hash
-from prover_service.training import draw_training_set, read_masks, train_to_file
+from prover_service.attribution import attribute as run_attribution
+from prover_service.training import draw_training_set, read_masks, train_to_file, write_npz
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prover service.")
 _err = Console(stderr=True)
@@ -75,6 +77,60 @@ def train(
     seconds = time.perf_counter() - started
     summary |= {"task": t.name, "seconds": round(seconds, 3),
                 "models_per_second": round(len(m) / max(seconds, 1e-9), 2)}  # fmt: skip
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def attribute(
+    task: TaskOpt,
+    method: Annotated[
+        str, typer.Option(help="influence|ridge|lasso|loo|daunce|daunce-blackbox|import")
+    ],
+    budget: Annotated[int, typer.Option(help="Trainings to spend (calibration ones included).")],
+    p: Annotated[float, typer.Option(help="Inclusion probability of the sampled subsets.")] = 0.5,
+    seed: Annotated[
+        str, typer.Option(help="Seed of every subset and perturbation (int or hex).")
+    ] = "0",
+    scores: Annotated[
+        Path | None, typer.Option(help="Outside scores (Z, N) for --method import.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the datamodel .npz here.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Compute an attribution (a datamodel) and print a summary as JSON."""
+    try:
+        t = load_task(task)
+        key = seed_from_text(seed)
+        started = time.perf_counter()
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=_err, transient=True, disable=not progress,
+        ) as bar:  # fmt: skip
+            job = bar.add_task(f"{method} on {t.name}", total=budget)
+            result = run_attribution(
+                t, method, budget, p=p, seed=key, scores=scores,
+                progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )  # fmt: skip
+        dm = result.datamodel
+        if out is not None:
+            write_npz(out, {
+                "intercept": dm.intercept, "weights": dm.weights,
+                "content_hash": np.array(dm.content_hash), "method": np.array(result.method),
+                "trainings": np.array(result.trainings), "task_hash": np.array(spec_hash(t)),
+                "p": np.array(p), "details": np.array(json.dumps(result.details)),
+            })  # fmt: skip
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {str(out)!r}: {exc.strerror}") from None
+    summary = {
+        "task": t.name, "method": result.method, "trainings": result.trainings,
+        "content_hash": dm.content_hash, "n_targets": dm.n_targets, "n_train": dm.n_train,
+        "mean_abs_weight": float(np.abs(dm.weights).mean()),
+        "seconds": round(time.perf_counter() - started, 3),
+        "details": {k: v for k, v in result.details.items() if k != "lambda"},
+        "file": None if out is None else str(out),
+    }  # fmt: skip
     typer.echo(json.dumps(summary))
 
 

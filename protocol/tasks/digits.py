@@ -183,7 +183,9 @@ class DigitsLogReg(TrainedTask):
             "output": "correct-class margin",
         }  # fmt: skip
 
-    def _loss_grad(self, w: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_grad(
+        self, w: torch.Tensor, m: torch.Tensor, linear: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n, d, c = self._x.shape[0], self._d, self._c
         k = w.shape[1]
         logits = (self._x @ w.view(d, c * k)).view(n, c, k)
@@ -194,14 +196,27 @@ class DigitsLogReg(TrainedTask):
         f = ((s.squeeze(1).log() - true) * m).sum(0) + 0.5 * (self._reg * w * w).sum(0)
         e.div_(s).sub_(self._onehot).mul_(m[:, None, :])
         g = (self._x.T @ e.view(n, c * k)).view(d * c, k) + self._reg * w
+        if linear is not None:
+            f = f + (linear * w).sum(0)
+            g = g + linear
         return f, g
 
-    def solve(self, masks: torch.Tensor) -> torch.Tensor:
-        """Weights (D C, K) of the K models (columns) for masks (K, N)."""
-        m = masks.T.to(self._x.dtype)
+    def solve(
+        self,
+        weights: torch.Tensor,
+        linear: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Weights (D C, K) of K models (columns).
+
+        ``weights`` (K, N): each pool example's weight in the loss (a 0/1 mask, or bootstrap
+        counts); ``linear`` (D C, K): an optional linear term added to each objective (Daunce's
+        perturbation); ``start`` (D C, K): a warm start other than the full-pool solution.
+        """
+        m = weights.T.to(self._x.dtype)
         k = m.shape[1]
-        w = self._w0.repeat(1, k)
-        f, g = self._loss_grad(w, m)
+        w = self._w0.repeat(1, k) if start is None else start.to(self._x.dtype)
+        f, g = self._loss_grad(w, m, linear)
         step = torch.ones(k, device=w.device, dtype=w.dtype)
         hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for _ in range(self.iters):
@@ -215,7 +230,7 @@ class DigitsLogReg(TrainedTask):
             for (s_i, y_i, rho_i), a in zip(hist, reversed(alphas), strict=True):
                 r += s_i * (a - rho_i * (y_i * r).sum(0))
             w_new = w - step * r
-            f_new, g_new = self._loss_grad(w_new, m)
+            f_new, g_new = self._loss_grad(w_new, m, linear)
             ok = f_new <= f + 1e-4 * f.abs()
             s_vec, y_vec = w_new - w, g_new - g
             sy = (s_vec * y_vec).sum(0)
@@ -229,6 +244,32 @@ class DigitsLogReg(TrainedTask):
             hist.append((torch.where(good, s_vec, zero), torch.where(good, y_vec, zero), rho))
             hist = hist[-self.memory :]
         return w
+
+    # -- the differentiable extension used by Daunce (prover_service.attribution) ----------
+    def full_model(self) -> torch.Tensor:
+        """The model trained on the whole pool, (D C, 1), solved tightly in float64."""
+        w, _ = _full_pool_newton(self.data.x_pool, self.data.y_pool, 1.0, self.l2)
+        return torch.tensor(w.reshape(-1, 1), dtype=self._x.dtype, device=self.device)
+
+    def example_losses(self, w: torch.Tensor, which: str) -> torch.Tensor:
+        """Cross-entropy of every model (columns of w) on the pool or the targets: (K, n)."""
+        x, y = (self._x, self._labels) if which == "pool" else (self._xt, self._yt)
+        logits = self.logits(w, x)
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, self._c), y.repeat(w.shape[1]), reduction="none"
+        ).view(w.shape[1], -1)
+
+    def example_gradients(self, w: torch.Tensor) -> torch.Tensor:
+        """Per-example loss gradients on the pool at one model w (D C, 1): (N, D C)."""
+        p = torch.softmax(self._x @ w.view(self._d, self._c), dim=1)
+        resid = p - self._onehot[:, :, 0]
+        return (self._x[:, :, None] * resid[:, None, :]).reshape(self._x.shape[0], -1)
+
+    def finetune(
+        self, weights: torch.Tensor, linear: torch.Tensor | None, start: torch.Tensor
+    ) -> torch.Tensor:
+        """Fine-tune copies of ``start`` (D C, 1) on weighted pools (K, N): (D C, K)."""
+        return self.solve(weights, linear, start.repeat(1, weights.shape[0]))
 
     def logits(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits (K, T, C) of the models in w (D C, K) on inputs x (T, D)."""

@@ -1,0 +1,55 @@
+"""What every attribution method shares: the result type and the training of sampled subsets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from protocol.checks import check_probability
+from protocol.datamodel import Datamodel
+from protocol.evaluation import Progress as Progress
+from protocol.sampling import sample_masks, training_seeds
+from protocol.tasks import Task, evaluate_checked
+
+__all__ = ["AttributionResult", "Progress", "train_samples"]
+
+
+@dataclass(frozen=True)
+class AttributionResult:
+    """A datamodel, the method that made it, and the trainings it cost (by kind)."""
+
+    method: str
+    datamodel: Datamodel
+    trainings: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def train_samples(
+    task: Task,
+    count: int,
+    p: float,
+    seed: bytes,
+    domain: str,
+    progress: Progress | None = None,
+    offset: int = 0,
+    total: int | None = None,
+) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    """``count`` subsets x ~ B_p (stream ``domain``) trained with their own seeds: masks, f.
+
+    Progress is reported as (offset + done, total) so a method can chain several stages.
+    """
+    check_probability("p", p)
+    masks = sample_masks(seed, task.n_train, p, range(count), domain=domain)
+    seeds = training_seeds(seed, range(count), domain=f"{domain}-seed")
+    chunk = int(getattr(task, "chunk_size", 1024))
+    values = np.empty((count, task.n_targets))
+    total = count if total is None else total
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        values[start:stop] = evaluate_checked(task, masks[start:stop], seeds[start:stop])
+        if progress is not None:
+            progress(offset + stop, total)
+    return masks, values
