@@ -27,6 +27,13 @@ _err = Console(stderr=True)
 TaskOpt = Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")]
 
 
+def _progress_bar(show: bool) -> Progress:
+    return Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=_err, transient=True, disable=not show,
+    )  # fmt: skip
+
+
 def _fail(message: str) -> typer.Exit:
     _err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code=2)
@@ -62,10 +69,7 @@ def train(
         else:
             m, seeds = draw_training_set(t, count, key, p)
         started = time.perf_counter()
-        with Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=_err, transient=True, disable=not progress,
-        ) as bar:  # fmt: skip
+        with _progress_bar(progress) as bar:
             job = bar.add_task(f"training {t.name}", total=len(m))
             summary = train_to_file(
                 t, m, seeds, out, progress=lambda done, _n: bar.update(job, completed=done)
@@ -102,10 +106,7 @@ def attribute(
         t = load_task(task)
         key = seed_from_text(seed)
         started = time.perf_counter()
-        with Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=_err, transient=True, disable=not progress,
-        ) as bar:  # fmt: skip
+        with _progress_bar(progress) as bar:
             job = bar.add_task(f"{method} on {t.name}", total=budget)
             result = run_attribution(
                 t, method, budget, p=p, seed=key, scores=scores,

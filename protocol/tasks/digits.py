@@ -75,6 +75,15 @@ class DigitsData:
         self.x_targets, self.y_targets = prep(targets), y[targets]
         self.x_probes = self.x_pool[:N_PROBES]
 
+    def spec(self) -> dict[str, Any]:
+        """The data and split part of both digits tasks' specs."""
+        return {
+            "data": "sklearn.datasets.load_digits",
+            "data_hash": self.data_hash,
+            "split": {"rule": "sort stream(SHA-256('VDA/v1/digits-split'),'split',0)",
+                      "pool": N_POOL, "targets": N_TARGETS, "probes": N_PROBES},
+        }  # fmt: skip
+
 
 @cache
 def load_digits_split() -> DigitsData:
@@ -172,10 +181,7 @@ class DigitsLogReg(TrainedTask):
 
     def _spec(self) -> dict[str, Any]:
         return {
-            "task": self.name, "version": 1, "data": "sklearn.datasets.load_digits",
-            "data_hash": self.data.data_hash,
-            "split": {"rule": "sort stream(SHA-256('VDA/v1/digits-split'),'split',0)",
-                      "pool": N_POOL, "targets": N_TARGETS, "probes": N_PROBES},
+            "task": self.name, "version": 1, **self.data.spec(),
             "features": "standardised by pool mean/sd, bias column",
             "model": "multinomial logistic regression", "objective": "0.5 l2 |W|^2 + sum CE",
             "l2": self.l2, "optimiser": "preconditioned L-BFGS, warm start at full pool",
@@ -334,10 +340,7 @@ class DigitsMLP(TrainedTask):
 
     def _spec(self) -> dict[str, Any]:
         return {
-            "task": self.name, "version": 1, "data": "sklearn.datasets.load_digits",
-            "data_hash": self.data.data_hash,
-            "split": {"rule": "sort stream(SHA-256('VDA/v1/digits-split'),'split',0)",
-                      "pool": N_POOL, "targets": N_TARGETS, "probes": N_PROBES},
+            "task": self.name, "version": 1, **self.data.spec(),
             "model": f"MLP 64-{self.hidden}-10 ReLU", "init": "uniform +-1/sqrt(fan_in), seeded",
             "optimiser": "SGD momentum", "lr": self.lr, "momentum": self.momentum,
             "weight_decay": self.weight_decay, "steps": self.steps, "batch": self.batch,
