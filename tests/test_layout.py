@@ -44,7 +44,8 @@ def test_dependency_direction(package: str) -> None:
 @pytest.mark.parametrize(
     "module",
     ["protocol", "protocol.sampling", "protocol.residual", "protocol.budget", "protocol.datamodel",
-     "protocol.tasks", "protocol.errors", "protocol.codec", "protocol.evaluation"],
+     "protocol.tasks", "protocol.errors", "protocol.codec", "protocol.evaluation", "protocol.signing", "protocol.messages",
+     "protocol.checkequiv"],
 )  # fmt: skip
 def test_public_api_is_sorted_and_real(module: str) -> None:
     mod = importlib.import_module(module)

@@ -1,0 +1,173 @@
+"""The protocol's messages (PROTOCOL.md section 4), as frozen pydantic models.
+
+Flow: the Prover publishes an :class:`AttributionManifest` (commit); the Verifier sends a
+:class:`Challenge` naming it; the Prover answers with a :class:`ResponseManifest`; the Verifier
+posts its :class:`Verdict`, which opens the spot-check commitment. Every message is signed with
+:func:`protocol.signing.sign_message`; binary arrays travel beside the JSON as ``.npy`` bytes and
+are bound to it by :class:`ArrayRef` (SHA-256 of the exact bytes, dtype, shape).
+
+**Spot-check commitment**: ``SHA-256(b"VDA/v1/spot-check\\x00" || salt (32 bytes) ||
+u32le(k) || u32le(i_1) || ... || u32le(i_k))`` over the sorted distinct indices.
+
+Limits (``LIMITS``) bound every size so a peer cannot make the other side allocate without end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.errors import ShapeError
+
+__all__ = [
+    "LIMITS",
+    "PROTOCOL_VERSION",
+    "ArrayRef",
+    "AttributionManifest",
+    "Challenge",
+    "ResponseManifest",
+    "Verdict",
+    "array_from_npy",
+    "array_to_npy",
+    "commit_spot_checks",
+]
+
+PROTOCOL_VERSION = 1
+LIMITS = {
+    "n_train": 10**6,
+    "n_targets": 10**4,
+    "n_subsets": 2 * 10**6,
+    "spot_checks": 10**5,
+    "array_bytes": 2 * 10**9,
+    "json_bytes": 8 * 2**20,
+}
+Hex32 = Field(pattern=r"^[0-9a-f]{64}$")
+_DTYPES = ("<f8", "<f4", "|u1", "<u8")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: Literal[1] = 1
+
+
+class ArrayRef(BaseModel):
+    """A binary array bound into a signed message: name, SHA-256 of the .npy bytes, dtype, shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(pattern=r"^[a-z_]{1,32}$")
+    sha256: str = Hex32
+    dtype: Literal["<f8", "<f4", "|u1", "<u8"]
+    shape: tuple[int, ...] = Field(max_length=3)
+
+
+class AttributionManifest(_Message):
+    """P publishes g before any challenge: the challenge names ``content_hash``."""
+
+    type: Literal["attribution.v1"] = "attribution.v1"
+    task_hash: str = Hex32
+    method: str = Field(max_length=32)
+    trainings: int = Field(ge=0)
+    n_train: int = Field(ge=1, le=LIMITS["n_train"])
+    n_targets: int = Field(ge=1, le=LIMITS["n_targets"])
+    content_hash: str = Hex32  # SHA-256 of Datamodel.to_bytes()
+    created_at: int = Field(ge=0)
+
+
+class Challenge(_Message):
+    """V -> P: what to train, and a commitment to the secret spot-checks."""
+
+    type: Literal["challenge.v1"] = "challenge.v1"
+    task_hash: str = Hex32
+    attribution_hash: str = Hex32
+    p: float = Field(gt=0, lt=1)
+    rho0: float = Field(gt=0, le=0.5)
+    pairs_per_level: int = Field(ge=1, le=LIMITS["n_subsets"] // 6)
+    challenge_seed: str = Hex32
+    spot_check_commitment: str = Hex32
+    epsilon: float = Field(gt=0)
+    delta: float = Field(gt=0, lt=1)
+    bound: float = Field(gt=0)
+    tau: float = Field(ge=0)
+    estimator: Literal["residual", "gap"]
+    nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
+    timestamp: int = Field(ge=0)
+    verifier_key: str = Hex32
+
+
+class ResponseManifest(_Message):
+    """P -> V: f on every challenge subset and the CHECKEQUIV probes, as bound arrays."""
+
+    type: Literal["response.v1"] = "response.v1"
+    session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    challenge_digest: str = Hex32
+    values: ArrayRef
+    probes: ArrayRef
+    device_class: str = Field(max_length=128)
+    timestamp: int = Field(ge=0)
+
+
+class Verdict(_Message):
+    """V -> P after deciding: the verdict, its figures, and the opened commitment."""
+
+    type: Literal["verdict.v1"] = "verdict.v1"
+    session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    challenge_digest: str = Hex32
+    response_digest: str = Hex32
+    verdict: Literal["accept", "abort"]
+    reason: str = Field(max_length=64)
+    figures: dict[str, float]
+    spot_check_indices: tuple[int, ...] = Field(max_length=LIMITS["spot_checks"])
+    salt: str = Hex32
+    local_values: ArrayRef | None = None
+    timestamp: int = Field(ge=0)
+
+
+def commit_spot_checks(indices: list[int] | tuple[int, ...], salt: bytes) -> str:
+    """The commitment to a spot-check set (module doc)."""
+    if len(salt) != 32:
+        raise ShapeError("the commitment salt must be 32 bytes")
+    idx = sorted(set(int(i) for i in indices))
+    if any(i < 0 or i >= 2**32 for i in idx):
+        raise ShapeError("spot-check indices must fit in uint32")
+    body = struct.pack(f"<I{len(idx)}I", len(idx), *idx)
+    return hashlib.sha256(b"VDA/v1/spot-check\x00" + salt + body).hexdigest()
+
+
+def array_to_npy(name: str, array: NDArray[np.generic]) -> tuple[ArrayRef, bytes]:
+    """``.npy`` bytes of an array (little-endian) and the reference that binds them."""
+    arr = np.ascontiguousarray(array)
+    dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+    arr = arr.astype(dtype, copy=False)
+    if arr.dtype.str not in _DTYPES:
+        raise ShapeError(f"array {name!r}: dtype {arr.dtype.str} is not one of {_DTYPES}")
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    data = buf.getvalue()
+    ref = ArrayRef.model_validate(
+        {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "dtype": arr.dtype.str,
+         "shape": tuple(arr.shape)}
+    )  # fmt: skip
+    return ref, data
+
+
+def array_from_npy(ref: ArrayRef, data: bytes) -> NDArray[np.generic]:
+    """Parse ``.npy`` bytes after checking them against their reference (hash, dtype, shape)."""
+    if len(data) > LIMITS["array_bytes"]:
+        raise ShapeError(f"array {ref.name!r} is larger than {LIMITS['array_bytes']} bytes")
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise ShapeError(f"array {ref.name!r} does not match its signed SHA-256")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ShapeError(f"array {ref.name!r} is not a valid .npy: {exc}") from None
+    if arr.dtype.str != ref.dtype or tuple(arr.shape) != tuple(ref.shape):
+        raise ShapeError(
+            f"array {ref.name!r}: got {arr.dtype.str} {arr.shape}, signed {ref.dtype} {ref.shape}"
+        )
+    return np.asarray(arr)

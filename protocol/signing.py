@@ -1,0 +1,170 @@
+"""Ed25519 signatures over tagged canonical bytes: the only module that touches the keys.
+
+**What is signed.** For a message of type T (e.g. ``"challenge.v1"``) with JSON payload P ::
+
+    signed_bytes = b"VDA-v1" || 0x00 || ascii(T) || 0x00 || RFC 8785 canonical JSON of P
+
+The tag binds the signature to the protocol version and the message type, so a signature on a
+challenge can never be replayed as a verdict. A :class:`SignedMessage` carries the payload as
+JSON, the type, the signer's raw public key (hex) and the signature (hex); :func:`open_signed`
+checks the signature *before* parsing the payload into its model.
+
+**Keys.** :func:`generate_key` / :func:`save_private_key` write PKCS#8 PEM files with mode 0600;
+:func:`load_private_key` reads them (or a PEM from an environment variable) with clear errors.
+A key's fingerprint is the first 16 bytes (hex) of the SHA-256 of its raw public key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.codec import canonical_json
+from protocol.errors import ProtocolError
+
+__all__ = [
+    "BadSignatureError",
+    "KeyFileError",
+    "SignedMessage",
+    "fingerprint",
+    "generate_key",
+    "load_private_key",
+    "open_signed",
+    "public_key_hex",
+    "save_private_key",
+    "sign_bytes",
+    "sign_message",
+    "signed_bytes",
+    "verify_bytes",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class BadSignatureError(ProtocolError):
+    """A signature does not verify, or a signed message is malformed."""
+
+
+class KeyFileError(ProtocolError):
+    """A key file is missing, unreadable or not an Ed25519 private key."""
+
+
+class SignedMessage(BaseModel):
+    """A message on the wire: its type, JSON payload, signer and signature."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(pattern=r"^[a-z]+(\.[a-z]+)*\.v[0-9]+$", max_length=64)
+    payload: dict[str, Any]
+    signer: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$")
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the signed bytes: how other messages refer to this one."""
+        return hashlib.sha256(signed_bytes(self.type, self.payload)).hexdigest()
+
+
+def signed_bytes(message_type: str, payload: dict[str, Any]) -> bytes:
+    """The exact bytes a signature covers (module doc)."""
+    return b"VDA-v1\x00" + message_type.encode("ascii") + b"\x00" + canonical_json(payload)
+
+
+def generate_key() -> Ed25519PrivateKey:
+    """A fresh Ed25519 private key."""
+    return Ed25519PrivateKey.generate()
+
+
+def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The raw 32-byte public key, hex."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def fingerprint(public_hex: str) -> str:
+    """First 16 bytes (hex) of SHA-256 of the raw public key."""
+    return hashlib.sha256(bytes.fromhex(public_hex)).hexdigest()[:32]
+
+
+def save_private_key(key: Ed25519PrivateKey, path: Path, overwrite: bool = False) -> None:
+    """Write a PKCS#8 PEM file readable by its owner only; refuses to overwrite by default."""
+    if path.exists() and not overwrite:
+        raise KeyFileError(f"{str(path)!r} exists; refusing to overwrite a key")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )  # fmt: skip
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+
+
+def load_private_key(path: Path | None = None, env: str | None = None) -> Ed25519PrivateKey:
+    """Load a private key from a PEM file, or from the PEM text in environment variable ``env``."""
+    if path is None and env is None:
+        raise KeyFileError("no key given: pass a key file or set the key's environment variable")
+    if path is not None:
+        if not path.is_file():
+            raise KeyFileError(f"key file {str(path)!r} does not exist (create it with keygen)")
+        data = path.read_bytes()
+        where = repr(str(path))
+    else:
+        text = os.environ.get(env or "")
+        if not text:
+            raise KeyFileError(f"environment variable {env} is not set")
+        data = text.encode()
+        where = f"${env}"
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{where} is not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{where} is not an Ed25519 key")
+    return key
+
+
+def sign_bytes(key: Ed25519PrivateKey, data: bytes) -> str:
+    """Signature (hex) over raw bytes (for request authentication headers)."""
+    return key.sign(data).hex()
+
+
+def verify_bytes(public_hex: str, signature_hex: str, data: bytes) -> None:
+    """Raise :class:`BadSignatureError` unless ``signature_hex`` signs ``data`` for the key."""
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
+        pub.verify(bytes.fromhex(signature_hex), data)
+    except (InvalidSignature, ValueError):
+        raise BadSignatureError("signature does not verify") from None
+
+
+def sign_message(key: Ed25519PrivateKey, message: BaseModel) -> SignedMessage:
+    """Sign a message model; its ``type`` field is the tag."""
+    payload = message.model_dump(mode="json")
+    message_type = payload["type"]
+    return SignedMessage(
+        type=message_type,
+        payload=payload,
+        signer=public_key_hex(key),
+        signature=key.sign(signed_bytes(message_type, payload)).hex(),
+    )
+
+
+def open_signed(signed: SignedMessage, model: type[M], signer: str | None = None) -> M:
+    """Verify, *then* parse: the payload as ``model``, signed by ``signer`` if given."""
+    want_type = model.model_fields["type"].default
+    if signed.type != want_type or signed.payload.get("type") != want_type:
+        raise BadSignatureError(f"expected a {want_type} message; got {signed.type}")
+    if signer is not None and signed.signer != signer:
+        raise BadSignatureError("message is signed by an unexpected key")
+    verify_bytes(signed.signer, signed.signature, signed_bytes(signed.type, signed.payload))
+    try:
+        return model.model_validate(signed.payload)
+    except ValidationError as exc:
+        raise BadSignatureError(f"signed {want_type} payload is malformed: {exc}") from None
