@@ -26,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.errors import ShapeError
 
 __all__ = [
-    "LIMITS",
-    "PROTOCOL_VERSION",
     "ArrayRef",
     "AttributionManifest",
     "Challenge",
+    "LIMITS",
+    "PROTOCOL_VERSION",
     "ResponseManifest",
     "Verdict",
     "array_from_npy",
