@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from protocol.errors import ProtocolError
 from protocol.sampling import seed_from_text, training_seeds
+from protocol.signing import fingerprint, generate_key, public_key_hex, save_private_key
 from protocol.tasks import load_task, spec_hash
 from prover_service.attribution import attribute as run_attribution
 from prover_service.training import draw_training_set, read_masks, train_to_file, write_npz
@@ -133,6 +134,48 @@ def attribute(
         "file": None if out is None else str(out),
     }  # fmt: skip
     typer.echo(json.dumps(summary))
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Where to write the Ed25519 key (PEM, 0600).")],
+) -> None:
+    """Create the Prover's signing key; prints its public key and fingerprint."""
+    try:
+        key = generate_key()
+        save_private_key(key, out)
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    pub = public_key_hex(key)
+    typer.echo(json.dumps({"public_key": pub, "fingerprint": fingerprint(pub), "file": str(out)}))
+
+
+@app.command()
+def serve(
+    task: Annotated[list[str], typer.Option(help="Task to serve (repeatable).")],
+    key: Annotated[Path | None, typer.Option(help="Signing key file (see keygen).")] = None,
+    key_env: Annotated[str | None, typer.Option(help="Env variable holding the PEM key.")] = None,
+    db: Annotated[
+        str, typer.Option(help="SQLAlchemy URL of the database.")
+    ] = "sqlite:///prover.db",
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    adversary: Annotated[str | None, typer.Option(help="Cheat (tests and demos): SPEC.")] = None,
+    public_transcripts: Annotated[bool, typer.Option(help="Anyone may read transcripts.")] = False,
+) -> None:
+    """Run the Prover service (FastAPI on uvicorn); resumes unfinished jobs on start."""
+    import uvicorn
+
+    from prover_service.app import create_app
+    from prover_service.settings import Settings
+
+    try:
+        settings = Settings(db=db, key_file=key, key_env=key_env, tasks=task, adversary=adversary,
+                            public_transcripts=public_transcripts)  # fmt: skip
+        application = create_app(settings)
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(application, host=host, port=port, log_level="info")
 
 
 def main() -> None:

@@ -14,11 +14,21 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 FORBIDDEN = {
-    "protocol": {"prover_service", "verifier_client", "fastapi", "uvicorn", "httpx",
-                 "sqlalchemy", "starlette", "requests", "typer", "rich"},
+    "protocol": {
+        "prover_service",
+        "verifier_client",
+        "fastapi",
+        "uvicorn",
+        "httpx",
+        "sqlalchemy",
+        "starlette",
+        "requests",
+        "typer",
+        "rich",
+    },
     "prover_service": {"verifier_client"},
     "verifier_client": {"prover_service"},
-}  # fmt: skip
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -43,10 +53,21 @@ def test_dependency_direction(package: str) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["protocol", "protocol.sampling", "protocol.residual", "protocol.budget", "protocol.datamodel",
-     "protocol.tasks", "protocol.errors", "protocol.codec", "protocol.evaluation", "protocol.signing", "protocol.messages",
-     "protocol.checkequiv"],
-)  # fmt: skip
+    [
+        "protocol",
+        "protocol.sampling",
+        "protocol.residual",
+        "protocol.budget",
+        "protocol.datamodel",
+        "protocol.tasks",
+        "protocol.errors",
+        "protocol.codec",
+        "protocol.evaluation",
+        "protocol.signing",
+        "protocol.messages",
+        "protocol.checkequiv",
+    ],
+)
 def test_public_api_is_sorted_and_real(module: str) -> None:
     mod = importlib.import_module(module)
     names = list(mod.__all__)

@@ -23,13 +23,16 @@ torch.set_num_threads(1)
 PLANTED = PlantedTask(n_train=40, n_targets=3, b0=0.2, b1=1.0, b2=0.3, noise=0.2, seed=2)
 
 
-@pytest.mark.parametrize(("method", "bound_at_4000"), [("influence", 0.06), ("ridge", 0.02),
-                                                      ("lasso", 0.02)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "bound_at_4000"), [("influence", 0.06), ("ridge", 0.02), ("lasso", 0.02)]
+)
 def test_consistent_methods_converge_to_phi(method: str, bound_at_4000: float) -> None:
     # err(g) must fall as the budget grows, and reach the stated bound at 4,000 trainings
     # (measured: influence 0.02, ridge and lasso 0.005; the bounds leave 3-4x room).
-    errs = [PLANTED.err(attribute(PLANTED, method, b, seed=bytes(32)).datamodel).mean()
-            for b in (250, 1000, 4000)]  # fmt: skip
+    errs = [
+        PLANTED.err(attribute(PLANTED, method, b, seed=bytes(32)).datamodel).mean()
+        for b in (250, 1000, 4000)
+    ]
     assert errs[0] > errs[1] > errs[2]
     assert errs[2] < bound_at_4000
 
@@ -103,14 +106,38 @@ def test_bad_inputs(tmp_path: Path) -> None:
 
 def test_cli_writes_a_datamodel_file(tmp_path: Path) -> None:
     out = tmp_path / "dm.npz"
-    result = CliRunner().invoke(app, ["attribute", "--task", "planted:n_train=40,seed=2",
-                                      "--method", "ridge", "--budget", "300", "--out", str(out),
-                                      "--no-progress"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "attribute",
+            "--task",
+            "planted:n_train=40,seed=2",
+            "--method",
+            "ridge",
+            "--budget",
+            "300",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     with np.load(out) as z:
         dm = Datamodel(z["intercept"], z["weights"])
         assert str(z["content_hash"]) == dm.content_hash
         assert z["weights"].shape == (3, 40)
-    bad = CliRunner().invoke(app, ["attribute", "--task", "planted", "--method", "import",
-                                   "--budget", "10", "--scores", "missing.npy"])  # fmt: skip
+    bad = CliRunner().invoke(
+        app,
+        [
+            "attribute",
+            "--task",
+            "planted",
+            "--method",
+            "import",
+            "--budget",
+            "10",
+            "--scores",
+            "missing.npy",
+        ],
+    )
     assert bad.exit_code == 2 and "does not exist" in bad.stderr

@@ -43,8 +43,9 @@ def test_masks_from_a_file_reproduce_the_same_rows(tmp_path: Path) -> None:
         values = z["values"]
     np.save(tmp_path / "masks.npy", masks[2:5])
     again = tmp_path / "again.npz"
-    code = _train("--task", TASK, "--masks", str(tmp_path / "masks.npy"), "--seed", "1",
-                  "--out", str(again))[0]  # fmt: skip
+    code = _train(
+        "--task", TASK, "--masks", str(tmp_path / "masks.npy"), "--seed", "1", "--out", str(again)
+    )[0]
     assert code == 0
     with np.load(again) as z:
         # digits-logreg is convex: the values depend on the masks only, whatever the seeds.
@@ -71,6 +72,7 @@ def test_bad_input_exits_2_with_a_clear_line(
 
 def test_mask_file_of_wrong_width_is_refused(tmp_path: Path) -> None:
     np.save(tmp_path / "m.npy", np.ones((2, 10), dtype=bool))
-    code, _, err = _train("--task", TASK, "--masks", str(tmp_path / "m.npy"),
-                          "--out", str(tmp_path / "x.npz"))  # fmt: skip
+    code, _, err = _train(
+        "--task", TASK, "--masks", str(tmp_path / "m.npy"), "--out", str(tmp_path / "x.npz")
+    )
     assert code == 2 and "N = 1497" in err

@@ -1,0 +1,76 @@
+"""Challenges, sessions, responses, verdicts, arrays and transcripts."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Response, status
+
+from protocol.signing import SignedMessage
+from prover_service.api.deps import RequesterDep, ServiceDep
+from prover_service.api.routes.attributions import job_out
+from prover_service.api.schemas import ErrorResponse, SessionCreated, SessionOut, TranscriptOut
+from prover_service.store import SessionRow
+
+router = APIRouter(prefix="/v1", tags=["sessions"])
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)}
+
+
+def _session_out(row: SessionRow, service: ServiceDep) -> SessionOut:
+    return SessionOut(session_id=row.id, task_hash=row.task_hash,
+                      attribution_hash=row.attribution_hash, status=row.status,
+                      verdict=row.verdict, job=job_out(service.job(row.job_id)),
+                      created_at=row.created_at)  # fmt: skip
+
+
+@router.post("/challenges", status_code=status.HTTP_201_CREATED, responses=ERRORS,
+             summary="Send a signed challenge; training starts in the background")  # fmt: skip
+def create_challenge(body: SignedMessage, service: ServiceDep) -> SessionCreated:
+    """The challenge must be signed by the key it names, with a fresh nonce and time stamp."""
+    row = service.submit_challenge(body)
+    return SessionCreated(session_id=row.id, job_id=row.job_id)
+
+
+@router.get("/sessions", responses=ERRORS, summary="Sessions visible to the requester")
+def list_sessions(
+    service: ServiceDep, requester: RequesterDep, task: str | None = None,
+    status: str | None = None, verdict: str | None = None,
+) -> list[SessionOut]:  # fmt: skip
+    """Filter by task hash, status (training, ready, decided, failed) and verdict."""
+    return [
+        _session_out(r, service) for r in service.list_sessions(requester, task, status, verdict)
+    ]
+
+
+@router.get("/sessions/{session_id}", responses=ERRORS, summary="A session's status and progress")
+def get_session(session_id: str, service: ServiceDep) -> SessionOut:
+    """Training progress of the session's job, and the verdict once posted."""
+    return _session_out(service.session(session_id), service)
+
+
+@router.get("/sessions/{session_id}/response", responses=ERRORS,
+            summary="The signed response manifest (409 until training is done)")  # fmt: skip
+def get_response(session_id: str, service: ServiceDep) -> SignedMessage:
+    """The manifest binds the values and probe arrays by SHA-256; fetch them from /v1/arrays."""
+    return service.response(session_id)
+
+
+@router.get("/arrays/{sha}", responses=ERRORS, response_class=Response,
+            summary="A binary array (.npy bytes) by its SHA-256")  # fmt: skip
+def get_array(sha: str, service: ServiceDep) -> Response:
+    """Content-addressed: the bytes hash to the name, so anyone can check them."""
+    return Response(service.array(sha), media_type="application/octet-stream")
+
+
+@router.post("/sessions/{session_id}/verdict", responses=ERRORS,
+             summary="Post the signed verdict, opening the spot-check commitment")  # fmt: skip
+def post_verdict(session_id: str, body: SignedMessage, service: ServiceDep) -> SessionOut:
+    """Recorded for the audit log once; it must open the challenge's commitment."""
+    return _session_out(service.post_verdict(session_id, body), service)
+
+
+@router.get("/sessions/{session_id}/transcript", responses=ERRORS,
+            summary="Every signed message of a session, for a third-party audit")  # fmt: skip
+def get_transcript(session_id: str, service: ServiceDep, requester: RequesterDep) -> TranscriptOut:
+    """Visible to the session's verifier (signed request) or to anyone if transcripts are public."""
+    return TranscriptOut.build(json.loads(json.dumps(service.transcript(session_id, requester))))

@@ -1,0 +1,97 @@
+"""A Prover on a temporary database, and a minimal Verifier side that signs challenges."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+
+from protocol.messages import Challenge, commit_spot_checks
+from protocol.signing import (
+    SignedMessage,
+    generate_key,
+    public_key_hex,
+    save_private_key,
+    sign_message,
+)
+from prover_service.app import create_app
+from prover_service.service import ProverService
+from prover_service.settings import Settings
+
+TASK = "planted:n_train=20,n_targets=2"
+
+
+@dataclass
+class Prover:
+    client: TestClient
+    service: ProverService
+    settings: Settings
+    task_hash: str
+
+    def publish(self, method: str = "ridge", budget: int = 300) -> str:
+        job = self.client.post(
+            "/v1/attributions",
+            json={"task_hash": self.task_hash, "method": method, "budget": budget},
+        )
+        assert job.status_code == 202, job.text
+        self.service.run_pending()
+        done = self.client.get(f"/v1/jobs/{job.json()['id']}").json()
+        assert done["status"] == "done", done
+        return str(done["result"])
+
+
+def make_settings(tmp_path: Path, **over: object) -> Settings:
+    key = tmp_path / "prover.pem"
+    if not key.exists():
+        save_private_key(generate_key(), key)
+    fields: dict[str, object] = {
+        "db": f"sqlite:///{tmp_path}/prover.db",
+        "key_file": key,
+        "tasks": [TASK],
+        "run_worker": False,
+    }
+    fields.update(over)
+    return Settings(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def prover(tmp_path: Path) -> Iterator[Prover]:
+    settings = make_settings(tmp_path)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        task_hash = client.get("/v1/info").json()["tasks"][0]["task_hash"]
+        yield Prover(client, app.state.service, settings, task_hash)
+
+
+SPOT = [1, 4, 7]
+SALT = bytes(range(32))
+
+
+def signed_challenge(
+    key: Ed25519PrivateKey, task_hash: str, attribution: str, bound: float, **over: object
+) -> SignedMessage:
+    fields: dict[str, object] = dict(
+        task_hash=task_hash,
+        attribution_hash=attribution,
+        p=0.5,
+        rho0=0.2,
+        pairs_per_level=10,
+        challenge_seed=os.urandom(32).hex(),
+        spot_check_commitment=commit_spot_checks(SPOT, SALT),
+        epsilon=0.5,
+        delta=0.05,
+        bound=bound,
+        tau=0.0,
+        estimator="gap",
+        nonce=os.urandom(16).hex(),
+        timestamp=int(time.time()),
+        verifier_key=public_key_hex(key),
+    )
+    fields.update(over)
+    return sign_message(key, Challenge.model_validate(fields))

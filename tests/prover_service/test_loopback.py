@@ -1,0 +1,70 @@
+"""The Prover under real uvicorn on loopback, driven over HTTP by httpx."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from protocol.messages import ResponseManifest, array_from_npy
+from protocol.signing import SignedMessage, generate_key, open_signed
+from prover_service.app import create_app
+from tests.prover_service.conftest import make_settings, signed_challenge
+
+
+@pytest.fixture
+def base_url(tmp_path: Path) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(make_settings(tmp_path, run_worker=True))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=20)
+
+
+def _wait(client: httpx.Client, url: str, key: str, want: str) -> dict:  # type: ignore[type-arg]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        doc = client.get(url).json()
+        status = doc["status"] if key == "status" else doc["job"]["status"]
+        if status == want:
+            return doc  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never reached {want}")
+
+
+def test_attribution_challenge_and_response_over_real_http(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        info = client.get("/v1/info").json()
+        task = info["tasks"][0]
+        job = client.post(
+            "/v1/attributions",
+            json={"task_hash": task["task_hash"], "method": "influence", "budget": 200},
+        ).json()
+        done = _wait(client, f"/v1/jobs/{job['id']}", "status", "done")
+        challenge = signed_challenge(
+            generate_key(), task["task_hash"], done["result"], task["bound"]
+        )
+        created = client.post("/v1/challenges", json=challenge.model_dump())
+        assert created.status_code == 201
+        sid = created.json()["session_id"]
+        _wait(client, f"/v1/sessions/{sid}", "status", "ready")
+        response = SignedMessage.model_validate(client.get(f"/v1/sessions/{sid}/response").json())
+        rm = open_signed(response, ResponseManifest, signer=info["public_key"])
+        data = client.get(f"/v1/arrays/{rm.values.sha256}")
+        assert data.headers["content-type"] == "application/octet-stream"
+        assert array_from_npy(rm.values, data.content).shape == (60, 2)
