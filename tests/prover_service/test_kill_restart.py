@@ -1,0 +1,119 @@
+"""A Prover killed with SIGKILL mid-challenge resumes on restart and serves the same bytes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from protocol.messages import ResponseManifest
+from protocol.signing import SignedMessage, generate_key
+from prover_service.service import ProverService
+from tests.prover_service.conftest import make_settings, signed_challenge
+
+TASK = "digits-logreg"
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(root: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prover_service",
+            "serve",
+            "--task",
+            TASK,
+            "--key",
+            str(root / "prover.pem"),
+            "--db",
+            f"sqlite:///{root}/prover.db",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _until(client: httpx.Client, url: str, ok, timeout: float = 120) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            doc = client.get(url).json()
+            if ok(doc):
+                return doc  # type: ignore[no-any-return]
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting on {url}")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_job_then_restart_gives_identical_response(tmp_path: Path) -> None:
+    ref_root, live_root = tmp_path / "ref", tmp_path / "live"
+    ref_root.mkdir()
+    live_root.mkdir()
+    # Reference run, in process, on its own database.
+    ref = ProverService(make_settings(ref_root, tasks=[TASK]))
+    task_hash = next(iter(ref.tasks))
+    job = ref.submit_attribution(task_hash, "influence", 50, 0.5, "")
+    ref.run_pending()
+    content = ref.job(job.id).result
+    assert content is not None
+    seed = "5a" * 32
+    bound = ref.tasks[task_hash].bound
+
+    def make() -> SignedMessage:
+        return signed_challenge(
+            generate_key(), task_hash, content, bound, pairs_per_level=400, challenge_seed=seed
+        )
+
+    session = ref.submit_challenge(make())
+    ref.run_pending()
+    want = ResponseManifest.model_validate(ref.response(session.id).payload)
+
+    # The live Prover: same attribution (same method, budget and seed), then killed mid-job.
+    make_settings(live_root, tasks=[TASK])  # writes the key file
+    port = _port()
+    proc = _serve(live_root, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            _until(client, "/v1/info", lambda d: "public_key" in d)
+            j = client.post(
+                "/v1/attributions",
+                json={"task_hash": task_hash, "method": "influence", "budget": 50},
+            ).json()
+            assert (
+                _until(client, f"/v1/jobs/{j['id']}", lambda d: d["status"] == "done")["result"]
+                == content
+            )
+            sid = client.post("/v1/challenges", json=make().model_dump()).json()["session_id"]
+            _until(client, f"/v1/sessions/{sid}", lambda d: d["job"]["done"] >= 1024)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        proc = _serve(live_root, port)  # restart on the same database
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            doc = _until(client, f"/v1/sessions/{sid}", lambda d: d["status"] == "ready")
+            assert doc["job"]["done"] == 2400
+            got = ResponseManifest.model_validate(
+                client.get(f"/v1/sessions/{sid}/response").json()["payload"]
+            )
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert (got.values.sha256, got.probes.sha256) == (want.values.sha256, want.probes.sha256)
