@@ -22,7 +22,13 @@ from numpy.typing import NDArray
 from protocol.checks import as_finite_matrix
 from protocol.errors import InvalidParameterError, ShapeError
 
-__all__ = ["EquivReport", "check_equiv", "fingerprint"]
+__all__ = ["EquivReport", "check_equiv", "device_class_of", "fingerprint"]
+
+
+def device_class_of(task: object) -> str:
+    """A task's device class; tasks without one (e.g. ``planted``, float64 numpy) share
+    ``"cpu:exact-float64"``."""
+    return str(getattr(task, "device_class", "cpu:exact-float64"))
 
 
 def fingerprint(values: NDArray[np.float64], probes: NDArray[np.float32]) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select
 
+from protocol.checkequiv import device_class_of
 from protocol.datamodel import Datamodel
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -124,7 +125,7 @@ class ProverService:
 
     @staticmethod
     def _device_class(task: Task | None) -> str:
-        return str(getattr(task, "device_class", "cpu:exact-float64")) if task else "none"
+        return device_class_of(task) if task else "none"
 
     def task(self, task_hash: str) -> Task:
         if task_hash not in self.tasks:

@@ -10,10 +10,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import numpy as np
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
@@ -23,7 +26,17 @@ from protocol.errors import ProtocolError
 from protocol.evaluation import evaluate_design
 from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, seed_from_text
+from protocol.signing import (
+    fingerprint,
+    generate_key,
+    load_private_key,
+    public_key_hex,
+    save_private_key,
+)
 from protocol.tasks import Task, load_task, spec_hash
+from verifier_client.client import ProverClient, TransportError
+from verifier_client.session import Options, run_verification
+from verifier_client.store import VerifierStore
 
 app = typer.Typer(
     add_completion=False,
@@ -214,6 +227,160 @@ def plan_cmd(
     Console().print(table)
     bound_name = "Bernstein (pilot)" if pilot_bounds else "Hoeffding (worst case)"
     Console().print(f"Sample sizes from {bound_name}; `--json` lists the source of every number.")
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Where to write the Ed25519 key (PEM, 0600).")],
+) -> None:
+    """Create the Verifier's signing key; prints its public key and fingerprint."""
+    try:
+        key = generate_key()
+        save_private_key(key, out)
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    pub = public_key_hex(key)
+    typer.echo(json.dumps({"public_key": pub, "fingerprint": fingerprint(pub), "file": str(out)}))
+
+
+def _load_key(key: Path | None, key_env: str | None) -> Ed25519PrivateKey:
+    try:
+        return load_private_key(key, key_env or ("VDA_VERIFIER_KEY" if key is None else None))
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def verify(
+    prover: Annotated[str, typer.Option(help="The Prover's base URL.")],
+    task: Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")],
+    epsilon: Annotated[float, typer.Option(help="Abort any attribution with err(g) > epsilon.")],
+    delta: Annotated[float, typer.Option(help="Failure probability.")] = 0.05,
+    attribution: Annotated[str, typer.Option(help="Attribution hash, or 'latest'.")] = "latest",
+    protocol: Annotated[
+        str, typer.Option(help="interactive | noninteractive | naive (baselines).")
+    ] = "interactive",
+    estimator: Annotated[str, typer.Option(help="gap (default) | residual (the paper's).")] = "gap",
+    pairs: Annotated[int, typer.Option(help="Pairs per noise level (|E| = 6 x pairs).")] = 2000,
+    spot_checks: Annotated[int, typer.Option(help="Secret spot-checks retrained locally.")] = 32,
+    fresh: Annotated[int, typer.Option(help="Fresh local samples (residual/naive).")] = 0,
+    honest_err: Annotated[
+        float, typer.Option(help="Largest err an honest Prover passes with.")
+    ] = 0.0,
+    method: Annotated[
+        str, typer.Option(help="Method if the Prover has no attribution yet.")
+    ] = "ridge",
+    budget: Annotated[int, typer.Option(help="Its budget in trainings.")] = 2000,
+    db: Annotated[
+        str, typer.Option(help="SQLAlchemy URL of the records.")
+    ] = "sqlite:///verifier.db",
+    key: Annotated[
+        Path | None, typer.Option(help="Signing key file (or $VDA_VERIFIER_KEY).")
+    ] = None,
+    key_env: Annotated[str | None, typer.Option(help="Env variable holding the PEM key.")] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Finish a recorded, incomplete session.")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
+) -> None:
+    """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error."""
+    signing_key = _load_key(key, key_env)
+    opts = Options(
+        task=task,
+        epsilon=epsilon,
+        delta=delta,
+        protocol=protocol,
+        estimator=estimator,
+        pairs_per_level=pairs,
+        spot_checks=spot_checks,
+        fresh_samples=fresh,
+        honest_err=honest_err,
+        attribution=attribution,
+        method=method,
+        budget=budget,
+    )
+    started = time.perf_counter()
+    try:
+        with (
+            httpx.Client(base_url=prover, timeout=120) as http,
+            Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=_err,
+                transient=True,
+                disable=not progress,
+            ) as bar,
+        ):
+            bars: dict[str, Any] = {}
+
+            def show(phase: str, done: int, total: int) -> None:
+                if phase not in bars:
+                    bars[phase] = bar.add_task(phase, total=total)
+                bar.update(bars[phase], completed=done, total=total)
+
+            result = run_verification(
+                ProverClient(http), VerifierStore(db), signing_key, opts, prover, show, resume
+            )
+    except (ProtocolError, TransportError) as exc:
+        raise _fail(str(exc)) from None
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        colour = "green" if result["verdict"] == "accept" else "red"
+        Console().print(
+            f"[bold {colour}]{result['verdict'].upper()}[/] ({result['reason']}) "
+            f"session {result['session']}: Prover trained {result['prover_trainings']:,}, "
+            f"this machine {result['local_trainings']:,}; figures {result['figures']}"
+        )
+    raise typer.Exit(code=0 if result["verdict"] == "accept" else 1)
+
+
+@app.command()
+def history(
+    db: Annotated[
+        str, typer.Option(help="SQLAlchemy URL of the records.")
+    ] = "sqlite:///verifier.db",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Every recorded verification."""
+    rows = [r.as_dict() for r in VerifierStore(db).all()]
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title="verifications")
+    for col in ("session", "status", "verdict", "reason", "protocol", "prover trainings", "local"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["session"],
+            r["status"],
+            str(r["verdict"]),
+            str(r["reason"]),
+            r["protocol"],
+            f"{r['prover_trainings']:,}",
+            f"{r['local_trainings']:,}",
+        )
+    Console().print(table)
+
+
+@app.command()
+def show(
+    session: Annotated[str, typer.Argument(help="Session id (the Prover's or the local one).")],
+    db: Annotated[
+        str, typer.Option(help="SQLAlchemy URL of the records.")
+    ] = "sqlite:///verifier.db",
+) -> None:
+    """One recorded verification, as JSON."""
+    row = VerifierStore(db).get(session)
+    if row is None:
+        raise _fail(f"no recorded verification {session!r}")
+    typer.echo(json.dumps(row.as_dict(), indent=1))
 
 
 def main() -> None:

@@ -69,6 +69,7 @@ class SessionOut(BaseModel):
     session_id: str
     task_hash: str
     attribution_hash: str
+    challenge_digest: str
     status: str
     verdict: str | None
     job: JobOut

@@ -18,7 +18,8 @@ ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)}
 
 def _session_out(row: SessionRow, service: ServiceDep) -> SessionOut:
     return SessionOut(session_id=row.id, task_hash=row.task_hash,
-                      attribution_hash=row.attribution_hash, status=row.status,
+                      attribution_hash=row.attribution_hash,
+        challenge_digest=row.challenge_digest, status=row.status,
                       verdict=row.verdict, job=job_out(service.job(row.job_id)),
                       created_at=row.created_at)  # fmt: skip
 

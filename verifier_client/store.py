@@ -1,0 +1,106 @@
+"""The Verifier's records: every session, in SQLite (or any SQLAlchemy URL).
+
+A row is written *before* the challenge is sent (status ``incomplete``, with the secret
+spot-check set and salt, which never leave this machine before the verdict), updated when the
+response is checked, and completed in one transaction with the verdict (status ``decided``).
+A client killed in between leaves an ``incomplete`` row that ``verify --resume`` finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import Float, Integer, String, Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+__all__ = ["Record", "VerifierStore"]
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Record(_Base):
+    """One verification."""
+
+    __tablename__ = "verifications"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # local id: the nonce
+    prover_session: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    prover_url: Mapped[str] = mapped_column(String(512))
+    prover_key: Mapped[str] = mapped_column(String(64))
+    task_hash: Mapped[str] = mapped_column(String(64), index=True)
+    task_ref: Mapped[str] = mapped_column(String(512))
+    attribution_hash: Mapped[str] = mapped_column(String(64))
+    protocol: Mapped[str] = mapped_column(String(16))
+    estimator: Mapped[str] = mapped_column(String(16))
+    challenge_json: Mapped[str] = mapped_column(Text)
+    secret_json: Mapped[str] = mapped_column(Text)  # spot-check indices + salt
+    status: Mapped[str] = mapped_column(String(16), index=True, default="incomplete")
+    response_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    array_hashes_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    spot_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    figures_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    verdict: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    verdict_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    times_json: Mapped[str] = mapped_column(Text, default="{}")
+    prover_trainings: Mapped[int] = mapped_column(Integer, default=0)
+    local_trainings: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view (the secret is included only once decided)."""
+        out: dict[str, Any] = {
+            "session": self.id,
+            "prover": self.prover_url,
+            "task_hash": self.task_hash,
+            "attribution": self.attribution_hash,
+            "protocol": self.protocol,
+            "estimator": self.estimator,
+            "status": self.status,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "figures": json.loads(self.figures_json or "{}"),
+            "times": json.loads(self.times_json or "{}"),
+            "prover_trainings": self.prover_trainings,
+            "local_trainings": self.local_trainings,
+            "created_at": self.created_at,
+        }
+        return out
+
+
+class VerifierStore:
+    """Session factory over the records table."""
+
+    def __init__(self, url: str) -> None:
+        kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {}
+        self.engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
+        _Base.metadata.create_all(self.engine)
+        self.db = sessionmaker(self.engine, expire_on_commit=False)
+
+    def add(self, record: Record) -> None:
+        with self.db.begin() as s:
+            s.add(record)
+
+    def get(self, session_id: str) -> Record | None:
+        """A record by its local id or by the Prover's session id."""
+        with self.db() as s:
+            row = s.get(Record, session_id)
+            if row is None:
+                row = s.scalars(select(Record).where(Record.prover_session == session_id)).first()
+            return row
+
+    def update(self, session_id: str, **fields: Any) -> None:
+        """Set fields in one transaction (the verdict and its figures land together)."""
+        with self.db.begin() as s:
+            row = s.get(Record, session_id)
+            if row is None:
+                raise KeyError(session_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+
+    def all(self) -> list[Record]:
+        with self.db() as s:
+            return list(s.scalars(select(Record).order_by(Record.created_at)))
