@@ -34,6 +34,7 @@ from protocol.signing import (
     save_private_key,
 )
 from protocol.tasks import Task, load_task, spec_hash
+from verifier_client.audit import audit, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.session import Options, run_verification
 from verifier_client.store import VerifierStore
@@ -381,6 +382,49 @@ def show(
     if row is None:
         raise _fail(f"no recorded verification {session!r}")
     typer.echo(json.dumps(row.as_dict(), indent=1))
+
+
+@app.command("audit")
+def audit_cmd(
+    task: Annotated[str, typer.Option(help="The task the session trained (its hash is checked).")],
+    session: Annotated[str | None, typer.Argument(help="The Prover's session id.")] = None,
+    prover: Annotated[str | None, typer.Option(help="The Prover's base URL.")] = None,
+    file: Annotated[Path | None, typer.Option(help="A saved transcript bundle instead.")] = None,
+    save: Annotated[Path | None, typer.Option(help="Also save the fetched bundle here.")] = None,
+    prover_key: Annotated[
+        str | None, typer.Option(help="Expected Prover public key (hex).")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="Key to sign the transcript request.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Check every signature and hash of a transcript and recompute its decision; exit 0 if it
+    matches the recorded verdict, 1 if not, 2 on error."""
+    try:
+        t = load_task(task)
+        if file is not None:
+            bundle = load_bundle(file)
+        elif prover is not None and session is not None:
+            signing_key = load_private_key(key) if key is not None else None
+            with httpx.Client(base_url=prover, timeout=120) as http:
+                bundle = fetch_bundle(ProverClient(http), session, signing_key)
+            if save is not None:
+                save_bundle(bundle, save)
+        else:
+            raise _fail("give --prover URL SESSION, or --file TRANSCRIPT")
+        report = audit(bundle, t, prover_key)
+    except (ProtocolError, TransportError) as exc:
+        raise _fail(str(exc)) from None
+    except (KeyError, TypeError) as exc:
+        raise _fail(f"malformed transcript: missing {exc}") from None
+    if json_out:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        for c in report.checks:
+            mark = "[green]ok[/]" if c["ok"] else "[red]FAILED[/]"
+            Console().print(f"{mark}  {c['check']} {c['detail']}")
+        word = "[green]MATCHES[/]" if report.ok else "[red]DOES NOT MATCH[/]"
+        Console().print(f"recomputed {report.recomputed}; recorded {report.recorded}: {word}")
+    raise typer.Exit(code=0 if report.ok else 1)
 
 
 def main() -> None:

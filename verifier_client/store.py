@@ -53,7 +53,8 @@ class Record(_Base):
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view (the secret is included only once decided)."""
         out: dict[str, Any] = {
-            "session": self.id,
+            "session": self.prover_session or self.id,
+            "record": self.id,
             "prover": self.prover_url,
             "task_hash": self.task_hash,
             "attribution": self.attribution_hash,
