@@ -12,8 +12,10 @@ record stays ``incomplete`` for ``verify --resume``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -61,6 +63,7 @@ class Options:
     budget: int = 2000
     poll_s: float = 0.25
     timeout_s: float = 3600.0
+    seed: bytes | None = None  # tests only: derive every secret from it (default: os.urandom)
 
     def validate(self) -> None:
         if self.protocol not in ("interactive", "noninteractive", "naive"):
@@ -96,6 +99,11 @@ def train_local(
 
 
 class _Run:
+    def _random(self, label: str, n: int) -> bytes:
+        if self.opts.seed is None:
+            return os.urandom(n)
+        return hashlib.sha256(self.opts.seed + label.encode()).digest()[:n]
+
     def __init__(
         self,
         client: ProverClient,
@@ -137,22 +145,25 @@ class _Run:
         o = self.opts
         n_subsets = 6 * o.pairs_per_level
         k = min(o.spot_checks, n_subsets)
-        spots = sorted(secrets.SystemRandom().sample(range(n_subsets), k))
-        salt = os.urandom(32)
+        chooser = (
+            secrets.SystemRandom() if o.seed is None else random.Random(self._random("spots", 16))  # noqa: S311 - tests only
+        )
+        spots = sorted(chooser.sample(range(n_subsets), k))
+        salt = self._random("salt", 32)
         challenge = Challenge(
             task_hash=task_hash,
             attribution_hash=content,
             p=o.p,
             rho0=o.rho0,
             pairs_per_level=o.pairs_per_level,
-            challenge_seed=os.urandom(32).hex(),
+            challenge_seed=self._random("challenge", 32).hex(),
             spot_check_commitment=commit_spot_checks(spots, salt),
             epsilon=o.epsilon,
             delta=o.delta,
             bound=task.bound,
             tau=float(getattr(task, "tau", 0.0)),
             estimator=o.estimator,
-            nonce=os.urandom(16).hex(),
+            nonce=self._random("nonce", 16).hex(),
             timestamp=int(time.time()),
             verifier_key=public_key_hex(self.key),
         )
@@ -260,7 +271,7 @@ class _Run:
 
     def fresh(self, task: Task, model: Datamodel, count: int) -> NDArray[np.float64]:
         t0 = time.perf_counter()
-        seed = os.urandom(32)
+        seed = self._random("fresh", 32)
         masks = sample_masks(seed, task.n_train, self.opts.p, range(count), domain="fresh")
         values, _ = train_local(
             task, masks, training_seeds(seed, range(count), domain="fresh-seed")

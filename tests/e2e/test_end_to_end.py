@@ -1,0 +1,169 @@
+"""End to end over real HTTP on loopback: a Prover (uvicorn) honest or cheating, the Verifier's
+``run_verification``, and the audit of every transcript.
+
+Sizes: planted task N = 20, Z = 2, epsilon = 0.3 (threshold 0.15), 2,000 pairs per level
+(|E| = 12,000), 32 secret spot-checks, gap estimator. Honest err ~0.01 is accepted; every
+attribution cheat has exact err >= 0.25 and is aborted on the estimate; every
+response cheat corrupts >= 10 % of E, so 32 spot-checks miss it with probability <= 0.9^32 =
+0.03 (lie, lazy) or 0 (replay: every value moves). Each case runs with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from protocol.signing import generate_key, save_private_key
+from protocol.tasks import load_task
+from prover_service.app import create_app
+from prover_service.settings import Settings
+from verifier_client.audit import audit, fetch_bundle
+from verifier_client.client import ProverClient, TransportError
+from verifier_client.session import Options, _Run, run_verification
+from verifier_client.store import VerifierStore
+
+TASK = "planted:n_train=20,n_targets=2"
+
+
+@contextmanager
+def prover(root: Path, adversary: str | None = None) -> Iterator[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    save_private_key(generate_key(), root / "p.pem", overwrite=True)
+    settings = Settings(
+        db=f"sqlite:///{root}/p.db", key_file=root / "p.pem", tasks=[TASK], adversary=adversary
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _verify(url: str, root: Path, seed: int, **over: object) -> dict:  # type: ignore[type-arg]
+    opts = Options(
+        task=TASK,
+        epsilon=0.3,
+        pairs_per_level=2000,
+        spot_checks=32,
+        budget=400,
+        poll_s=0.02,
+        seed=seed.to_bytes(8, "little"),
+        **over,
+    )  # type: ignore[arg-type]
+    with httpx.Client(base_url=url, timeout=60) as http:
+        return run_verification(
+            ProverClient(http), VerifierStore(f"sqlite:///{root}/v.db"), KEY, opts, url
+        )
+
+
+KEY = generate_key()
+
+
+def _audit(url: str, session: str) -> bool:
+    with httpx.Client(base_url=url, timeout=60) as http:
+        bundle = fetch_bundle(ProverClient(http), session, KEY)
+    return audit(bundle, load_task(TASK)).ok
+
+
+def test_honest_prover_is_accepted_and_audited(tmp_path: Path) -> None:
+    with prover(tmp_path / "p") as url:
+        for seed in range(3):
+            result = _verify(url, tmp_path, seed)
+            assert result["verdict"] == "accept", result["figures"]
+            assert result["local_trainings"] == 32 and result["prover_trainings"] == 12000
+            assert _audit(url, result["session"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("scale:0.5", "estimate_above_threshold"),
+        ("noise:0.3", "estimate_above_threshold"),
+        ("favor:0.2:0.5", "estimate_above_threshold"),
+        # Both cheats at once: the spot-checks usually catch the inflated values first.
+        ("scale:0.5,inflate:10%:3.0", "spot_check_mismatch|estimate_above_threshold"),
+        ("lie:0.2", "spot_check_mismatch"),
+        ("lazy:0.3", "spot_check_mismatch"),
+    ],
+)
+def test_each_cheat_is_aborted_with_its_reason(tmp_path: Path, spec: str, reason: str) -> None:
+    with prover(tmp_path / "p", spec) as url:
+        for seed in range(2):
+            result = _verify(url, tmp_path, 100 + seed)
+            assert result["verdict"] == "abort", result["figures"]
+            assert result["reason"] in reason.split("|"), result["figures"]
+            assert _audit(url, result["session"])
+
+
+def test_replayed_response_fails_the_spot_checks(tmp_path: Path) -> None:
+    with prover(tmp_path / "p", "replay") as url:
+        first = _verify(url, tmp_path, 7)  # nothing to replay yet: answered honestly
+        assert first["verdict"] == "accept"
+        second = _verify(url, tmp_path, 8)
+        assert (second["verdict"], second["reason"]) == ("abort", "spot_check_mismatch")
+
+
+def test_tampered_transcript_is_detected(tmp_path: Path) -> None:
+    with prover(tmp_path / "p") as url:
+        result = _verify(url, tmp_path, 11)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            bundle = fetch_bundle(ProverClient(http), result["session"], KEY)
+    task = load_task(TASK)
+    assert audit(bundle, task).ok
+    forged = json.loads(json.dumps(bundle))
+    forged["transcript"]["verdict_message"]["payload"]["verdict"] = "abort"
+    assert not audit(forged, task).ok
+    forged = json.loads(json.dumps(bundle))
+    sha = forged["transcript"]["response"]["payload"]["values"]["sha256"]
+    blob = bytearray(base64.b64decode(forged["blobs"][sha]))
+    blob[-1] ^= 1
+    forged["blobs"][sha] = base64.b64encode(bytes(blob)).decode()
+    assert not audit(forged, task).ok
+
+
+def test_a_killed_client_resumes_without_a_new_challenge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with prover(tmp_path / "p") as url:
+        real_wait = _Run.wait
+
+        def broken(self: _Run, sid: str) -> None:
+            raise TransportError("connection lost")
+
+        monkeypatch.setattr(_Run, "wait", broken)
+        with pytest.raises(TransportError):
+            _verify(url, tmp_path, 21)
+        store = VerifierStore(f"sqlite:///{tmp_path}/v.db")
+        (row,) = [r for r in store.all() if r.status == "incomplete"]
+        assert row.prover_session is not None
+        monkeypatch.setattr(_Run, "wait", real_wait)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            done = run_verification(
+                ProverClient(http),
+                store,
+                KEY,
+                Options(task=TASK, epsilon=0.3, poll_s=0.02),
+                url,
+                resume=row.id,
+            )
+            assert done["status"] == "decided" and done["session"] == row.prover_session
+            assert len(http.get("/v1/sessions/" + row.prover_session).json()) > 0
+        assert len(store.all()) == 1
