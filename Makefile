@@ -9,7 +9,7 @@ export MKL_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo diagnostics test lint bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml scripts/install.sh
 	touch $(STAMP)
 
 demo: install
+	$(BIN)/python -m verifier_client demo
+
+diagnostics: install
 	$(BIN)/python -m verifier_client residual --task planted --budget 60000 --seed 7
 	$(BIN)/python -m verifier_client plan --task planted:bound=4 --epsilon 0.5 --delta 0.05 --pilot 6000 --seed 7
 

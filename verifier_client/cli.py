@@ -427,6 +427,27 @@ def audit_cmd(
     raise typer.Exit(code=0 if report.ok else 1)
 
 
+@app.command()
+def demo(
+    pairs: Annotated[int, typer.Option(help="Pairs per noise level.")] = 2000,
+    budget: Annotated[int, typer.Option(help="Trainings for the Prover's attribution.")] = 4000,
+    epsilon: Annotated[float, typer.Option(help="Tolerated error gap (every target).")] = 2.5,
+    keep: Annotated[Path | None, typer.Option(help="Keep keys, databases and logs here.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """The whole story on digits-logreg: honest and cheating Prover, verify both, audit both."""
+    from verifier_client.demo import run_demo
+
+    try:
+        results = run_demo(Console(stderr=json_out), pairs, budget, epsilon, keep)
+    except (ProtocolError, TransportError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(results))
+    ok = results["honest"]["verdict"] == "accept" and results["cheating"]["verdict"] == "abort"
+    raise typer.Exit(code=0 if ok and all(r["audit"]["ok"] for r in results.values()) else 1)
+
+
 def main() -> None:
     """Entry point of ``python -m verifier_client`` and the ``vda-verifier`` script."""
     try:
