@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from typer.main import get_command
 
+from prover_service.cli import app as prover_app
 from verifier_client.cli import app as verifier_app
 
 ROOT = Path(__file__).parents[1]
@@ -24,14 +25,25 @@ def _flags(app: object, command: str) -> set[str]:
 
 def test_compose_commands_use_real_cli_flags() -> None:
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert doc["services"], "no services"
-    apps = {"verifier_client": verifier_app}
+    assert set(doc["services"]) == {"prover", "verifier"}
+    apps = {"verifier_client": verifier_app, "prover_service": prover_app}
     for name, service in doc["services"].items():
-        assert service["build"]["dockerfile"] == "docker/Dockerfile", name
+        assert service["image"] == "vda:latest", name
         module, command, *rest = service["command"]
         flags = _flags(apps[module], command)
         used = {arg for arg in rest if arg.startswith("--")}
         assert used <= flags, f"{name}: unknown flags {sorted(used - flags)}"
+
+
+def test_compose_demands_secrets_and_waits_for_a_healthy_prover() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    doc = yaml.safe_load(text)
+    assert "${VDA_PROVER_KEY_PEM:?" in text and "${VDA_VERIFIER_KEY_PEM:?" in text
+    assert doc["services"]["prover"]["build"]["dockerfile"] == "docker/Dockerfile"
+    assert "healthcheck" in doc["services"]["prover"]
+    assert doc["services"]["verifier"]["depends_on"]["prover"]["condition"] == "service_healthy"
+    for service in doc["services"].values():
+        assert any(v.endswith(":/data") for v in service["volumes"])
 
 
 def test_image_installs_through_the_tests_install_script() -> None:
