@@ -25,7 +25,7 @@ from protocol.budget import Pilot, plan
 from protocol.errors import ProtocolError
 from protocol.evaluation import evaluate_design
 from protocol.residual import estimate_residual
-from protocol.sampling import SEED_BYTES, ChallengeDesign, seed_from_text
+from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
 from protocol.signing import (
     fingerprint,
     generate_key,
@@ -33,7 +33,7 @@ from protocol.signing import (
     public_key_hex,
     save_private_key,
 )
-from protocol.tasks import Task, load_task, spec_hash
+from protocol.tasks import Task, evaluate_checked, load_task, spec_hash
 from verifier_client.audit import audit, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.session import Options, run_verification
@@ -173,6 +173,9 @@ def plan_cmd(
         int, typer.Option(help="Calls of f for a pilot (Bernstein bounds); 0: none.")
     ] = 0,
     seed: Annotated[str | None, typer.Option(help="Pilot design seed; random if unset.")] = None,
+    b3_bound: Annotated[
+        float | None, typer.Option(help="A known bound on B_{>=3} (else b^2 or the pilot's).")
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
@@ -189,14 +192,18 @@ def plan_cmd(
         plans = {
             est: plan(
                 epsilon, delta, t.bound, n_targets=t.n_targets, p=p, estimator=est, tau=tau,
-                honest_err=honest_err, pilot=pilot_bounds,
+                honest_err=honest_err, pilot=pilot_bounds, b3_bound=b3_bound,
             ).as_dict()
             for est in ("residual", "gap")
         }  # fmt: skip
     except ProtocolError as exc:
         raise _fail(str(exc)) from None
+    rate = _training_rate(t)
+    for pl in plans.values():
+        vt = pl["verifier_trainings"]
+        pl["seconds_here"] = {k: v / rate for k, v in vt.items()}
     out = {"task": t.name, "task_hash": spec_hash(t), "bound": t.bound, "n_targets": t.n_targets,
-           "pilot_calls": pilot, "plans": plans}  # fmt: skip
+           "pilot_calls": pilot, "trainings_per_second_here": rate, "plans": plans}  # fmt: skip
     if json_out:
         typer.echo(json.dumps(out, default=float))
         return
@@ -225,6 +232,11 @@ def plan_cmd(
         "Verifier trainings, non-interactive",
         *(f"{pl['verifier_trainings']['noninteractive']:,}" for pl in plans.values()),
     )
+    for label, key in (
+        ("Prover time here", "prover"),
+        ("Verifier time here, interactive", "interactive"),
+    ):
+        table.add_row(label, *(_duration(pl["seconds_here"][key]) for pl in plans.values()))
     Console().print(table)
     bound_name = "Bernstein (pilot)" if pilot_bounds else "Hoeffding (worst case)"
     Console().print(f"Sample sizes from {bound_name}; `--json` lists the source of every number.")
@@ -446,6 +458,24 @@ def demo(
         typer.echo(json.dumps(results))
     ok = results["honest"]["verdict"] == "accept" and results["cheating"]["verdict"] == "abort"
     raise typer.Exit(code=0 if ok and all(r["audit"]["ok"] for r in results.values()) else 1)
+
+
+def _training_rate(task: Task) -> float:
+    """Trainings per second on this machine, measured on one chunk of random subsets."""
+    count = int(min(max(getattr(task, "chunk_size", 256), 2), 256))
+    masks = sample_masks(os.urandom(SEED_BYTES), task.n_train, 0.5, range(count), domain="rate")
+    seeds = np.arange(count, dtype=np.uint64)
+    evaluate_checked(task, masks[:2], seeds[:2])  # warm-up
+    t0 = time.perf_counter()
+    evaluate_checked(task, masks, seeds)
+    return count / max(time.perf_counter() - t0, 1e-9)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("years", 3.15e7), ("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.1f} s"
 
 
 def main() -> None:

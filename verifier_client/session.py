@@ -346,10 +346,25 @@ class _Run:
             self.store.update(record.id, times_json=json.dumps(self.times))
         row = self.store.get(record.id)
         assert row is not None  # noqa: S101
-        return row.as_dict() | {
-            "bytes_received": self.client.bytes_received,
-            "bytes_sent": self.client.bytes_sent,
+        sizes = {
+            "pairs_per_level": self.opts.pairs_per_level,
+            "spot_checks": self.opts.spot_checks,
+            "fresh_samples": self.opts.fresh_samples,
         }
+        guarantee = (
+            "insecure baseline (MSE only; fooled by w/2)"
+            if self.opts.protocol == "naive"
+            else "normal approximation at the chosen sizes, confidence 1 - delta; "
+            "`plan` gives the sizes with finite-sample guarantees"
+        )
+        return (
+            row.as_dict()
+            | {"sizes": sizes, "guarantee": guarantee}
+            | {
+                "bytes_received": self.client.bytes_received,
+                "bytes_sent": self.client.bytes_sent,
+            }
+        )
 
 
 def run_verification(
