@@ -18,8 +18,20 @@ def test_verify_accept_abort_and_error_exit_codes(tmp_path: Path) -> None:
     key = tmp_path / "v.pem"
     save_private_key(generate_key(), key)
     db = f"sqlite:///{tmp_path}/v.db"
-    common = ["--task", TASK, "--epsilon", "0.3", "--key", str(key), "--db", db,
-              "--pairs", "2000", "--json", "--no-progress"]  # fmt: skip
+    common = [
+        "--task",
+        TASK,
+        "--epsilon",
+        "0.3",
+        "--key",
+        str(key),
+        "--db",
+        db,
+        "--pairs",
+        "2000",
+        "--json",
+        "--no-progress",
+    ]
     sessions = []
     for spec, code, verdict in ((None, 0, "accept"), ("scale:0.5", 1, "abort")):
         with prover(tmp_path / (spec or "honest"), spec) as url:
@@ -27,13 +39,32 @@ def test_verify_accept_abort_and_error_exit_codes(tmp_path: Path) -> None:
             assert result.exit_code == code, (result.stdout[-600:], result.stderr)
             doc = json.loads(result.stdout)
             assert doc["verdict"] == verdict
-            for k in ("session", "reason", "figures", "prover_trainings", "local_trainings",
-                      "times", "guarantee"):  # fmt: skip
+            for k in (
+                "session",
+                "reason",
+                "figures",
+                "prover_trainings",
+                "local_trainings",
+                "times",
+                "guarantee",
+            ):
                 assert k in doc, k
             assert "gap_ci_high_max" in doc["figures"]
             sessions.append(doc["session"])
-            audited = runner.invoke(app, ["audit", doc["session"], "--prover", url, "--task",
-                                          TASK, "--key", str(key), "--json"])  # fmt: skip
+            audited = runner.invoke(
+                app,
+                [
+                    "audit",
+                    doc["session"],
+                    "--prover",
+                    url,
+                    "--task",
+                    TASK,
+                    "--key",
+                    str(key),
+                    "--json",
+                ],
+            )
             assert audited.exit_code == 0 and json.loads(audited.stdout)["ok"]
     history = json.loads(runner.invoke(app, ["history", "--db", db, "--json"]).stdout)
     assert [h["session"] for h in history] == sessions
@@ -41,6 +72,18 @@ def test_verify_accept_abort_and_error_exit_codes(tmp_path: Path) -> None:
     assert shown["reason"] == "estimate_above_threshold"
     refused = runner.invoke(app, ["verify", "--prover", "http://127.0.0.1:9", *common])
     assert refused.exit_code == 2 and "ConnectError" in refused.stderr
-    missing_key = runner.invoke(app, ["verify", "--prover", "http://x", "--task", TASK,
-                                      "--epsilon", "0.3", "--key", str(tmp_path / "none")])  # fmt: skip
+    missing_key = runner.invoke(
+        app,
+        [
+            "verify",
+            "--prover",
+            "http://x",
+            "--task",
+            TASK,
+            "--epsilon",
+            "0.3",
+            "--key",
+            str(tmp_path / "none"),
+        ],
+    )
     assert missing_key.exit_code == 2 and "key file" in missing_key.stderr
