@@ -58,7 +58,7 @@ def prover(root: Path, adversary: str | None = None) -> Iterator[str]:
 
 
 def _verify(url: str, root: Path, seed: int, **over: object) -> dict:  # type: ignore[type-arg]
-    opts = Options(
+    fields: dict[str, object] = dict(
         task=TASK,
         epsilon=0.3,
         pairs_per_level=2000,
@@ -66,8 +66,8 @@ def _verify(url: str, root: Path, seed: int, **over: object) -> dict:  # type: i
         budget=400,
         poll_s=0.02,
         seed=seed.to_bytes(8, "little"),
-        **over,
-    )  # type: ignore[arg-type]
+    )
+    opts = Options(**(fields | over))  # type: ignore[arg-type]
     with httpx.Client(base_url=url, timeout=60) as http:
         return run_verification(
             ProverClient(http), VerifierStore(f"sqlite:///{root}/v.db"), KEY, opts, url
@@ -167,3 +167,19 @@ def test_a_killed_client_resumes_without_a_new_challenge(
             assert done["status"] == "decided" and done["session"] == row.prover_session
             assert len(http.get("/v1/sessions/" + row.prover_session).json()) > 0
         assert len(store.all()) == 1
+
+
+def test_baselines_and_the_papers_estimator(tmp_path: Path) -> None:
+    # The paper's estimator (with fresh local samples) and the non-interactive baseline reach the
+    # same verdicts as the default; the naive MSE-only baseline is fooled by the w/2 cheat.
+    with prover(tmp_path / "h") as honest, prover(tmp_path / "c", "scale:0.5") as cheat:
+        paper = dict(estimator="residual", fresh_samples=4000, pairs_per_level=20000)
+        assert _verify(honest, tmp_path, 31, **paper)["verdict"] == "accept"
+        assert _verify(cheat, tmp_path, 32, **paper)["verdict"] == "abort"
+        local = _verify(honest, tmp_path, 33, protocol="noninteractive")
+        assert local["verdict"] == "accept" and local["local_trainings"] == 12000
+        assert local["prover_trainings"] == 0
+        naive = dict(protocol="naive", fresh_samples=2000, epsilon=1.0)
+        assert _verify(honest, tmp_path, 34, **naive)["verdict"] == "accept"
+        fooled = _verify(cheat, tmp_path, 35, **naive)
+        assert fooled["verdict"] == "accept" and "insecure" in fooled["guarantee"]
