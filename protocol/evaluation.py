@@ -16,7 +16,7 @@ from protocol.errors import InvalidParameterError, TaskError
 from protocol.sampling import ChallengeDesign
 from protocol.tasks.base import Task, evaluate_checked
 
-__all__ = ["Progress", "evaluate_design"]
+__all__ = ["Progress", "evaluate_design", "evaluate_with_probes"]
 
 Progress = Callable[[int, int], None]
 
@@ -38,3 +38,15 @@ def evaluate_design(
         if progress is not None:
             progress(stop, len(design))
     return out
+
+
+def evaluate_with_probes(
+    task: Task, masks: NDArray[np.bool_], seeds: NDArray[np.uint64]
+) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+    """Values (K, Z) and CHECKEQUIV probe logits (K, P); tasks without probes give P = 0."""
+    run = getattr(task, "evaluate_outputs", None)
+    if run is not None:
+        out = run(masks, seeds)
+        return np.asarray(out.values, dtype=np.float64), np.asarray(out.probes, dtype=np.float32)
+    values = evaluate_checked(task, masks, seeds)
+    return values, np.zeros((len(values), 0), dtype=np.float32)

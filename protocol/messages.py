@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.errors import ShapeError
+from protocol.sampling import ChallengeDesign
 
 __all__ = [
     "ArrayRef",
@@ -98,6 +99,12 @@ class Challenge(_Message):
     nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
     timestamp: int = Field(ge=0)
     verifier_key: str = Hex32
+
+    def design(self, n_train: int) -> ChallengeDesign:
+        """The subsets E this challenge asks for, on a pool of ``n_train`` examples."""
+        return ChallengeDesign.saunshi(
+            bytes.fromhex(self.challenge_seed), n_train, self.p, self.rho0, self.pairs_per_level
+        )
 
 
 class ResponseManifest(_Message):

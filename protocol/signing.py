@@ -33,6 +33,7 @@ __all__ = [
     "BadSignatureError",
     "KeyFileError",
     "SignedMessage",
+    "create_key_file",
     "fingerprint",
     "generate_key",
     "load_private_key",
@@ -104,6 +105,14 @@ def save_private_key(key: Ed25519PrivateKey, path: Path, overwrite: bool = False
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
+
+
+def create_key_file(path: Path) -> dict[str, str]:
+    """``keygen`` of both CLIs: write a new key (refusing to overwrite); public key, fingerprint."""
+    key = generate_key()
+    save_private_key(key, path)
+    pub = public_key_hex(key)
+    return {"public_key": pub, "fingerprint": fingerprint(pub), "file": str(path)}
 
 
 def load_private_key(path: Path | None = None, env: str | None = None) -> Ed25519PrivateKey:

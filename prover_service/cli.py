@@ -17,7 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from protocol.errors import ProtocolError
 from protocol.sampling import seed_from_text, training_seeds
-from protocol.signing import fingerprint, generate_key, public_key_hex, save_private_key
+from protocol.signing import (
+    create_key_file,
+)
 from protocol.tasks import load_task, spec_hash
 from prover_service.attribution import attribute as run_attribution
 from prover_service.training import draw_training_set, read_masks, train_to_file, write_npz
@@ -142,12 +144,9 @@ def keygen(
 ) -> None:
     """Create the Prover's signing key; prints its public key and fingerprint."""
     try:
-        key = generate_key()
-        save_private_key(key, out)
+        typer.echo(json.dumps(create_key_file(out)))
     except ProtocolError as exc:
         raise _fail(str(exc)) from None
-    pub = public_key_hex(key)
-    typer.echo(json.dumps({"public_key": pub, "fingerprint": fingerprint(pub), "file": str(out)}))
 
 
 @app.command()

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from protocol.checkequiv import device_class_of
 from protocol.datamodel import Datamodel
 from protocol.errors import ProtocolError
+from protocol.evaluation import evaluate_with_probes
 from protocol.messages import (
     LIMITS,
     AttributionManifest,
@@ -41,7 +42,7 @@ from protocol.signing import (
     sign_message,
     verify_bytes,
 )
-from protocol.tasks import Task, evaluate_checked, load_task, spec_hash
+from protocol.tasks import Task, load_task, spec_hash
 from prover_service.adversary import Adversary, parse_adversary
 from prover_service.attribution import Method, attribute
 from prover_service.errors import Conflict, Invalid, NotFound, TooLarge, Unauthorized
@@ -430,13 +431,7 @@ class ProverService:
         self._update(job.id, status="done", result=content_hash, done=job.total)
 
     def _design(self, challenge: Challenge, task: Task) -> ChallengeDesign:
-        return ChallengeDesign.saunshi(
-            bytes.fromhex(challenge.challenge_seed),
-            task.n_train,
-            challenge.p,
-            challenge.rho0,
-            challenge.pairs_per_level,
-        )
+        return challenge.design(task.n_train)
 
     def _run_challenge(self, job: JobRow, max_chunks: int | None) -> bool:
         """Train the remaining chunks; False if stopped early (``max_chunks``)."""
@@ -478,13 +473,7 @@ class ProverService:
     def _train(
         task: Task, design: ChallengeDesign, start: int, stop: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
-        masks, seeds = design.masks(start, stop), design.seeds(start, stop)
-        run = getattr(task, "evaluate_outputs", None)
-        if run is not None:
-            out = run(masks, seeds)
-            return out.values, out.probes
-        values = evaluate_checked(task, masks, seeds)
-        return values, np.zeros((len(values), 0), dtype=np.float32)
+        return evaluate_with_probes(task, design.masks(start, stop), design.seeds(start, stop))
 
     def _finish_challenge(
         self,

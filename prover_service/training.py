@@ -20,8 +20,9 @@ from protocol.checkequiv import fingerprint
 from protocol.checks import as_mask_matrix
 from protocol.codec import canonical_json
 from protocol.errors import InvalidParameterError, ShapeError
+from protocol.evaluation import evaluate_with_probes
 from protocol.sampling import pack_masks, sample_masks, training_seeds, unpack_masks
-from protocol.tasks import Task, evaluate_checked, spec_hash
+from protocol.tasks import Task, spec_hash
 
 __all__ = ["draw_training_set", "read_masks", "train_to_file", "write_npz"]
 
@@ -73,13 +74,11 @@ def train_to_file(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, object]:
     """Train one model per row, write the file (module doc), return a short summary."""
-    evaluate_outputs = getattr(task, "evaluate_outputs", None)
-    if evaluate_outputs is not None:
-        outputs = evaluate_outputs(masks, seeds, progress=progress)
+    if getattr(task, "evaluate_outputs", None) is not None:
+        outputs = task.evaluate_outputs(masks, seeds, progress=progress)  # type: ignore[attr-defined]
         values, probes = outputs.values, outputs.probes
     else:  # tasks without probes (e.g. planted) are evaluated in one call
-        values = evaluate_checked(task, masks, seeds)
-        probes = np.zeros((len(values), 0), dtype=np.float32)
+        values, probes = evaluate_with_probes(task, masks, seeds)
         if progress is not None:
             progress(len(values), len(values))
     prints = np.array([fingerprint(values[i], probes[i]) for i in range(len(values))])

@@ -42,7 +42,6 @@ from protocol.messages import (
     commit_spot_checks,
 )
 from protocol.residual import estimate_gap, estimate_residual
-from protocol.sampling import ChallengeDesign
 from protocol.signing import SignedMessage, open_signed
 from protocol.tasks import Task, spec_hash
 from verifier_client.client import ProverClient
@@ -152,13 +151,7 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
         rep.add("signatures, hashes and formats", False, str(exc))
         return rep
 
-    design = ChallengeDesign.saunshi(
-        bytes.fromhex(challenge.challenge_seed),
-        task.n_train,
-        challenge.p,
-        challenge.rho0,
-        challenge.pairs_per_level,
-    )
+    design = challenge.design(task.n_train)
     values = values.astype(np.float64)
     bad = None
     if (

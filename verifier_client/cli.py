@@ -26,13 +26,7 @@ from protocol.errors import ProtocolError
 from protocol.evaluation import evaluate_design
 from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
-from protocol.signing import (
-    fingerprint,
-    generate_key,
-    load_private_key,
-    public_key_hex,
-    save_private_key,
-)
+from protocol.signing import create_key_file, load_private_key
 from protocol.tasks import Task, evaluate_checked, load_task, spec_hash
 from verifier_client.audit import audit, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
@@ -248,12 +242,9 @@ def keygen(
 ) -> None:
     """Create the Verifier's signing key; prints its public key and fingerprint."""
     try:
-        key = generate_key()
-        save_private_key(key, out)
+        typer.echo(json.dumps(create_key_file(out)))
     except ProtocolError as exc:
         raise _fail(str(exc)) from None
-    pub = public_key_hex(key)
-    typer.echo(json.dumps({"public_key": pub, "fingerprint": fingerprint(pub), "file": str(out)}))
 
 
 def _load_key(key: Path | None, key_env: str | None) -> Ed25519PrivateKey:

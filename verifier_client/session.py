@@ -29,11 +29,12 @@ from numpy.typing import NDArray
 from protocol.checkequiv import check_equiv, device_class_of
 from protocol.datamodel import Datamodel
 from protocol.errors import InvalidParameterError, ShapeError
+from protocol.evaluation import evaluate_with_probes
 from protocol.messages import Challenge, Verdict, commit_spot_checks
 from protocol.residual import estimate_gap, estimate_residual
 from protocol.sampling import ChallengeDesign, sample_masks, training_seeds
 from protocol.signing import BadSignatureError, SignedMessage, public_key_hex, sign_message
-from protocol.tasks import Task, evaluate_checked, load_task, spec_hash
+from protocol.tasks import Task, load_task, spec_hash
 from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.decision import Decision, decide
 from verifier_client.store import Record, VerifierStore
@@ -90,12 +91,7 @@ def train_local(
     task: Task, masks: NDArray[np.bool_], seeds: NDArray[np.uint64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
     """V's own training: values and CHECKEQUIV probes."""
-    run = getattr(task, "evaluate_outputs", None)
-    if run is not None:
-        out = run(masks, seeds)
-        return out.values, out.probes
-    values = evaluate_checked(task, masks, seeds)
-    return values, np.zeros((len(values), 0), dtype=np.float32)
+    return evaluate_with_probes(task, masks, seeds)
 
 
 class _Run:
@@ -413,13 +409,7 @@ def run_verification(
     challenge = Challenge.model_validate(
         SignedMessage.model_validate_json(record.challenge_json).payload
     )
-    design = ChallengeDesign.saunshi(
-        bytes.fromhex(challenge.challenge_seed),
-        task.n_train,
-        challenge.p,
-        challenge.rho0,
-        challenge.pairs_per_level,
-    )
+    design = challenge.design(task.n_train)
     spots = list(json.loads(record.secret_json)["spot_checks"])
     if opts.protocol == "noninteractive":
         t0 = time.perf_counter()
