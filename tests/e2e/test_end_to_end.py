@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from protocol.signing import generate_key, save_private_key
 from protocol.tasks import load_task
 from prover_service.app import create_app
 from prover_service.settings import Settings
+from tests.serving import serve
 from verifier_client.audit import audit, fetch_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.session import Options, _Run, run_verification
@@ -42,19 +39,8 @@ def prover(root: Path, adversary: str | None = None) -> Iterator[str]:
     settings = Settings(
         db=f"sqlite:///{root}/p.db", key_file=root / "p.pem", tasks=[TASK], adversary=adversary
     )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve(create_app(settings)) as url:
+        yield url
 
 
 def _verify(url: str, root: Path, seed: int, **over: object) -> dict:  # type: ignore[type-arg]

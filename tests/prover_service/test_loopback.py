@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from protocol.messages import ResponseManifest, array_from_npy
 from protocol.signing import SignedMessage, generate_key, open_signed
 from prover_service.app import create_app
 from tests.prover_service.conftest import make_settings, signed_challenge
+from tests.serving import serve
 
 
 @pytest.fixture
 def base_url(tmp_path: Path) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(make_settings(tmp_path, run_worker=True))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=20)
+    with serve(create_app(make_settings(tmp_path, run_worker=True))) as url:
+        yield url
 
 
 def _wait(client: httpx.Client, url: str, key: str, want: str) -> dict:  # type: ignore[type-arg]
