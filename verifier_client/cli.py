@@ -40,6 +40,10 @@ app = typer.Typer(
 )
 _err = Console(stderr=True)
 
+TaskOpt = Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+DbOpt = Annotated[str, typer.Option(help="SQLAlchemy URL of the records.")]
+
 
 def _fail(message: str) -> typer.Exit:
     _err.print(f"[bold red]error:[/] {message}", highlight=False)
@@ -74,7 +78,7 @@ def _evaluate(task: Task, design: ChallengeDesign, show: bool) -> np.ndarray:
 
 @app.command()
 def residual(
-    task: Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")],
+    task: TaskOpt,
     budget: Annotated[int, typer.Option(help="Calls of f to spend (6 per pair triple).")],
     p: Annotated[float, typer.Option(help="Inclusion probability of B_p.")] = 0.5,
     rho0: Annotated[float, typer.Option(help="Noise levels are (0, rho0, 2 rho0).")] = 0.2,
@@ -82,9 +86,7 @@ def residual(
     seed: Annotated[
         str | None, typer.Option(help="Design seed (int or 64 hex); random if unset.")
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
+    json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Estimate B_0, B_1 and B_{>=2} (the best MSE any linear datamodel reaches) per target."""
@@ -155,7 +157,7 @@ def _exact_spectrum(task: Task, p: float) -> dict[str, np.ndarray] | None:
 
 @app.command("plan")
 def plan_cmd(
-    task: Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")],
+    task: TaskOpt,
     epsilon: Annotated[float, typer.Option(help="Reject any attribution with err(g) > epsilon.")],
     delta: Annotated[float, typer.Option(help="Failure probability.")] = 0.05,
     p: Annotated[float, typer.Option(help="Inclusion probability of B_p.")] = 0.5,
@@ -170,9 +172,7 @@ def plan_cmd(
     b3_bound: Annotated[
         float | None, typer.Option(help="A known bound on B_{>=3} (else b^2 or the pilot's).")
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Print every sample size of a protocol run, for both estimators and both protocols."""
     try:
@@ -257,7 +257,7 @@ def _load_key(key: Path | None, key_env: str | None) -> Ed25519PrivateKey:
 @app.command()
 def verify(
     prover: Annotated[str, typer.Option(help="The Prover's base URL.")],
-    task: Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")],
+    task: TaskOpt,
     epsilon: Annotated[float, typer.Option(help="Abort any attribution with err(g) > epsilon.")],
     delta: Annotated[float, typer.Option(help="Failure probability.")] = 0.05,
     attribution: Annotated[str, typer.Option(help="Attribution hash, or 'latest'.")] = "latest",
@@ -275,9 +275,7 @@ def verify(
         str, typer.Option(help="Method if the Prover has no attribution yet.")
     ] = "ridge",
     budget: Annotated[int, typer.Option(help="Its budget in trainings.")] = 2000,
-    db: Annotated[
-        str, typer.Option(help="SQLAlchemy URL of the records.")
-    ] = "sqlite:///verifier.db",
+    db: DbOpt = "sqlite:///verifier.db",
     key: Annotated[
         Path | None, typer.Option(help="Signing key file (or $VDA_VERIFIER_KEY).")
     ] = None,
@@ -285,9 +283,7 @@ def verify(
     resume: Annotated[
         str | None, typer.Option(help="Finish a recorded, incomplete session.")
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout.")
-    ] = False,
+    json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
 ) -> None:
     """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error."""
@@ -347,10 +343,8 @@ def verify(
 
 @app.command()
 def history(
-    db: Annotated[
-        str, typer.Option(help="SQLAlchemy URL of the records.")
-    ] = "sqlite:///verifier.db",
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    db: DbOpt = "sqlite:///verifier.db",
+    json_out: JsonOpt = False,
 ) -> None:
     """Every recorded verification."""
     rows = [r.as_dict() for r in VerifierStore(db).all()]
@@ -376,9 +370,7 @@ def history(
 @app.command()
 def show(
     session: Annotated[str, typer.Argument(help="Session id (the Prover's or the local one).")],
-    db: Annotated[
-        str, typer.Option(help="SQLAlchemy URL of the records.")
-    ] = "sqlite:///verifier.db",
+    db: DbOpt = "sqlite:///verifier.db",
 ) -> None:
     """One recorded verification, as JSON."""
     row = VerifierStore(db).get(session)
@@ -398,7 +390,7 @@ def audit_cmd(
         str | None, typer.Option(help="Expected Prover public key (hex).")
     ] = None,
     key: Annotated[Path | None, typer.Option(help="Key to sign the transcript request.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Check every signature and hash of a transcript and recompute its decision; exit 0 if it
     matches the recorded verdict, 1 if not, 2 on error."""
@@ -436,7 +428,7 @@ def demo(
     budget: Annotated[int, typer.Option(help="Trainings for the Prover's attribution.")] = 4000,
     epsilon: Annotated[float, typer.Option(help="Tolerated error gap (every target).")] = 2.5,
     keep: Annotated[Path | None, typer.Option(help="Keep keys, databases and logs here.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """The whole story on digits-logreg: honest and cheating Prover, verify both, audit both."""
     from verifier_client.demo import run_demo
