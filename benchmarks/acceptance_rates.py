@@ -99,9 +99,8 @@ def draw(acc: list[dict[str, Any]], cost: list[dict[str, Any]], path: str) -> No
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
     for key, label in (
-        ("prover", "Prover trainings"),
         ("interactive", "Verifier, interactive"),
-        ("noninteractive", "Verifier, non-interactive"),
+        ("noninteractive", "Prover (= non-interactive Verifier)"),
     ):
         for est, style in (("gap", "-"), ("residual", "--")):
             pts = [(r["epsilon"], r[key]) for r in cost if r["estimator"] == est]
