@@ -81,10 +81,7 @@ class ProverService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        try:
-            self.key = load_private_key(settings.key_file, settings.key_env)
-        except ProtocolError as exc:
-            raise SystemExit(f"prover: {exc}") from None
+        self.key = load_private_key(settings.key_file, settings.key_env)
         self.public_key = public_key_hex(self.key)
         self.tasks: dict[str, Task] = {}
         for ref in settings.tasks:

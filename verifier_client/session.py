@@ -373,6 +373,8 @@ def run_verification(
     resume: str | None = None,
 ) -> dict[str, Any]:
     """Run (or with ``resume``, finish) one verification; returns the recorded result."""
+    if resume is None:
+        opts.validate()  # before any traffic: a bad option is the user's error, not the Prover's
     run = _Run(client, store, key, opts, url, progress)
     client.info()
     if resume is not None:
