@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from protocol.datamodel import Datamodel
 from protocol.messages import (
@@ -27,6 +28,7 @@ from protocol.signing import (
     sign_message,
 )
 from protocol.tasks import load_task
+from prover_service.app import create_app
 from prover_service.service import ProverService, request_bytes
 from tests.prover_service.conftest import SALT, SPOT, TASK, Prover, make_settings, signed_challenge
 
@@ -280,3 +282,17 @@ def test_openapi_describes_every_endpoint(prover: Prover) -> None:
             assert op.get("summary"), f"{method.upper()} {path} has no summary"
             assert op.get("description"), f"{method.upper()} {path} has no description"
             assert any(code.startswith("2") for code in op["responses"]), path
+
+
+def test_public_transcripts_flag_opens_the_audit_log(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, public_transcripts=True))
+    with TestClient(app) as client:
+        service = app.state.service
+        task_hash = next(iter(service.tasks))
+        job = service.submit_attribution(task_hash, "ridge", 200, 0.5, "")
+        service.run_pending()
+        challenge = signed_challenge(generate_key(), task_hash, service.job(job.id).result, BOUND)
+        sid = service.submit_challenge(challenge).id
+        service.run_pending()
+        assert client.get(f"/v1/sessions/{sid}/transcript").status_code == 200  # unsigned
+        assert [s["session_id"] for s in client.get("/v1/sessions").json()] == [sid]
