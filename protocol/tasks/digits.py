@@ -24,6 +24,10 @@ while float64 runs agree to ~1e-12.
 seeded minibatches (drawn with replacement from the model's own subset), SGD with momentum and
 weight decay, a fixed number of steps; batched with one (K, ., .) tensor per layer. Non-convex:
 CHECKEQUIV needs the same device class.
+
+Both tasks carry the differentiable extension Daunce uses (``full_model``,
+``example_gradients``, ``example_losses``, ``finetune``), with models as columns of a (P, K)
+parameter matrix.
 """
 
 from __future__ import annotations
@@ -323,6 +327,7 @@ class DigitsMLP(TrainedTask):
         tau: float = 0.0,
         chunk_size: int = 128,
         device: str | None = None,
+        finetune_steps: int = 100,
     ) -> None:
         super().__init__(device, chunk_size)
         if not (hidden >= 1 and steps >= 1 and batch >= 1 and lr > 0 and bound > 0):
@@ -330,6 +335,7 @@ class DigitsMLP(TrainedTask):
         self.hidden, self.steps, self.batch = int(hidden), int(steps), int(batch)
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.bound, self.tau = float(bound), float(tau)
+        self.finetune_steps = int(finetune_steps)
         self.data = load_digits_split()
         dev, f32 = self.device, torch.float32
         self._x = torch.tensor(self.data.x_pool, dtype=f32, device=dev)
@@ -359,6 +365,13 @@ class DigitsMLP(TrainedTask):
     def train_chunk(
         self, masks: torch.Tensor, seeds: NDArray[np.uint64]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        w1, w2 = self._train_weights(masks, seeds)
+        margins = correct_class_margin(self._forward(w1, w2, self._xt), self._yt)
+        return margins, self._forward(w1, w2, self._xp)
+
+    def _train_weights(
+        self, masks: torch.Tensor, seeds: NDArray[np.uint64]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         k, d, hdim = masks.shape[0], self._x.shape[1], self.hidden
         dev = self.device
         init = _uniform(seeds, 1, d * hdim + (hdim + 1) * N_CLASSES) * 2.0 - 1.0
@@ -376,9 +389,22 @@ class DigitsMLP(TrainedTask):
         picks = torch.gather(order, 1, torch.tensor(rank, device=dev))
         picks = picks.view(k, self.steps, self.batch)
         live = torch.tensor(m_np.any(1), device=dev, dtype=torch.float32).view(k, 1, 1)
+        return self._sgd(w1, w2, picks, live, None)
+
+    def _sgd(
+        self,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        picks: torch.Tensor,
+        live: torch.Tensor,
+        linear: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SGD with momentum over the minibatches ``picks`` (K, steps, batch); ``linear`` adds a
+        constant to each model's gradient (Daunce's first-order term)."""
+        w1, w2 = w1.detach().clone().requires_grad_(), w2.detach().clone().requires_grad_()
         v1, v2 = torch.zeros_like(w1), torch.zeros_like(w2)
         with torch.enable_grad():
-            for t in range(self.steps):
+            for t in range(picks.shape[1]):
                 idx = picks[:, t]
                 logits = self._forward(w1, w2, self._x[idx])
                 loss = (
@@ -389,10 +415,69 @@ class DigitsMLP(TrainedTask):
                 )
                 g1, g2 = torch.autograd.grad(loss, (w1, w2))
                 with torch.no_grad():
+                    if linear is not None:
+                        g1, g2 = g1 + linear[0], g2 + linear[1]
                     v1.mul_(self.momentum).add_((g1 + self.weight_decay * w1) * live)
                     v2.mul_(self.momentum).add_((g2 + self.weight_decay * w2) * live)
                     w1.sub_(self.lr * v1)
                     w2.sub_(self.lr * v2)
-        w1, w2 = w1.detach(), w2.detach()
-        margins = correct_class_margin(self._forward(w1, w2, self._xt), self._yt)
-        return margins, self._forward(w1, w2, self._xp)
+        return w1.detach(), w2.detach()
+
+    # -- the differentiable extension used by Daunce (prover_service.attribution) ----------
+    def _unflatten(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d, h = self._x.shape[1], self.hidden
+        k = theta.shape[1]
+        w1 = theta[: d * h].T.reshape(k, d, h)
+        w2 = theta[d * h :].T.reshape(k, h + 1, N_CLASSES)
+        return w1.contiguous(), w2.contiguous()
+
+    @staticmethod
+    def _flatten(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        return torch.cat([w1.reshape(w1.shape[0], -1), w2.reshape(w2.shape[0], -1)], 1).T
+
+    def full_model(self) -> torch.Tensor:
+        """The model trained on the whole pool with seed 0, flattened: (P, 1)."""
+        ones = torch.ones((1, self.n_train), dtype=torch.bool, device=self.device)
+        return self._flatten(*self._train_weights(ones, np.zeros(1, dtype=np.uint64)))
+
+    def example_losses(self, theta: torch.Tensor, which: str) -> torch.Tensor:
+        """Cross-entropy of every model (columns of theta) on the pool or the targets: (K, n)."""
+        x, y = (self._x, self._y) if which == "pool" else (self._xt, self._yt)
+        logits = self._forward(*self._unflatten(theta), x)
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, N_CLASSES), y.repeat(theta.shape[1]), reduction="none"
+        ).view(theta.shape[1], -1)
+
+    def example_gradients(self, theta: torch.Tensor) -> torch.Tensor:
+        """Per-example loss gradients on the pool at one model theta (P, 1): (N, P)."""
+        w1, w2 = self._unflatten(theta)
+        w1, w2 = w1[0], w2[0]
+        z = self._x @ w1
+        h1 = torch.cat([torch.relu(z), torch.ones_like(z[:, :1])], dim=1)
+        d2 = torch.softmax(h1 @ w2, dim=1)
+        d2[torch.arange(len(self._y)), self._y] -= 1.0
+        d1 = (d2 @ w2[:-1].T) * (z > 0)
+        g1 = self._x[:, :, None] * d1[:, None, :]
+        g2 = h1[:, :, None] * d2[:, None, :]
+        return torch.cat([g1.reshape(len(z), -1), g2.reshape(len(z), -1)], dim=1)
+
+    def finetune(
+        self, weights: torch.Tensor, linear: torch.Tensor | None, start: torch.Tensor
+    ) -> torch.Tensor:
+        """Fine-tune copies of ``start`` (P, 1) for ``finetune_steps`` SGD steps on weighted
+        pools (K, N) (minibatches drawn in proportion to the weights, seeded by the copy's
+        index); ``linear`` (P, K) is added to the summed objective, so divided by its weight."""
+        k = weights.shape[0]
+        w = weights.detach().cpu().numpy().astype(np.float64)
+        total = np.maximum(w.sum(1), 1e-12)
+        cum = np.cumsum(w, axis=1)
+        u = _uniform(np.arange(k, dtype=np.uint64), 3, self.finetune_steps * self.batch)
+        picks = np.stack([np.searchsorted(cum[i], u[i] * total[i], side="right") for i in range(k)])
+        picks = np.minimum(picks, self.n_train - 1).reshape(k, self.finetune_steps, self.batch)
+        w1, w2 = self._unflatten(start.repeat(1, k))
+        lin = None
+        if linear is not None:
+            scale = torch.tensor(1.0 / total, dtype=linear.dtype, device=linear.device)
+            lin = self._unflatten(linear * scale)
+        live = torch.ones((k, 1, 1), device=self.device)
+        return self._flatten(*self._sgd(w1, w2, torch.tensor(picks, device=self.device), live, lin))
