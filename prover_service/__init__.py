@@ -1,7 +1,6 @@
-"""The Prover service (FastAPI): trains models on challenge subsets, computes attributions and
-answers challenges. It depends on :mod:`protocol` only; the web service itself arrives with the
-wire-protocol issue. For now it exposes the shared diagnostics (``python -m prover_service
---help``).
+"""The Prover: a FastAPI service (``serve``) that publishes signed attributions, trains
+challenge subsets in resumable background jobs and answers with signed responses, plus the
+``train``, ``attribute``, ``info`` and ``keygen`` commands. Depends on :mod:`protocol` only.
 """
 
 __all__: list[str] = []

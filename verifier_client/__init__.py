@@ -1,8 +1,8 @@
 """The Verifier client: a lightweight command line a data seller runs against a Prover.
 
-For now it offers the diagnostics of the protocol core: ``residual`` (estimate B_0, B_1 and
-B_{>=2} of a task) and ``plan`` (every sample size of a protocol run). See ``python -m
-verifier_client --help``.
+``verify`` (interactive protocol; non-interactive and naive baselines), ``audit``, ``history``,
+``show``, ``keygen``, ``plan``, ``residual`` and ``demo``; see ``python -m verifier_client
+--help``. Depends on :mod:`protocol` only.
 """
 
 __all__: list[str] = []
