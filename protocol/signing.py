@@ -39,6 +39,7 @@ __all__ = [
     "load_private_key",
     "open_signed",
     "public_key_hex",
+    "request_bytes",
     "save_private_key",
     "sign_bytes",
     "sign_message",
@@ -76,6 +77,12 @@ class SignedMessage(BaseModel):
 def signed_bytes(message_type: str, payload: dict[str, Any]) -> bytes:
     """The exact bytes a signature covers (module doc)."""
     return b"VDA-v1\x00" + message_type.encode("ascii") + b"\x00" + canonical_json(payload)
+
+
+def request_bytes(method: str, path: str, timestamp: int) -> bytes:
+    """What an authenticated GET signs (headers X-VDA-Key, X-VDA-Timestamp, X-VDA-Signature):
+    ``b"VDA-v1" || 0x00 || b"request" || 0x00 || "METHOD PATH UNIX-TIME"``."""
+    return b"VDA-v1\x00request\x00" + f"{method} {path} {timestamp}".encode()
 
 
 def generate_key() -> Ed25519PrivateKey:

@@ -39,6 +39,7 @@ from protocol.signing import (
     load_private_key,
     open_signed,
     public_key_hex,
+    request_bytes,
     sign_message,
     verify_bytes,
 )
@@ -58,14 +59,9 @@ from prover_service.store import (
     now,
 )
 
-__all__ = ["ProverService", "request_bytes"]
+__all__ = ["ProverService"]
 
 CHUNK_MODELS = 1024
-
-
-def request_bytes(method: str, path: str, timestamp: int) -> bytes:
-    """What a client signs to authenticate a GET (headers X-VDA-Key/-Timestamp/-Signature)."""
-    return b"VDA-v1\x00request\x00" + f"{method} {path} {timestamp}".encode()
 
 
 def _load_npy(data: bytes) -> NDArray[Any]:
@@ -134,7 +130,7 @@ class ProverService:
     def submit_attribution(
         self, task_hash: str, method: str, budget: int, p: float, seed: str
     ) -> JobRow:
-        task = self.task(task_hash)
+        self.task(task_hash)  # 404 for an unknown task
         if method not in {m.value for m in Method} - {Method.IMPORT.value}:
             raise Invalid(f"unknown method {method!r}")
         if not 1 <= budget <= 10**7:
@@ -149,7 +145,6 @@ class ProverService:
                 {"task_hash": task_hash, "method": method, "budget": budget, "p": p, "seed": seed}
             ),
         )
-        del task
         with self.db.begin() as s:
             s.add(job)
         self._wake.set()
@@ -463,7 +458,7 @@ class ProverService:
                 assert live is not None  # noqa: S101
                 live.done, live.updated_at = stop, now()
             ran += 1
-        self._finish_challenge(job, row, challenge, task, design)
+        self._finish_challenge(job, row, task, design)
         return True
 
     @staticmethod
@@ -476,7 +471,6 @@ class ProverService:
         self,
         job: JobRow,
         row: SessionRow,
-        challenge: Challenge,
         task: Task,
         design: ChallengeDesign,
     ) -> None:
@@ -514,7 +508,6 @@ class ProverService:
                 jrow.total,
                 now(),
             )
-        del challenge
 
     def _cheat(
         self, values: NDArray[np.float64], row: SessionRow, task: Task, design: ChallengeDesign

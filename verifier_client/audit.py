@@ -205,7 +205,6 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
         figures.get("threshold", -1) >= threshold - 1e-12,
     )
     decision = decide(
-        estimator=challenge.estimator,
         threshold=figures.get("threshold", threshold),
         spot_mismatches=mismatches,
         spot_checks=len(idx),

@@ -59,17 +59,22 @@ def _parse_seed(seed: str | None) -> bytes:
         raise _fail(f"--seed: {exc}") from None
 
 
-def _evaluate(task: Task, design: ChallengeDesign, show: bool) -> np.ndarray:
-    if not show:
-        return evaluate_design(task, design)
-    with Progress(
+def _progress_bar(show: bool) -> Progress:
+    return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=_err,
         transient=True,
-    ) as bar:
+        disable=not show,
+    )
+
+
+def _evaluate(task: Task, design: ChallengeDesign, show: bool) -> np.ndarray:
+    if not show:
+        return evaluate_design(task, design)
+    with _progress_bar(show) as bar:
         job = bar.add_task(f"training {task.name}", total=len(design))
         return evaluate_design(
             task, design, progress=lambda done, _t: bar.update(job, completed=done)
@@ -306,15 +311,7 @@ def verify(
     try:
         with (
             httpx.Client(base_url=prover, timeout=120) as http,
-            Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=_err,
-                transient=True,
-                disable=not progress,
-            ) as bar,
+            _progress_bar(progress) as bar,
         ):
             bars: dict[str, Any] = {}
 

@@ -19,9 +19,9 @@ from numpy.typing import NDArray
 from protocol.datamodel import Datamodel
 from protocol.errors import ProtocolError, ShapeError
 from protocol.messages import ArrayRef, AttributionManifest, ResponseManifest, array_from_npy
-from protocol.signing import SignedMessage, open_signed, public_key_hex, sign_bytes
+from protocol.signing import SignedMessage, open_signed, public_key_hex, request_bytes, sign_bytes
 
-__all__ = ["ProverClient", "ProverRefused", "TransportError", "request_bytes"]
+__all__ = ["ProverClient", "ProverRefused", "TransportError"]
 
 
 class TransportError(Exception):
@@ -34,11 +34,6 @@ class ProverRefused(ProtocolError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"Prover refused ({status}): {detail}")
         self.status = status
-
-
-def request_bytes(method: str, path: str, timestamp: int) -> bytes:
-    """What a signed GET covers (must match the Prover's ``service.request_bytes``)."""
-    return b"VDA-v1\x00request\x00" + f"{method} {path} {timestamp}".encode()
 
 
 class ProverClient:

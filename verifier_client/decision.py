@@ -41,7 +41,6 @@ class Decision:
 
 def decide(
     *,
-    estimator: str,
     threshold: float,
     spot_mismatches: int,
     spot_checks: int,
@@ -63,5 +62,4 @@ def decide(
         return Decision("abort", AbortReason.SPOT_CHECK_MISMATCH.value, figures)
     if not statistic <= threshold:
         return Decision("abort", AbortReason.ESTIMATE_ABOVE_THRESHOLD.value, figures)
-    del estimator
     return Decision("accept", "passed", figures)

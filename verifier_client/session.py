@@ -95,11 +95,6 @@ def train_local(
 
 
 class _Run:
-    def _random(self, label: str, n: int) -> bytes:
-        if self.opts.seed is None:
-            return os.urandom(n)
-        return hashlib.sha256(self.opts.seed + label.encode()).digest()[:n]
-
     def __init__(
         self,
         client: ProverClient,
@@ -113,6 +108,12 @@ class _Run:
         self.progress = progress or (lambda _s, _d, _t: None)
         self.times: dict[str, float] = {}
         self.local_trainings = 0
+        self.device_class = ""  # the Prover's, from its signed response
+
+    def _random(self, label: str, n: int) -> bytes:
+        if self.opts.seed is None:
+            return os.urandom(n)
+        return hashlib.sha256(self.opts.seed + label.encode()).digest()[:n]
 
     def _tick(self, phase: str, started: float) -> None:
         self.times[phase] = round(self.times.get(phase, 0.0) + time.perf_counter() - started, 3)
@@ -421,7 +422,6 @@ def run_verification(
         store.update(record.id, prover_trainings=0)
         stat, figs = run.statistic(task, model, design, values)
         decision = decide(
-            estimator=opts.estimator,
             threshold=opts.threshold,
             spot_mismatches=0,
             spot_checks=0,
@@ -434,7 +434,6 @@ def run_verification(
     response, values, probes, bad = run.check_response(task, design, sid, record)
     if bad is not None:
         decision = decide(
-            estimator=opts.estimator,
             threshold=opts.threshold,
             spot_mismatches=0,
             spot_checks=len(spots),
@@ -445,7 +444,6 @@ def run_verification(
     mismatches, max_diff = run.spot_check(task, design, spots, values, probes)
     stat, figs = run.statistic(task, model, design, values)
     decision = decide(
-        estimator=opts.estimator,
         threshold=opts.threshold,
         spot_mismatches=mismatches,
         spot_checks=len(spots),
@@ -473,7 +471,6 @@ def _naive(run: _Run, task: Task, task_hash: str, content: str, model: Datamodel
     run.store.add(record)
     mse = run.fresh(task, model, o.fresh_samples)
     decision = decide(
-        estimator="naive",
         threshold=o.epsilon,
         spot_mismatches=0,
         spot_checks=0,

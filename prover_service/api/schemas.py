@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.signing import SignedMessage
@@ -87,7 +85,3 @@ class TranscriptOut(BaseModel):
     challenge: SignedMessage
     response: SignedMessage | None
     verdict_message: SignedMessage | None
-
-    @classmethod
-    def build(cls, raw: dict[str, Any]) -> TranscriptOut:
-        return cls.model_validate(raw)

@@ -24,12 +24,13 @@ from protocol.signing import (
     generate_key,
     open_signed,
     public_key_hex,
+    request_bytes,
     sign_bytes,
     sign_message,
 )
 from protocol.tasks import load_task
 from prover_service.app import create_app
-from prover_service.service import ProverService, request_bytes
+from prover_service.service import ProverService
 from tests.prover_service.conftest import SALT, SPOT, TASK, Prover, make_settings, signed_challenge
 
 BOUND = load_task(TASK).bound

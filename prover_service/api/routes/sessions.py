@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Response, status
 
 from protocol.signing import SignedMessage
@@ -74,4 +72,4 @@ def post_verdict(session_id: str, body: SignedMessage, service: ServiceDep) -> S
             summary="Every signed message of a session, for a third-party audit")  # fmt: skip
 def get_transcript(session_id: str, service: ServiceDep, requester: RequesterDep) -> TranscriptOut:
     """Visible to the session's verifier (signed request) or to anyone if transcripts are public."""
-    return TranscriptOut.build(json.loads(json.dumps(service.transcript(session_id, requester))))
+    return TranscriptOut.model_validate(service.transcript(session_id, requester))
