@@ -1,0 +1,428 @@
+"""The certificate: an upper confidence bound on err(g) that every verdict is made of (section 7).
+
+:func:`certify` takes the Prover's reported f on the challenge subsets E (design order), the
+committed datamodel's predictions g on the same masks, and the design, and returns a frozen
+:class:`Certificate`. Its ``certified_epsilon`` U is an upper confidence bound at level
+1 - delta on the aggregate err (the mean over targets, or the max with delta split across the
+targets); the verdict is accept iff U <= epsilon, so P(accept | err > epsilon) <= delta.
+
+**Estimand.** r = f - g, psi = r(x) r(x') per pair, mu_l = E psi at level l. For the
+unconstrained quadratic fit on levels rho_l, c_0 + c_1 = sum_l a_l mu_l - beta with
+a = :func:`protocol.residual.linear_weights` and beta = sum_{k>=3} B_k(r) s_k,
+s_k = sum_l a_l rho_l^k. So err = sum_l a_l mu_l - beta. For (0, rho0, 2 rho0),
+s_k = rho0^(k-1) (2 - 2^(k-1)) < 0: the fit *under*-estimates err, and
+-beta <= kappa_+ B_{>=3}(r), kappa_+ = sup_{k>=3} max(0, -s_k) (2 rho0^2 for rho0 <= 1/3).
+
+**The bound** U = (S + kappa_+ Q) / (1 + kappa_+) where S is an upper bound on sum_l a_l mu_l
+and Q on E r^2. Since B_{>=3}(r) <= B_{>=2}(r) = E r^2 - err (g is linear, so r has f's
+degree >= 2 weight), err <= S + kappa_+ (Q - err) gives U. S is made of four parts, each a
+field of the certificate:
+
+1. ``point``: sum_l a_l T_l, T_l the trimmed mean of the n observed psi at level l, t = m*
+   values cut from each end (t = 0, the plain mean, when the values are trusted).
+2. ``statistical``: ``clt``: z_{1-d} sqrt(sum_l a_l^2 s_{w,l}^2 / ((1 - 2t/n)^2 n)), the
+   Tukey-McLaughlin standard error of a trimmed mean (s_w the winsorised SD).
+   ``finite``: empirical Bernstein (Maurer & Pontil 2009, Thm 4) per level at d/L,
+   sqrt(2 V ln(2L/d) / n) + 7 R ln(2L/d) / (3 (n - 1)), R the range of psi, V the sample
+   variance of the *honest* sample, bounded by the observed one plus m* values at the range.
+3. ``corruption``: m <= m* corrupted values (below) moved arbitrarily. ``clt`` (trimmed
+   means): if y and the honest z differ in at most m <= t places, z_(i-m) <= y_(i) <=
+   z_(i+m), so T(z) <= T(y) + sum_{j<=m} (y_(n-t+j) - y_(t+j)) / (n - 2t) and
+   T(z) >= T(y) - sum_{j<=m} (y_(n-t-m+j) - y_(t-m+j)) / (n - 2t): the spread of the
+   observed sample near the trimming points, never the range. The adversary splits m* over
+   the levels; we charge the worst split (max-plus convolution over m_0 + ... <= m*). Then
+   the honest trimmed mean's own bias: for a weight w in [0, 1] with E w = 1 - g,
+   |E[X w] / E w - E X| <= sigma sqrt(g / (1 - g)) (Cauchy-Schwarz on (X - mu)(1 - w - g)),
+   with g = 2t/n and sigma_l the observed SD of psi_l; charged sum_l |a_l| sigma_l sqrt(...).
+   ``finite`` (plain means): a corrupted pair's honest psi lies in [-R_j, R_j] with
+   R_j = (b + |g(x)|)(b + |g(x')|), so the honest mean is at most the observed one plus the
+   m largest (R_j - y_j) / n (minus, for a_l < 0); the range bound, rigorous without
+   assumptions.
+4. ``tau_slack``: each reported value may be off by tau unseen. The honest |r| <= |r_obs| + tau,
+   so psi moves by at most d_j = tau (|r_obs(x)| + |r_obs(x')|) + 3 tau^2. A trimmed mean moves
+   by at most (top_{n-t}(d) + top_t(d)) / (n - 2t) (a sum of the top k order statistics is
+   1-Lipschitz in the sum of the k largest perturbations); charged sum_l |a_l| times that.
+
+Q, the upper bound on E r^2, is the same construction with one "level" of all |E| values of
+r^2 (weight +1), at the same m*, tau (d = 2 tau |r_obs| + 3 tau^2) and validity.
+
+**Corruption count m*.** k spot-checks drawn uniformly without replacement from |E| all
+passed. If m values are corrupted, P(all pass) = C(|E| - m, k) / C(|E|, k) <= (1 - m/|E|)^k.
+m* is the smallest m with P(all pass | m + 1) <= delta_spot: a Prover corrupting more than m*
+passes with probability <= delta_spot. So m* ~ |E| ln(1/delta_spot) / k.
+
+**delta** is split by the union bound: delta_spot = spot_share * delta to the spot-check
+event (0 when the values are trusted, ``spot_checks=None``), and the rest half to S and half
+to Q; ``max`` divides both by Z. The ``mean`` aggregate averages psi and r^2 over targets
+before bounding (one bound on the mean, whose SE is far below any target's).
+
+**Validity.** ``clt``: the normal approximation, and sigma_l (the observed SD) standing in
+for the honest SD in the trimming bias. A bound on a mean that survives m hidden values
+without an assumption on the tails must charge about m R / n (an honest atom of mass m/n at
+the range, hidden by the adversary, is indistinguishable from no atom): that is ``finite``,
+whose corruption slack is the range bound and whose statistics are empirical Bernstein.
+``finite`` needs ``bound`` (b, the task's clip bound).
+
+Arrays: ``values``, ``predictions`` (|E|, Z) float64; per-target outputs (Z,).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import gammaln
+from scipy.stats import norm
+
+from protocol.checks import as_finite_matrix, check_probability
+from protocol.errors import InvalidParameterError
+from protocol.residual import StabilityDesign, linear_weights, noise_stability
+
+__all__ = [
+    "Aggregate",
+    "Certificate",
+    "Validity",
+    "certify",
+    "max_undetected",
+    "pass_probability",
+    "upper_bias_coefficient",
+]
+
+Aggregate = Literal["mean", "max"]
+Validity = Literal["clt", "finite"]
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """An upper confidence bound on err(g) and the parts it is made of (module doc).
+
+    ``certified_epsilon`` is the aggregate's bound U: the smallest epsilon this run certifies
+    at confidence 1 - delta. ``point + statistical + corruption + tau_slack + bias`` equals it
+    (``bias`` is the degree >= 3 term kappa (Q - S) / (1 + kappa), negative only when S
+    already exceeds the bound on E r^2). ``per_target`` (Z,) are bounds holding for all
+    targets at once (delta split over Z), ``per_target_point`` the robust point estimates.
+    """
+
+    aggregate: str
+    validity: str
+    delta: float
+    delta_spot: float
+    certified_epsilon: float
+    point: float
+    statistical: float
+    corruption: float
+    tau_slack: float
+    bias: float
+    mse_upper: float
+    per_target: FloatArray
+    per_target_point: FloatArray
+    max_corrupted: int
+    trim: int
+    spot_checks: int | None
+    n_subsets: int
+    pairs_per_level: int
+    rhos: tuple[float, ...]
+    kappa: float
+    tau: float
+
+    def accepts(self, epsilon: float) -> bool:
+        """The verdict: accept iff certified_epsilon <= epsilon."""
+        return bool(self.certified_epsilon <= epsilon)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (arrays as lists, infinities as None)."""
+        out = asdict(self)
+        for key in ("per_target", "per_target_point"):
+            out[key] = [_json_float(v) for v in np.asarray(out[key]).tolist()]
+        return {k: _json_float(v) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def _json_float(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def upper_bias_coefficient(rhos: FloatArray, degree: int = 2) -> float:
+    """kappa_+ = sup_{k > degree} max(0, -sum_l a_l rho_l^k): err <= c0 + c1 + kappa_+ B_{>2}."""
+    rhos = np.asarray(rhos, dtype=np.float64)
+    a = linear_weights(rhos, degree)
+    ks = np.arange(degree + 1, degree + 400)
+    return float(max(0.0, float(np.max(-((rhos[None, :] ** ks[:, None]) @ a)))))
+
+
+def pass_probability(n_subsets: int, corrupted: int, k: int) -> float:
+    """P(k uniform draws without replacement from n_subsets all miss ``corrupted`` values)."""
+    if corrupted <= 0 or k <= 0:
+        return 1.0
+    if corrupted + k > n_subsets:
+        return 0.0
+    n, m = n_subsets, corrupted
+    log_p = gammaln(n - m + 1) - gammaln(n - m - k + 1) - gammaln(n + 1) + gammaln(n - k + 1)
+    return float(np.exp(log_p))
+
+
+def max_undetected(n_subsets: int, k: int, delta_spot: float) -> int:
+    """m*: the smallest m with P(all k checks pass | m + 1 corrupted) <= delta_spot."""
+    if not isinstance(n_subsets, int | np.integer) or n_subsets < 1:
+        raise InvalidParameterError(f"n_subsets must be a positive integer; got {n_subsets!r}")
+    if not isinstance(k, int | np.integer) or not 0 <= k <= n_subsets:
+        raise InvalidParameterError(f"spot-checks must be an integer in [0, |E|]; got {k!r}")
+    check_probability("delta_spot", delta_spot)
+    lo, hi = 0, n_subsets  # P(pass | hi + 1) = 0 <= delta_spot by convention
+    if pass_probability(n_subsets, 1, k) <= delta_spot:
+        return 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if pass_probability(n_subsets, mid + 1, k) <= delta_spot:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# -- the bound on sum_l a_l mu_l from (L, n, C) samples ---------------------------------------
+
+
+def _worst_split(gains: list[FloatArray], budget: int) -> FloatArray:
+    """max over m_0 + ... + m_{L-1} <= budget of sum_l gains[l][m_l]; gains (budget+1, C)."""
+    acc = gains[0]
+    for g in gains[1:]:
+        nxt = np.full_like(acc, -np.inf)
+        for s in range(budget + 1):
+            nxt[s] = np.max(acc[: s + 1][::-1] + g[: s + 1], axis=0)
+        acc = nxt
+    return np.asarray(np.max(acc, axis=0))
+
+
+def _top_sum(d: FloatArray, k: int) -> FloatArray:
+    """Sum of the k largest entries along axis 0; d (n, C) -> (C,)."""
+    if k <= 0:
+        return np.zeros(d.shape[1])
+    return np.asarray(np.sort(d, axis=0)[-k:].sum(axis=0))
+
+
+@dataclass(frozen=True)
+class _Parts:
+    point: FloatArray
+    statistical: FloatArray
+    corruption: FloatArray
+    tau_slack: FloatArray
+
+    @property
+    def upper(self) -> FloatArray:
+        return np.asarray(self.point + self.statistical + self.corruption + self.tau_slack)
+
+
+def _bound_clt(y: FloatArray, a: FloatArray, m_star: int, delta: float, dev: FloatArray) -> _Parts:
+    """Trimmed means (t = m*) with the sandwich corruption bound; y, dev (L, n, C)."""
+    n_levels, n, cols = y.shape
+    t = m_star
+    if 2 * t >= n - 1:
+        inf = np.full(cols, np.inf)
+        return _Parts(np.full(cols, np.nan), inf, inf, inf)
+    ys = np.sort(y, axis=1)
+    band = n - 2 * t
+    trimmed = ys[:, t : n - t].mean(axis=1)  # (L, C)
+    wins = np.clip(ys, ys[:, t : t + 1], ys[:, n - t - 1 : n - t])  # winsorised at t
+    s_w = wins.std(axis=1, ddof=1)
+    se = s_w / ((band / n) * math.sqrt(n))
+    z = float(norm.ppf(1.0 - delta))
+    stat = z * np.sqrt(np.sum((a[:, None] * se) ** 2, axis=0))
+    corr = np.zeros(cols)
+    if m_star > 0:
+        cs = np.concatenate([np.zeros((n_levels, 1, cols)), np.cumsum(ys, axis=1)], axis=1)
+        m = np.arange(m_star + 1)
+        gains = []
+        for lv in range(n_levels):
+            c = cs[lv]
+            if a[lv] >= 0:  # T(z) <= T(y) + (S(n-t, n-t+m) - S(t, t+m)) / band
+                g = (c[n - t + m] - c[n - t]) - (c[t + m] - c[t])
+            else:  # T(z) >= T(y) - (S(n-t-m, n-t) - S(t-m, t)) / band
+                g = (c[n - t] - c[n - t - m]) - (c[t] - c[t - m])
+            gains.append(abs(a[lv]) * g / band)
+        sigma = y.std(axis=1, ddof=1)
+        frac = 2.0 * t / n
+        trim_bias = np.sum(np.abs(a)[:, None] * sigma, axis=0) * math.sqrt(frac / (1.0 - frac))
+        corr = _worst_split(gains, m_star) + trim_bias
+    tau = np.sum(
+        np.abs(a)[:, None] * np.stack([(_top_sum(d, n - t) + _top_sum(d, t)) / band for d in dev]),
+        axis=0,
+    )
+    return _Parts(np.asarray(a @ trimmed), stat, corr, np.asarray(tau))
+
+
+def _bound_finite(
+    y: FloatArray,
+    a: FloatArray,
+    m_star: int,
+    delta: float,
+    dev: FloatArray,
+    lo: FloatArray,
+    hi: FloatArray,
+) -> _Parts:
+    """Plain means, empirical Bernstein, range-bound corruption; lo, hi (L, n, C) honest range."""
+    n_levels, n, cols = y.shape
+    if n < 2:
+        inf = np.full(cols, np.inf)
+        return _Parts(y.mean(axis=(0, 1)), inf, inf, inf)
+    mean = y.mean(axis=1)
+    lg = math.log(2.0 * n_levels / delta)
+    stat = np.zeros(cols)
+    gains = []
+    for lv in range(n_levels):
+        c = mean[lv]
+        width = np.max(hi[lv], axis=0) - np.min(lo[lv], axis=0)  # (C,)
+        reach = np.maximum(np.max(np.abs(hi[lv] - c), axis=0), np.max(np.abs(lo[lv] - c), axis=0))
+        var = (np.sum((y[lv] - c) ** 2, axis=0) + m_star * reach**2) / (n - 1)
+        dev_l = np.sqrt(2.0 * var * lg / n) + 7.0 * width * lg / (3.0 * (n - 1))
+        stat += abs(a[lv]) * dev_l
+        move = (hi[lv] - y[lv]) if a[lv] >= 0 else (y[lv] - lo[lv])
+        top = np.sort(np.maximum(move, 0.0), axis=0)[::-1][:m_star]
+        g = np.concatenate([np.zeros((1, cols)), np.cumsum(top, axis=0)], axis=0)
+        if len(g) < m_star + 1:
+            g = np.concatenate([g, np.repeat(g[-1:], m_star + 1 - len(g), 0)], axis=0)
+        gains.append(abs(a[lv]) * g / n)
+    corr = _worst_split(gains, m_star) if m_star > 0 else np.zeros(cols)
+    tau = np.sum(np.abs(a)[:, None] * dev.mean(axis=1), axis=0)
+    return _Parts(np.asarray(a @ mean), stat, corr, np.asarray(tau))
+
+
+# -- certify ----------------------------------------------------------------------------------
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")
+
+
+def certify(
+    values: FloatArray,
+    predictions: FloatArray,
+    design: StabilityDesign,
+    *,
+    delta: float,
+    aggregate: Aggregate = "mean",
+    spot_checks: int | None = None,
+    tau: float = 0.0,
+    validity: Validity = "clt",
+    bound: float | None = None,
+    spot_share: float = 0.5,
+    max_corrupted: int | None = None,
+) -> Certificate:
+    """Upper confidence bound on err(g) at level 1 - delta from a challenge (module doc).
+
+    ``values`` (|E|, Z): the reported f in design order; ``predictions`` (|E|, Z): g on the
+    same masks (g committed before E was drawn). ``spot_checks``: the number k of uniformly
+    drawn spot-checks that all passed (None: the values are trusted, m* = 0).
+    ``max_corrupted`` overrides m* (then ``spot_share`` of delta is still reserved if
+    ``spot_checks`` is given). ``bound``: the task's b (required by ``finite``; with it,
+    values outside [-b, b] are refused).
+    """
+    f = as_finite_matrix("values", values, (None, None))
+    g = as_finite_matrix("predictions", predictions, f.shape)
+    dlt = check_probability("delta", delta)
+    _check_choice("aggregate", aggregate, ("mean", "max"))
+    _check_choice("validity", validity, ("clt", "finite"))
+    if not (isinstance(tau, int | float) and math.isfinite(tau) and tau >= 0):
+        raise InvalidParameterError(f"tau must be finite and >= 0; got {tau!r}")
+    if bound is not None:
+        if not (math.isfinite(bound) and bound > 0):
+            raise InvalidParameterError(f"bound must be finite and > 0; got {bound!r}")
+        if np.max(np.abs(f)) > bound:
+            raise InvalidParameterError(f"values outside the declared range [-{bound}, {bound}]")
+    elif validity == "finite":
+        raise InvalidParameterError("validity 'finite' needs the task's bound b")
+    r = f - g
+    st = noise_stability(r, design)  # validates the design shape
+    n_sub, z_targets = f.shape
+    n = st.products.shape[1]
+    if spot_checks is None:
+        d_spot, m_star = 0.0, 0
+    else:
+        d_spot = dlt * check_probability("spot_share", spot_share)
+        m_star = max_undetected(n_sub, spot_checks, d_spot)
+    if max_corrupted is not None:
+        if not isinstance(max_corrupted, int) or max_corrupted < 0:
+            raise InvalidParameterError(f"max_corrupted must be an int >= 0; got {max_corrupted!r}")
+        m_star = max_corrupted
+    d_rest = (dlt - d_spot) / 2.0  # one half for S, one for Q
+    a = linear_weights(st.rhos)
+    kappa = upper_bias_coefficient(st.rhos)
+
+    # Pair arrays (L, n, Z): psi, tau deviations, honest ranges.
+    ra = r[0::2].reshape(len(st.rhos), n, z_targets)
+    rb = r[1::2].reshape(len(st.rhos), n, z_targets)
+    psi = st.products
+    dev_psi = tau * (np.abs(ra) + np.abs(rb)) + 3.0 * tau * tau
+    sq = (r * r)[None]
+    dev_sq = (2.0 * tau * np.abs(r) + 3.0 * tau * tau)[None]
+    if bound is not None:
+        reach = bound + np.abs(g)
+        ga = reach[0::2].reshape(psi.shape)
+        gb = reach[1::2].reshape(psi.shape)
+        psi_hi, sq_hi = ga * gb, (reach * reach)[None]
+    else:
+        psi_hi, sq_hi = np.full_like(psi, np.inf), np.full_like(sq, np.inf)
+
+    def bound_all(d_s: float, d_q: float, avg: bool) -> tuple[_Parts, _Parts]:
+        arrs = [psi, dev_psi, psi_hi, sq, dev_sq, sq_hi]
+        if avg:
+            arrs = [x.mean(axis=2, keepdims=True) for x in arrs]
+        p, dp, ph, s, ds, sh = arrs
+        if validity == "clt":
+            return (_bound_clt(p, a, m_star, d_s, dp), _bound_clt(s, np.ones(1), m_star, d_q, ds))
+        return (
+            _bound_finite(p, a, m_star, d_s, dp, -ph, ph),
+            _bound_finite(s, np.ones(1), m_star, d_q, ds, np.zeros_like(sh), sh),
+        )
+
+    def combine(s_part: _Parts, q_part: _Parts) -> tuple[FloatArray, FloatArray, FloatArray]:
+        s_up, q_up = s_part.upper, q_part.upper
+        u = (s_up + kappa * q_up) / (1.0 + kappa)
+        u = np.where(np.isfinite(s_up) & np.isfinite(q_up), u, np.inf)
+        return u, u - s_up, q_up
+
+    per_s, per_q = bound_all(d_rest / z_targets, d_rest / z_targets, avg=False)
+    per_u, _, _ = combine(per_s, per_q)
+    if aggregate == "max":
+        worst = int(np.argmax(np.where(np.isnan(per_u), np.inf, per_u)))
+        parts, q_part = _pick(per_s, worst), _pick(per_q, worst)
+    else:
+        s_agg, q_agg = bound_all(d_rest, d_rest, avg=True)
+        parts, q_part = _pick(s_agg, 0), _pick(q_agg, 0)
+    u_agg, bias, q_up = combine(parts, q_part)
+    return Certificate(
+        aggregate=aggregate,
+        validity=validity,
+        delta=dlt,
+        delta_spot=d_spot,
+        certified_epsilon=float(u_agg[0]),
+        point=float(parts.point[0]),
+        statistical=float(parts.statistical[0]),
+        corruption=float(parts.corruption[0]),
+        tau_slack=float(parts.tau_slack[0]),
+        bias=float(bias[0]),
+        mse_upper=float(q_up[0]),
+        per_target=per_u,
+        per_target_point=per_s.point,
+        max_corrupted=m_star,
+        trim=m_star if validity == "clt" else 0,
+        spot_checks=spot_checks,
+        n_subsets=n_sub,
+        pairs_per_level=n,
+        rhos=tuple(float(x) for x in st.rhos),
+        kappa=kappa,
+        tau=float(tau),
+    )
+
+
+def _pick(parts: _Parts, j: int) -> _Parts:
+    return _Parts(
+        parts.point[j : j + 1],
+        parts.statistical[j : j + 1],
+        parts.corruption[j : j + 1],
+        parts.tau_slack[j : j + 1],
+    )
