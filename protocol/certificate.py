@@ -18,30 +18,36 @@ and Q on E r^2. Since B_{>=3}(r) <= B_{>=2}(r) = E r^2 - err (g is linear, so r 
 degree >= 2 weight), err <= S + kappa_+ (Q - err) gives U. S is made of four parts, each a
 field of the certificate:
 
-1. ``point``: sum_l a_l T_l, T_l the trimmed mean of the n observed psi at level l, t = m*
-   values cut from each end (t = 0, the plain mean, when the values are trusted).
-2. ``statistical``: ``clt``: z_{1-d} sqrt(sum_l a_l^2 s_{w,l}^2 / ((1 - 2t/n)^2 n)), the
-   Tukey-McLaughlin standard error of a trimmed mean (s_w the winsorised SD).
-   ``finite``: empirical Bernstein (Maurer & Pontil 2009, Thm 4) per level at d/L,
-   sqrt(2 V ln(2L/d) / n) + 7 R ln(2L/d) / (3 (n - 1)), R the range of psi, V the sample
-   variance of the *honest* sample, bounded by the observed one plus m* values at the range.
-3. ``corruption``: m <= m* corrupted values (below) moved arbitrarily. ``clt`` (trimmed
-   means): if y and the honest z differ in at most m <= t places, z_(i-m) <= y_(i) <=
-   z_(i+m), so T(z) <= T(y) + sum_{j<=m} (y_(n-t+j) - y_(t+j)) / (n - 2t) and
-   T(z) >= T(y) - sum_{j<=m} (y_(n-t-m+j) - y_(t-m+j)) / (n - 2t): the spread of the
-   observed sample near the trimming points, never the range. The adversary splits m* over
-   the levels; we charge the worst split (max-plus convolution over m_0 + ... <= m*). Then
-   the honest trimmed mean's own bias: for a weight w in [0, 1] with E w = 1 - g,
-   |E[X w] / E w - E X| <= sigma sqrt(g / (1 - g)) (Cauchy-Schwarz on (X - mu)(1 - w - g)),
-   with g = 2t/n and sigma_l the observed SD of psi_l; charged sum_l |a_l| sigma_l sqrt(...).
+1. ``point``: ``clt``: the trimmed mean T(u) of the n pair-sums u_j = sum_l a_l psi_{l,j}
+   (the j-th pair of every level; the levels are independent, so the u_j are i.i.d. with
+   mean sum_l a_l mu_l and SD sigma_u = sqrt(sum_l a_l^2 sigma_l^2), smaller than
+   sum_l |a_l| sigma_l), t = m* rows cut from each end (t = 0, the plain mean, when the
+   values are trusted). One corrupted subset corrupts one u_j. ``finite``: the plain
+   sum_l a_l mean(psi_l).
+2. ``statistical``: ``clt``: z_{1-d} s_w / ((1 - 2t/n) sqrt(n)), the Tukey-McLaughlin standard
+   error of a trimmed mean (s_w the winsorised SD). ``finite``: empirical Bernstein (Maurer &
+   Pontil 2009, Thm 4) per level at d/L, sqrt(2 V ln(2L/d) / n) + 7 R ln(2L/d) / (3 (n - 1)),
+   R the range of psi, V the sample variance of the *honest* sample, bounded by the observed
+   one plus m* values at the range.
+3. ``corruption``: m <= m* corrupted values (below) moved arbitrarily. ``clt``: if y and the
+   honest z differ in at most m <= t places, z_(i-m) <= y_(i) <= z_(i+m), so
+   T(z) <= T(y) + sum_{j<=m} (y_(n-t+j) - y_(t+j)) / (n - 2t): the spread of the observed
+   sample near the trimming points, never the range (charged at m = m*; it grows with m).
+   Then the honest trimmed mean's own bias. With g = t/n, mu_top and mu_bot the means of the
+   top and bottom g-tails and mu_trim the band's: mu - mu_trim = g (mu_top - mu_trim) +
+   g (mu_bot - mu_trim) <= g (mu_top - mu) + g (mu - mu_trim) (mu_bot <= mu_trim), and
+   g (mu_top - mu) = E[(X - mu)(1_top - g)] <= sigma sqrt(g (1 - g)) (Cauchy-Schwarz), so
+   mu - mu_trim <= sigma sqrt(g / (1 - g)), with sigma_u the observed SD of u.
    ``finite`` (plain means): a corrupted pair's honest psi lies in [-R_j, R_j] with
    R_j = (b + |g(x)|)(b + |g(x')|), so the honest mean is at most the observed one plus the
-   m largest (R_j - y_j) / n (minus, for a_l < 0); the range bound, rigorous without
-   assumptions.
+   m largest (R_j - y_j) / n (minus, for a_l < 0); the adversary splits m* over the levels
+   and we charge the worst split (max-plus convolution). This is the range bound, rigorous
+   without assumptions.
 4. ``tau_slack``: each reported value may be off by tau unseen. The honest |r| <= |r_obs| + tau,
    so psi moves by at most d_j = tau (|r_obs(x)| + |r_obs(x')|) + 3 tau^2. A trimmed mean moves
    by at most (top_{n-t}(d) + top_t(d)) / (n - 2t) (a sum of the top k order statistics is
-   1-Lipschitz in the sum of the k largest perturbations); charged sum_l |a_l| times that.
+   1-Lipschitz in the sum of the k largest perturbations), with d_j = sum_l |a_l| d_{l,j} for
+   the pair-sums u_j; a plain mean by mean(d).
 
 Q, the upper bound on E r^2, is the same construction with one "level" of all |E| values of
 r^2 (weight +1), at the same m*, tau (d = 2 tau |r_obs| + 3 tau^2) and validity.
@@ -56,12 +62,12 @@ event (0 when the values are trusted, ``spot_checks=None``), and the rest half t
 to Q; ``max`` divides both by Z. The ``mean`` aggregate averages psi and r^2 over targets
 before bounding (one bound on the mean, whose SE is far below any target's).
 
-**Validity.** ``clt``: the normal approximation, and sigma_l (the observed SD) standing in
-for the honest SD in the trimming bias. A bound on a mean that survives m hidden values
-without an assumption on the tails must charge about m R / n (an honest atom of mass m/n at
-the range, hidden by the adversary, is indistinguishable from no atom): that is ``finite``,
-whose corruption slack is the range bound and whose statistics are empirical Bernstein.
-``finite`` needs ``bound`` (b, the task's clip bound).
+**Validity.** ``clt``: the normal approximation, and the observed SD standing in for the
+honest SD in the trimming bias (the adversary can deflate it only by hiding m* of n values).
+A bound on a mean that survives m hidden values without an assumption on the tails must
+charge about m R / n (an honest atom of mass m/n at the range, hidden by the adversary, is
+indistinguishable from no atom): that is ``finite``, whose corruption slack is the range bound
+and whose statistics are empirical Bernstein. ``finite`` needs ``bound`` (b, the task's clip bound).
 
 Arrays: ``values``, ``predictions`` (|E|, Z) float64; per-target outputs (Z,).
 """
@@ -216,42 +222,33 @@ class _Parts:
         return np.asarray(self.point + self.statistical + self.corruption + self.tau_slack)
 
 
-def _bound_clt(y: FloatArray, a: FloatArray, m_star: int, delta: float, dev: FloatArray) -> _Parts:
-    """Trimmed means (t = m*) with the sandwich corruption bound; y, dev (L, n, C)."""
-    n_levels, n, cols = y.shape
+def _bound_clt(y: FloatArray, m_star: int, delta: float, dev: FloatArray) -> _Parts:
+    """Upper bound on E y from n i.i.d. rows y (n, C), m* of them possibly corrupted.
+
+    Trimmed mean (t = m* per end), Tukey-McLaughlin SE, the order-statistics sandwich for the
+    corrupted rows, the one-sided trimming bias, and the tau deviations ``dev`` (n, C).
+    """
+    n, cols = y.shape
     t = m_star
     if 2 * t >= n - 1:
         inf = np.full(cols, np.inf)
         return _Parts(np.full(cols, np.nan), inf, inf, inf)
-    ys = np.sort(y, axis=1)
+    ys = np.sort(y, axis=0)
     band = n - 2 * t
-    trimmed = ys[:, t : n - t].mean(axis=1)  # (L, C)
-    wins = np.clip(ys, ys[:, t : t + 1], ys[:, n - t - 1 : n - t])  # winsorised at t
-    s_w = wins.std(axis=1, ddof=1)
-    se = s_w / ((band / n) * math.sqrt(n))
-    z = float(norm.ppf(1.0 - delta))
-    stat = z * np.sqrt(np.sum((a[:, None] * se) ** 2, axis=0))
+    trimmed = ys[t : n - t].mean(axis=0)
+    wins = np.clip(ys, ys[t : t + 1], ys[n - t - 1 : n - t])  # winsorised at t
+    se = wins.std(axis=0, ddof=1) / ((band / n) * math.sqrt(n))
+    stat = float(norm.ppf(1.0 - delta)) * se
     corr = np.zeros(cols)
-    if m_star > 0:
-        cs = np.concatenate([np.zeros((n_levels, 1, cols)), np.cumsum(ys, axis=1)], axis=1)
-        m = np.arange(m_star + 1)
-        gains = []
-        for lv in range(n_levels):
-            c = cs[lv]
-            if a[lv] >= 0:  # T(z) <= T(y) + (S(n-t, n-t+m) - S(t, t+m)) / band
-                g = (c[n - t + m] - c[n - t]) - (c[t + m] - c[t])
-            else:  # T(z) >= T(y) - (S(n-t-m, n-t) - S(t-m, t)) / band
-                g = (c[n - t] - c[n - t - m]) - (c[t] - c[t - m])
-            gains.append(abs(a[lv]) * g / band)
-        sigma = y.std(axis=1, ddof=1)
-        frac = 2.0 * t / n
-        trim_bias = np.sum(np.abs(a)[:, None] * sigma, axis=0) * math.sqrt(frac / (1.0 - frac))
-        corr = _worst_split(gains, m_star) + trim_bias
-    tau = np.sum(
-        np.abs(a)[:, None] * np.stack([(_top_sum(d, n - t) + _top_sum(d, t)) / band for d in dev]),
-        axis=0,
-    )
-    return _Parts(np.asarray(a @ trimmed), stat, corr, np.asarray(tau))
+    if t > 0:
+        # T(z) <= T(y) + (sum_{j<=m} y_(n-t+j) - y_(t+j)) / (n - 2t), at m = m* (increasing in m)
+        sandwich = (ys[n - t :].sum(axis=0) - ys[t : 2 * t].sum(axis=0)) / band
+        # E y - (honest trimmed mean): only the upper tail (mass t/n) can raise the mean.
+        frac = t / n
+        trim_bias = y.std(axis=0, ddof=1) * math.sqrt(frac / (1.0 - frac))
+        corr = sandwich + trim_bias
+    tau = (_top_sum(dev, n - t) + _top_sum(dev, t)) / band
+    return _Parts(np.asarray(trimmed), np.asarray(stat), np.asarray(corr), np.asarray(tau))
 
 
 def _bound_finite(
@@ -373,7 +370,9 @@ def certify(
             arrs = [x.mean(axis=2, keepdims=True) for x in arrs]
         p, dp, ph, s, ds, sh = arrs
         if validity == "clt":
-            return (_bound_clt(p, a, m_star, d_s, dp), _bound_clt(s, np.ones(1), m_star, d_q, ds))
+            u = np.einsum("l,lnc->nc", a, p)  # one row per pair index j: sum_l a_l psi_lj
+            du = np.einsum("l,lnc->nc", np.abs(a), dp)
+            return (_bound_clt(u, m_star, d_s, du), _bound_clt(s[0], m_star, d_q, ds[0]))
         return (
             _bound_finite(p, a, m_star, d_s, dp, -ph, ph),
             _bound_finite(s, np.ones(1), m_star, d_q, ds, np.zeros_like(sh), sh),
