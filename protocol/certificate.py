@@ -90,10 +90,14 @@ from protocol.residual import StabilityDesign, linear_weights, noise_stability
 __all__ = [
     "Aggregate",
     "Certificate",
+    "CertificatePlan",
     "Validity",
     "certify",
     "max_undetected",
     "pass_probability",
+    "pilot_figures",
+    "plan_certificate",
+    "predicted_width",
     "upper_bias_coefficient",
 ]
 
@@ -425,3 +429,115 @@ def _pick(parts: _Parts, j: int) -> _Parts:
         parts.corruption[j : j + 1],
         parts.tau_slack[j : j + 1],
     )
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertificatePlan:
+    """Sizes for the ``clt`` certificate and the width it predicts at err = epsilon / 2."""
+
+    epsilon: float
+    delta: float
+    pairs_per_level: int
+    n_subsets: int
+    spot_checks: int
+    max_corrupted: int
+    predicted_width: float
+    parts: dict[str, float]
+
+
+def pilot_figures(
+    values: FloatArray, predictions: FloatArray, design: StabilityDesign, aggregate: Aggregate
+) -> tuple[float, float]:
+    """(SD of the pair-sums u_j, E r^2) from a pilot run: the mean over targets for ``mean``,
+    the largest target for ``max``. Inputs as :func:`certify`."""
+    f = as_finite_matrix("values", values, (None, None))
+    g = as_finite_matrix("predictions", predictions, f.shape)
+    _check_choice("aggregate", aggregate, ("mean", "max"))
+    r = f - g
+    st = noise_stability(r, design)
+    u = np.einsum("l,lnc->nc", linear_weights(st.rhos), st.products)
+    sq = r * r
+    if aggregate == "mean":
+        return float(u.mean(axis=1).std(ddof=1)), float(sq.mean())
+    return float(np.max(u.std(axis=0, ddof=1))), float(np.max(sq.mean(axis=0)))
+
+
+def predicted_width(
+    n: int, m_star: int, sd_pair_sum: float, mse: float, delta_stat: float, kappa: float
+) -> dict[str, float]:
+    """Expected parts of certified_epsilon - point for a sample whose u_j are near-normal.
+
+    statistical z sd / ((1 - 2g) sqrt(n)); corruption: the sandwich m* (q_{1-g} - q_g) / (n - 2m*)
+    with normal quantiles, plus sd sqrt(g / (1 - g)); bias kappa mse / (1 + kappa) (an upper
+    figure: the certificate's is kappa (Q - S) / (1 + kappa)). g = m*/n.
+    """
+    if 2 * m_star >= n - 1:
+        return {"statistical": math.inf, "corruption": math.inf, "bias": math.inf}
+    g = m_star / n
+    z = float(norm.ppf(1.0 - delta_stat))
+    stat = z * sd_pair_sum / ((1.0 - 2.0 * g) * math.sqrt(n))
+    corr = 0.0
+    if m_star:
+        spread = 2.0 * float(norm.ppf(1.0 - g)) * sd_pair_sum
+        corr = m_star * spread / (n - 2 * m_star) + sd_pair_sum * math.sqrt(g / (1.0 - g))
+    return {"statistical": stat, "corruption": corr, "bias": kappa * mse / (1.0 + kappa)}
+
+
+def plan_certificate(
+    epsilon: float,
+    delta: float,
+    *,
+    sd_pair_sum: float,
+    mse: float,
+    rhos: tuple[float, ...] = (0.0, 0.2, 0.4),
+    spot_fraction: float = 0.1,
+    spot_share: float = 0.5,
+    n_targets_split: int = 1,
+) -> CertificatePlan:
+    """Smallest n pairs per level (with k = spot_fraction |E| spot-checks) such that a g with
+    err = epsilon / 2 is accepted w.p. >= 1 - delta under the normal approximation:
+    epsilon / 2 + z_{1-delta} SE + predicted_width(...) <= epsilon.
+
+    ``sd_pair_sum``, ``mse``: from :func:`pilot_figures` (take an upper figure); for ``max``
+    pass ``n_targets_split = Z``.
+    """
+    eps = _check_positive_float("epsilon", epsilon)
+    dlt = check_probability("delta", delta)
+    frac = check_probability("spot_fraction", spot_fraction)
+    levels = len(rhos)
+    kappa = upper_bias_coefficient(np.asarray(rhos, dtype=np.float64))
+    d_spot = dlt * spot_share
+    d_stat = (dlt - d_spot) / 2.0 / n_targets_split
+    z_c = float(norm.ppf(1.0 - dlt))
+
+    def margin(n: int) -> tuple[float, dict[str, float], int, int]:
+        n_sub = 2 * levels * n
+        k = max(1, math.ceil(frac * n_sub))
+        m_star = max_undetected(n_sub, k, d_spot)
+        parts = predicted_width(n, m_star, sd_pair_sum, mse, d_stat, kappa)
+        parts["completeness"] = z_c * sd_pair_sum / math.sqrt(n)
+        return eps / 2 - sum(parts.values()), parts, k, m_star
+
+    n = 16
+    while margin(n)[0] < 0:
+        n *= 2
+        if n > 2**26:
+            raise InvalidParameterError("no size up to 2^26 pairs per level meets this epsilon")
+    lo, hi = n // 2, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if margin(mid)[0] < 0 else (lo, mid)
+    _, parts, k, m_star = margin(hi)
+    return CertificatePlan(eps, dlt, hi, 2 * levels * hi, k, m_star, sum(parts.values()), parts)
+
+
+def _check_positive_float(name: str, value: float) -> float:
+    """``value`` as float if finite and > 0 (InvalidParameterError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidParameterError(f"{name} must be > 0; got {value!r}")
+    if not math.isfinite(value):
+        raise InvalidParameterError(f"{name} must be finite; got {value!r}")
+    return float(value)

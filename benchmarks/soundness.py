@@ -1,0 +1,219 @@
+"""Operating characteristic of the certificate (issue 10): acceptance against err / epsilon.
+
+On a planted task with exact err (N = 20, Z = 4, B0 = 0.2, B1 = 4, B2 = 0.3, B3 = 0.1, seed
+noise 0.2), datamodels g_c = Phi with its slopes scaled so that err = c epsilon exactly, for
+c in (0, 1/4, 1/2, 1, 5/4, 2). Sizes from :func:`protocol.certificate.plan_certificate` with a
+pilot on g_{1/2}; k = ``--spot-fraction`` |E| spot-checks. Each challenge is simulated at the
+level of value arrays (numpy masks with the design's joint law, planted ``evaluate``, no HTTP).
+
+For c >= 1 the Prover also corrupts ``m`` values with every adversary of
+:mod:`protocol.adversaries` (extreme, quiet) for m in a grid (case c: the best m). The
+spot-check randomness is integrated exactly: P(accept) = mean over challenges of
+P(all k checks miss the m values) x 1[the decision accepts]. "after" is the certificate
+(``clt``), "before" is today's decision (point estimate of the gap <= epsilon / 2, max or mean
+over targets), and ``k_needed_before`` is the smallest k that brings "before" to <= delta.
+
+    OMP_NUM_THREADS=1 python benchmarks/soundness.py --reps 200 --plot docs/soundness.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+
+from protocol.adversaries import corrupt_extreme, corrupt_quiet  # noqa: E402
+from protocol.certificate import (  # noqa: E402
+    certify,
+    pass_probability,
+    pilot_figures,
+    plan_certificate,
+)
+from protocol.datamodel import Datamodel  # noqa: E402
+from protocol.residual import estimate_gap  # noqa: E402
+from protocol.tasks import PlantedTask  # noqa: E402
+
+RHOS = (0.0, 0.2, 0.4)
+MULTIPLIERS = (0.0, 0.25, 0.5, 1.0, 1.25, 2.0)
+ADVERSARIES = {"extreme": corrupt_extreme, "quiet": corrupt_quiet}
+
+
+class _Design:
+    def __init__(self, rhos: tuple[float, ...], n: int) -> None:
+        self.rhos = rhos
+        self.pairs_per_level = n
+
+
+def simulate(rng: np.random.Generator, n_train: int, n: int) -> tuple[_Design, Any, Any]:
+    """Masks (6n, N) in design order (pairs at each level) and independent seeds."""
+    rows = []
+    for rho in RHOS:
+        x = rng.random((n, n_train)) < 0.5
+        xp = np.where(rng.random((n, n_train)) < rho, x, rng.random((n, n_train)) < 0.5)
+        pair = np.empty((2 * n, n_train), dtype=bool)
+        pair[0::2], pair[1::2] = x, xp
+        rows.append(pair)
+    masks = np.concatenate(rows)
+    seeds = rng.integers(0, 2**63, size=len(masks), dtype=np.int64).astype(np.uint64)
+    return _Design(RHOS, n), masks, seeds
+
+
+def with_err(task: PlantedTask, err: float) -> Datamodel:
+    """Phi with slopes scaled by lambda = 1 - sqrt(err / B1), constant coefficient kept:
+    err(g) = (1 - lambda)^2 B1 = err exactly (every target has B1 = task.b1)."""
+    opt = task.optimal_datamodel()
+    lam = 1.0 - np.sqrt(err / task.spectrum().b1)
+    w = opt.weights * lam[:, None]
+    const = opt.intercept + 0.5 * opt.weights.sum(axis=1)
+    return Datamodel(const - 0.5 * w.sum(axis=1), w)
+
+
+def k_needed(m: int, n_subsets: int, p_accept: float, delta: float) -> int:
+    """Smallest k with P(all k checks miss m of n_subsets) x p_accept <= delta."""
+    if p_accept <= delta:
+        return 0
+    lo, hi = 0, n_subsets - m
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if pass_probability(n_subsets, m, mid) * p_accept <= delta else (mid, hi)
+    return hi
+
+
+def run(
+    aggregate: str, epsilon: float, delta: float, reps: int, frac: float, seed: int
+) -> dict[str, Any]:
+    task = PlantedTask(n_train=20, n_targets=4, b0=0.2, b1=4.0, b2=0.3, b3=0.1, noise=0.2, seed=1)
+    rng = np.random.default_rng(seed)
+    design, masks, seeds = simulate(rng, task.n_train, 2000)
+    pilot_g = with_err(task, epsilon / 2)
+    sd, mse = pilot_figures(task.evaluate(masks, seeds), pilot_g.predict(masks), design, aggregate)  # type: ignore[arg-type]
+    split = task.n_targets if aggregate == "max" else 1
+    pl = plan_certificate(
+        epsilon, delta, sd_pair_sum=1.1 * sd, mse=1.1 * mse, rhos=RHOS, spot_fraction=frac,
+        n_targets_split=split,
+    )  # fmt: skip
+    n, k, m_star = pl.pairs_per_level, pl.spot_checks, pl.max_corrupted
+    models = {c: with_err(task, c * epsilon) for c in MULTIPLIERS}
+    truth = {c: float(np.max(task.err(g))) for c, g in models.items()}
+    m_grid = sorted({m_star, 4 * m_star, 12 * n // 1000, 6 * n // 100})  # 0.2 % and 1 % of |E|
+    acc: dict[str, list[float]] = {}
+    cert_eps: dict[float, list[float]] = {c: [] for c in MULTIPLIERS}
+
+    def decide(values: Any, preds: Any) -> tuple[bool, bool]:
+        c = certify(values, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
+                    spot_checks=k, bound=task.bound)  # fmt: skip
+        gap = estimate_gap(values, preds, design).gap
+        before = (gap.max() if aggregate == "max" else gap.mean()) <= epsilon / 2
+        return c.accepts(epsilon), bool(before)
+
+    t0 = time.time()
+    for _ in range(reps):
+        design, masks, seeds = simulate(rng, task.n_train, n)
+        f = task.evaluate(masks, seeds)
+        for c, g in models.items():
+            preds = g.predict(masks)
+            cert = certify(f, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
+                           spot_checks=k, bound=task.bound)  # fmt: skip
+            cert_eps[c].append(cert.certified_epsilon)
+            acc.setdefault(f"honest|{c}|0|after", []).append(float(cert.accepts(epsilon)))
+            if c < 1.0:
+                continue
+            for name, adv in ADVERSARIES.items():
+                for m in m_grid:
+                    bad = adv(f, preds, design, m, bound=task.bound)
+                    after, before = decide(bad, preds)
+                    w = pass_probability(len(f), m, k)
+                    acc.setdefault(f"{name}|{c}|{m}|after", []).append(w * after)
+                    acc.setdefault(f"{name}|{c}|{m}|before", []).append(w * before)
+                    acc.setdefault(f"{name}|{c}|{m}|before_unchecked", []).append(float(before))
+    rows = []
+    for key, vals in sorted(acc.items()):
+        name, c, m, kind = key.split("|")
+        rows.append({"adversary": name, "err_over_eps": float(c), "m": int(m), "decision": kind,
+                     "p_accept": float(np.mean(vals)), "reps": len(vals)})  # fmt: skip
+    needed = []
+    for row in rows:
+        if row["decision"] == "before_unchecked":
+            needed.append({"adversary": row["adversary"], "err_over_eps": row["err_over_eps"],
+                           "m": row["m"], "k_needed_before": k_needed(
+                               row["m"], 6 * n, row["p_accept"], delta)})  # fmt: skip
+    return {
+        "aggregate": aggregate, "epsilon": epsilon, "delta": delta, "spot_fraction": frac,
+        "plan": {"pairs_per_level": n, "n_subsets": 6 * n, "spot_checks": k,
+                 "max_corrupted": m_star, "predicted_width": pl.predicted_width,
+                 "parts": pl.parts, "pilot_sd": sd, "pilot_mse": mse},
+        "exact_err": truth,
+        "certified_epsilon_median": {str(c): float(np.median(v)) for c, v in cert_eps.items()},
+        "rows": rows, "k_needed_before": needed, "seconds": time.time() - t0,
+    }  # fmt: skip
+
+
+def plot(results: list[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        rows = res["rows"]
+        honest = sorted(
+            (r["err_over_eps"], r["p_accept"]) for r in rows if r["adversary"] == "honest"
+        )
+        ax.plot(*zip(*honest, strict=True), "o-", label="honest Prover, certificate")
+
+        def worst(kind: str, rows: list[dict[str, Any]] = rows) -> list[tuple[float, float]]:
+            pts: dict[float, float] = {}
+            for r in rows:
+                if r["adversary"] != "honest" and r["decision"] == kind:
+                    pts[r["err_over_eps"]] = max(pts.get(r["err_over_eps"], 0.0), r["p_accept"])
+            return sorted(pts.items())
+
+        ax.plot(*zip(*worst("after"), strict=True), "s-", label="worst adversary, certificate")
+        ax.plot(*zip(*worst("before"), strict=True), "^--", label="worst adversary, before")
+        ax.axhline(res["delta"], color="grey", lw=0.8, ls=":")
+        ax.axhline(1 - res["delta"], color="grey", lw=0.8, ls=":")
+        ax.axvline(1.0, color="k", lw=0.6)
+        ax.set_xlabel("err / epsilon")
+        ax.set_ylabel("P(accept)")
+        plan = res["plan"]
+        ax.set_title(f"{res['aggregate']}: eps={res['epsilon']}, n={plan['pairs_per_level']}, "
+                     f"k={plan['spot_checks']}", fontsize=9)  # fmt: skip
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--delta", type=float, default=0.05)
+    ap.add_argument("--spot-fraction", type=float, default=0.2)
+    ap.add_argument("--epsilon-mean", type=float, default=2.0)
+    ap.add_argument("--epsilon-max", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=10)
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args()
+    results = [
+        run("mean", args.epsilon_mean, args.delta, args.reps, args.spot_fraction, args.seed),
+        run("max", args.epsilon_max, args.delta, args.reps, args.spot_fraction, args.seed + 1),
+    ]
+    text = json.dumps({"benchmark": "soundness", "results": results}, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
