@@ -255,3 +255,12 @@ def test_bad_inputs_are_refused() -> None:
         certify(f, f, design, delta=0.1, spot_checks=len(design) + 1)
     with pytest.raises(InvalidParameterError, match="count"):
         corrupt_extreme(f, f, design, len(design), bound=1.0)
+
+
+@pytest.mark.parametrize("module", ["protocol.certificate", "protocol.adversaries"])
+def test_public_api_is_sorted_and_real(module: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert list(mod.__all__) == sorted(mod.__all__)
+    assert all(hasattr(mod, name) for name in mod.__all__)
