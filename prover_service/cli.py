@@ -161,6 +161,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     adversary: Annotated[str | None, typer.Option(help="Cheat (tests and demos): SPEC.")] = None,
     public_transcripts: Annotated[bool, typer.Option(help="Anyone may read transcripts.")] = False,
+    check_tasks: Annotated[
+        bool, typer.Option(help="Check each task's declared tau at start-up (check-task, short).")
+    ] = True,
 ) -> None:
     """Run the Prover service (FastAPI on uvicorn); resumes unfinished jobs on start."""
     import uvicorn
@@ -170,11 +173,50 @@ def serve(
 
     try:
         settings = Settings(db=db, key_file=key, key_env=key_env, tasks=task, adversary=adversary,
-                            public_transcripts=public_transcripts)  # fmt: skip
+                            public_transcripts=public_transcripts,
+                            check_tasks=check_tasks)  # fmt: skip
         application = create_app(settings)
     except ProtocolError as exc:
         raise _fail(str(exc)) from None
     uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@app.command("check-task")
+def check_task_cmd(
+    task: TaskOpt,
+    rows: Annotated[int, typer.Option(help="Rows (subsets) to train in every variant.")] = 12,
+    processes: Annotated[
+        bool, typer.Option(help="Also 1/2 threads and the baseline instruction set (subprocesses).")
+    ] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Measure how far honest runs of the same (mask, seed) differ (alone, in batches,
+    shuffled, repeated, at 1 and 2 threads, on both instruction sets) and say what tau to
+    declare; exit 1 when the task's declared tau is smaller than what was measured."""
+    from prover_service.task_check import check_task
+
+    try:
+        with _err.status("checking") as status:
+            report = check_task(
+                task, rows, processes=processes,
+                progress=lambda what: status.update(f"checking {task}: {what}"),
+            )  # fmt: skip
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"check-task {task} ({rows} rows)")
+        for col in ("variant", "largest |difference|", "bit-identical"):
+            table.add_column(col, justify="right")
+        for name, diff in report.differences.items():
+            table.add_row(name, f"{diff:.3g}", "yes" if report.identical[name] else "no")
+        Console().print(table)
+        colour = "green" if report.ok else "red"
+        Console().print(f"[{colour}]declared tau = {report.declared_tau:g}; {report.advice()}[/]")
+    raise typer.Exit(code=0 if report.ok else 1)
 
 
 def main() -> None:

@@ -18,10 +18,9 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select
 
-from protocol.checkequiv import device_class_of
 from protocol.datamodel import Datamodel
-from protocol.errors import ProtocolError
-from protocol.evaluation import evaluate_with_probes
+from protocol.errors import ProtocolError, TaskError
+from protocol.evaluation import run_task
 from protocol.messages import (
     LIMITS,
     AttributionManifest,
@@ -43,11 +42,12 @@ from protocol.signing import (
     sign_message,
     verify_bytes,
 )
-from protocol.tasks import Task, load_task, spec_hash
+from protocol.tasks import TaskBase, load_task, spec_hash
 from prover_service.adversary import Adversary, parse_adversary
 from prover_service.attribution import Method, attribute
 from prover_service.errors import Conflict, Invalid, NotFound, TooLarge, Unauthorized
 from prover_service.settings import Settings
+from prover_service.task_check import quick_check
 from prover_service.store import (
     ArrayStore,
     AttributionRow,
@@ -79,9 +79,13 @@ class ProverService:
         self.settings = settings
         self.key = load_private_key(settings.key_file, settings.key_env)
         self.public_key = public_key_hex(self.key)
-        self.tasks: dict[str, Task] = {}
+        self.tasks: dict[str, TaskBase] = {}
         for ref in settings.tasks:
             task = load_task(ref)
+            if settings.check_tasks:
+                check = quick_check(task)
+                if not check.ok:
+                    raise TaskError(f"refusing to serve {ref!r}: {check.advice()}")
             self.tasks[spec_hash(task)] = task
         self.adversary: Adversary | None = (
             parse_adversary(settings.adversary) if settings.adversary else None
@@ -106,7 +110,7 @@ class ProverService:
                     "n_train": t.n_train,
                     "n_targets": t.n_targets,
                     "bound": t.bound,
-                    "tau": float(getattr(t, "tau", 0.0)),
+                    "tau": t.tau,
                     "spec": t.spec(),
                 }
                 for h, t in self.tasks.items()
@@ -118,10 +122,10 @@ class ProverService:
         }
 
     @staticmethod
-    def _device_class(task: Task | None) -> str:
-        return device_class_of(task) if task else "none"
+    def _device_class(task: TaskBase | None) -> str:
+        return task.device_class if task else "none"
 
-    def task(self, task_hash: str) -> Task:
+    def task(self, task_hash: str) -> TaskBase:
         if task_hash not in self.tasks:
             raise NotFound(f"unknown task hash {task_hash!r}; GET /v1/info lists this Prover's")
         return self.tasks[task_hash]
@@ -422,7 +426,7 @@ class ProverService:
         )
         self._update(job.id, status="done", result=content_hash, done=job.total)
 
-    def _design(self, challenge: Challenge, task: Task) -> ChallengeDesign:
+    def _design(self, challenge: Challenge, task: TaskBase) -> ChallengeDesign:
         return challenge.design(task.n_train)
 
     def _run_challenge(self, job: JobRow, max_chunks: int | None) -> bool:
@@ -437,7 +441,7 @@ class ProverService:
             done = {
                 c.start: c for c in s.scalars(select(ChunkRow).where(ChunkRow.job_id == job.id))
             }
-        step = max(CHUNK_MODELS, int(getattr(task, "chunk_size", 1)))
+        step = max(CHUNK_MODELS, task.chunk_size)
         step -= step % 2
         ran = 0
         for start, stop in design.chunks(step):
@@ -463,15 +467,16 @@ class ProverService:
 
     @staticmethod
     def _train(
-        task: Task, design: ChallengeDesign, start: int, stop: int
+        task: TaskBase, design: ChallengeDesign, start: int, stop: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
-        return evaluate_with_probes(task, design.masks(start, stop), design.seeds(start, stop))
+        out = run_task(task, design.masks(start, stop), design.seeds(start, stop))
+        return out.values, out.probes
 
     def _finish_challenge(
         self,
         job: JobRow,
         row: SessionRow,
-        task: Task,
+        task: TaskBase,
         design: ChallengeDesign,
     ) -> None:
         with self.db() as s:
@@ -510,7 +515,7 @@ class ProverService:
             )
 
     def _cheat(
-        self, values: NDArray[np.float64], row: SessionRow, task: Task, design: ChallengeDesign
+        self, values: NDArray[np.float64], row: SessionRow, task: TaskBase, design: ChallengeDesign
     ) -> NDArray[np.float64]:
         assert self.adversary is not None  # noqa: S101
         _, dm_bytes = self.attribution(row.attribution_hash)

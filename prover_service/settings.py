@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
     array_dir: Path | None = None
     run_worker: bool = True
+    check_tasks: bool = True  # refuse a task that breaks its declared tau (task_check.quick_check)
 
     def resolved_array_dir(self) -> Path:
         """Arrays live next to a SQLite database, else in ./arrays, unless set."""

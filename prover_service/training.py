@@ -20,7 +20,7 @@ from protocol.checkequiv import fingerprint
 from protocol.checks import as_mask_matrix
 from protocol.codec import canonical_json
 from protocol.errors import InvalidParameterError, ShapeError
-from protocol.evaluation import evaluate_with_probes
+from protocol.evaluation import run_task
 from protocol.sampling import pack_masks, sample_masks, training_seeds, unpack_masks
 from protocol.tasks import Task, spec_hash
 
@@ -74,13 +74,8 @@ def train_to_file(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, object]:
     """Train one model per row, write the file (module doc), return a short summary."""
-    if getattr(task, "evaluate_outputs", None) is not None:
-        outputs = task.evaluate_outputs(masks, seeds, progress=progress)  # type: ignore[attr-defined]
-        values, probes = outputs.values, outputs.probes
-    else:  # tasks without probes (e.g. planted) are evaluated in one call
-        values, probes = evaluate_with_probes(task, masks, seeds)
-        if progress is not None:
-            progress(len(values), len(values))
+    outputs = run_task(task, masks, seeds, progress)
+    values, probes = outputs.values, outputs.probes
     prints = np.array([fingerprint(values[i], probes[i]) for i in range(len(values))])
     write_npz(
         out,

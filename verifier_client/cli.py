@@ -23,11 +23,11 @@ from rich.table import Table
 
 from protocol.budget import Pilot, plan
 from protocol.errors import ProtocolError
-from protocol.evaluation import evaluate_design
+from protocol.evaluation import evaluate_design, run_task
 from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
 from protocol.signing import create_key_file, load_private_key
-from protocol.tasks import Task, evaluate_checked, load_task, spec_hash
+from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from verifier_client.audit import audit, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.session import Options, run_verification
@@ -153,10 +153,12 @@ def residual(
 
 
 def _exact_spectrum(task: Task, p: float) -> dict[str, np.ndarray] | None:
-    spectrum = getattr(task, "spectrum", None)
-    if spectrum is None or getattr(task, "bound", 0) < getattr(task, "supremum", np.inf):
+    """The exact spectrum of a planted task that does not clip (ground truth), else None."""
+    from protocol.tasks.planted import PlantedTask
+
+    if not isinstance(task, PlantedTask) or task.bound < task.supremum:
         return None
-    s = spectrum(p)
+    s = task.spectrum(p)
     return {"b0": s.b0, "b1": s.b1, "residual": s.residual, "variance": s.variance}
 
 
@@ -273,6 +275,10 @@ def verify(
     pairs: Annotated[int, typer.Option(help="Pairs per noise level (|E| = 6 x pairs).")] = 2000,
     spot_checks: Annotated[int, typer.Option(help="Secret spot-checks retrained locally.")] = 32,
     fresh: Annotated[int, typer.Option(help="Fresh local samples (residual/naive).")] = 0,
+    tau: Annotated[
+        float | None,
+        typer.Option(help="CHECKEQUIV tolerance; default the task's tau, never below it."),
+    ] = None,
     honest_err: Annotated[
         float, typer.Option(help="Largest err an honest Prover passes with.")
     ] = 0.0,
@@ -302,6 +308,7 @@ def verify(
         pairs_per_level=pairs,
         spot_checks=spot_checks,
         fresh_samples=fresh,
+        tau=tau,
         honest_err=honest_err,
         attribution=attribution,
         method=method,
@@ -335,6 +342,8 @@ def verify(
             f"session {result['session']}: Prover trained {result['prover_trainings']:,}, "
             f"this machine {result['local_trainings']:,}; figures {result['figures']}"
         )
+        if result.get("detail"):
+            Console().print(f"[{colour}]{result['detail']}[/]")
     raise typer.Exit(code=0 if result["verdict"] == "accept" else 1)
 
 
@@ -440,14 +449,14 @@ def demo(
     raise typer.Exit(code=0 if ok and all(r["audit"]["ok"] for r in results.values()) else 1)
 
 
-def _training_rate(task: Task) -> float:
+def _training_rate(task: TaskBase) -> float:
     """Trainings per second on this machine, measured on one chunk of random subsets."""
-    count = int(min(max(getattr(task, "chunk_size", 256), 2), 256))
+    count = int(min(max(task.chunk_size, 2), 256))
     masks = sample_masks(os.urandom(SEED_BYTES), task.n_train, 0.5, range(count), domain="rate")
     seeds = np.arange(count, dtype=np.uint64)
-    evaluate_checked(task, masks[:2], seeds[:2])  # warm-up
+    run_task(task, masks[:2], seeds[:2])  # warm-up
     t0 = time.perf_counter()
-    evaluate_checked(task, masks, seeds)
+    run_task(task, masks, seeds)
     return count / max(time.perf_counter() - t0, 1e-9)
 
 

@@ -32,11 +32,12 @@ class AbortReason(StrEnum):
 
 @dataclass(frozen=True)
 class Decision:
-    """accept or abort, the reason, and every figure it rests on."""
+    """accept or abort, the reason, every figure it rests on, and advice a user can act on."""
 
     verdict: str
     reason: str
     figures: dict[str, float] = field(default_factory=dict)
+    detail: str = ""
 
 
 def decide(
@@ -47,6 +48,7 @@ def decide(
     statistic: float,
     bad_response: str | None = None,
     extra: dict[str, float] | None = None,
+    detail: str = "",
 ) -> Decision:
     """Apply the checks in order (module doc); ``statistic``: gap, MSE - B-hat, or MSE."""
     figures = {
@@ -57,9 +59,9 @@ def decide(
         **(extra or {}),
     }
     if bad_response is not None:
-        return Decision("abort", AbortReason.BAD_RESPONSE.value, figures)
+        return Decision("abort", AbortReason.BAD_RESPONSE.value, figures, bad_response)
     if spot_mismatches > 0:
-        return Decision("abort", AbortReason.SPOT_CHECK_MISMATCH.value, figures)
+        return Decision("abort", AbortReason.SPOT_CHECK_MISMATCH.value, figures, detail)
     if not statistic <= threshold:
         return Decision("abort", AbortReason.ESTIMATE_ABOVE_THRESHOLD.value, figures)
     return Decision("accept", "passed", figures)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import secrets
@@ -26,7 +27,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
-from protocol.checkequiv import check_equiv, device_class_of
+from protocol.checkequiv import EquivReport, check_equiv, explain
 from protocol.datamodel import Datamodel
 from protocol.errors import InvalidParameterError, ShapeError
 from protocol.evaluation import evaluate_with_probes
@@ -34,7 +35,7 @@ from protocol.messages import Challenge, Verdict, commit_spot_checks
 from protocol.residual import estimate_gap, estimate_residual
 from protocol.sampling import ChallengeDesign, sample_masks, training_seeds
 from protocol.signing import BadSignatureError, SignedMessage, public_key_hex, sign_message
-from protocol.tasks import Task, load_task, spec_hash
+from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.decision import Decision, decide
 from verifier_client.store import Record, VerifierStore
@@ -56,6 +57,7 @@ class Options:
     pairs_per_level: int = 2000
     spot_checks: int = 32
     fresh_samples: int = 0
+    tau: float | None = None  # CHECKEQUIV tolerance; None: the task's; never below the task's
     rho0: float = 0.2
     p: float = 0.5
     honest_err: float = 0.0
@@ -81,6 +83,20 @@ class Options:
             raise InvalidParameterError("the naive protocol needs --fresh >= 2")
         if self.estimator == "residual" and self.protocol != "naive" and self.fresh_samples < 2:
             raise InvalidParameterError("the residual estimator needs --fresh >= 2 samples")
+        if self.tau is not None and not (math.isfinite(self.tau) and self.tau >= 0):
+            raise InvalidParameterError(f"tau must be finite and >= 0; got {self.tau!r}")
+
+    def tau_for(self, task: TaskBase) -> float:
+        """The CHECKEQUIV tolerance of a challenge: the task's declared tau, or a larger one the
+        Verifier asks for; a smaller one is refused (honest runs could then differ by more)."""
+        if self.tau is None:
+            return task.tau
+        if self.tau < task.tau:
+            raise InvalidParameterError(
+                f"--tau {self.tau:g} is below the tau = {task.tau:g} task {task.name!r} declares: "
+                "honest runs may differ by that much"
+            )
+        return self.tau
 
     @property
     def threshold(self) -> float:
@@ -138,7 +154,7 @@ class _Run:
         return content, model
 
     # -- the interactive protocol -----------------------------------------------------------
-    def start(self, task: Task, task_hash: str, content: str) -> Record:
+    def start(self, task: TaskBase, task_hash: str, content: str) -> Record:
         o = self.opts
         n_subsets = 6 * o.pairs_per_level
         k = min(o.spot_checks, n_subsets)
@@ -158,7 +174,7 @@ class _Run:
             epsilon=o.epsilon,
             delta=o.delta,
             bound=task.bound,
-            tau=float(getattr(task, "tau", 0.0)),
+            tau=o.tau_for(task),
             estimator=o.estimator,
             nonce=self._random("nonce", 16).hex(),
             timestamp=int(time.time()),
@@ -250,21 +266,18 @@ class _Run:
         spots: list[int],
         values: NDArray[np.float64],
         probes: NDArray[np.float32],
-    ) -> tuple[int, float]:
-        if not spots:
-            return 0, 0.0
+        tau: float,
+    ) -> EquivReport:
+        """Re-train the secret spot-checks here and compare them under the challenge's tau."""
         t0 = time.perf_counter()
-        idx = np.array(spots)
-        masks = np.stack([design.masks(i, i + 1)[0] for i in idx])
-        seeds = np.concatenate([design.seeds(i, i + 1) for i in idx])
+        idx = np.array(spots, dtype=np.int64)
+        masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx])
+        seeds = np.concatenate([design.seeds(int(i), int(i) + 1) for i in idx])
         local_v, local_p = train_local(task, masks, seeds)
         self.local_trainings += len(idx)
-        same = device_class_of(task) == self.device_class
-        report = check_equiv(
-            values[idx], probes[idx], local_v, local_p, same, float(getattr(task, "tau", 0.0))
-        )
+        report = check_equiv(values[idx], probes[idx], local_v, local_p, tau)
         self._tick("spot_checks", t0)
-        return int((~report.match).sum()), float(report.max_abs_diff.max())
+        return report
 
     def fresh(self, task: Task, model: Datamodel, count: int) -> NDArray[np.float64]:
         t0 = time.perf_counter()
@@ -327,6 +340,7 @@ class _Run:
             status="decided",
             verdict=decision.verdict,
             reason=decision.reason,
+            detail=decision.detail or None,
             figures_json=json.dumps(decision.figures),
             verdict_json=verdict_json,
             times_json=json.dumps(self.times),
@@ -441,15 +455,19 @@ def run_verification(
             bad_response=bad,
         )
         return run.finish(record, decision, sid, response)
-    mismatches, max_diff = run.spot_check(task, design, spots, values, probes)
+    report = run.spot_check(task, design, spots, values, probes, challenge.tau)
+    store.update(record.id, spot_json=json.dumps(report.as_dict() | {"device_class": {
+        "prover": run.device_class, "verifier": task.device_class}}))  # fmt: skip
     stat, figs = run.statistic(task, model, design, values)
     decision = decide(
         threshold=opts.threshold,
-        spot_mismatches=mismatches,
+        spot_mismatches=report.mismatches,
         spot_checks=len(spots),
         statistic=stat,
-        extra=figs | {"spot_max_abs_diff": max_diff},
-    )
+        extra=figs | {"spot_max_abs_diff": float(report.max_abs_diff.max(initial=0.0)),
+                      "tau": challenge.tau},
+        detail=explain(report),
+    )  # fmt: skip
     return run.finish(record, decision, sid, response)
 
 

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, Text, create_engine, select
+from sqlalchemy import Float, Integer, String, Text, create_engine, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 __all__ = ["Record", "VerifierStore"]
@@ -44,6 +44,7 @@ class Record(_Base):
     figures_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     verdict: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # advice on the reason
     verdict_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     times_json: Mapped[str] = mapped_column(Text, default="{}")
     prover_trainings: Mapped[int] = mapped_column(Integer, default=0)
@@ -63,6 +64,8 @@ class Record(_Base):
             "status": self.status,
             "verdict": self.verdict,
             "reason": self.reason,
+            "detail": self.detail or "",
+            "spot_checks": json.loads(self.spot_json) if self.spot_json else None,
             "figures": json.loads(self.figures_json or "{}"),
             "times": json.loads(self.times_json or "{}"),
             "prover_trainings": self.prover_trainings,
@@ -79,7 +82,18 @@ class VerifierStore:
         kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {}
         self.engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
         _Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self.db = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database made by an older version up to date (nullable columns only)."""
+        have = {c["name"] for c in inspect(self.engine).get_columns(Record.__tablename__)}
+        with self.engine.begin() as conn:
+            for column in Record.__table__.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(self.engine.dialect)
+                    conn.execute(text(f"ALTER TABLE {Record.__tablename__} "
+                                      f"ADD COLUMN {column.name} {kind}"))  # fmt: skip
 
     def add(self, record: Record) -> None:
         with self.db.begin() as s:

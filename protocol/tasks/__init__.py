@@ -7,11 +7,15 @@ A task reference is either
   Built in: ``planted``, ``digits-logreg``, ``digits-mlp``, ``cifar10-resnet:data_dir=PATH``;
 * ``path/to/file.py:FACTORY``, where ``FACTORY()`` returns an object meeting :class:`Task`.
 
-:func:`load_task` resolves both forms; both services and every CLI call it.
+:func:`load_task` resolves both forms and returns a :class:`TaskBase` (a user's object is
+wrapped with the contract's defaults, :func:`protocol.tasks.base.declared`); both services and
+every CLI call it. Built-in tasks are imported on first use, so that signing, the wire format
+and every CLI's ``--help`` never import torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -19,30 +23,62 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import ProtocolError, TaskError
-from protocol.tasks.base import Task, evaluate_checked, spec_hash
-from protocol.tasks.cifar import CifarResNet
-from protocol.tasks.digits import DigitsLogReg, DigitsMLP
-from protocol.tasks.planted import PlantedSpectrum, PlantedTask
+from protocol.tasks.base import (
+    Differentiable,
+    Task,
+    TaskBase,
+    TrainingOutputs,
+    declared,
+    evaluate_checked,
+    spec_hash,
+)
 
 __all__ = [
     "BUILTIN_TASKS",
     "CifarResNet",
+    "Differentiable",
     "DigitsLogReg",
     "DigitsMLP",
     "PlantedSpectrum",
     "PlantedTask",
     "Task",
+    "TaskBase",
+    "TrainingOutputs",
+    "builtin_factory",
+    "declared",
     "evaluate_checked",
     "load_task",
     "spec_hash",
 ]
 
-BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
-    "planted": PlantedTask,
-    "digits-logreg": DigitsLogReg,
-    "digits-mlp": DigitsMLP,
-    "cifar10-resnet": CifarResNet,
+# name -> "module:class", imported on first use (module doc).
+BUILTIN_TASKS: dict[str, str] = {
+    "planted": "protocol.tasks.planted:PlantedTask",
+    "digits-logreg": "protocol.tasks.digits:DigitsLogReg",
+    "digits-mlp": "protocol.tasks.digits:DigitsMLP",
+    "cifar10-resnet": "protocol.tasks.cifar:CifarResNet",
 }
+_CLASSES = {
+    "PlantedTask": "protocol.tasks.planted",
+    "PlantedSpectrum": "protocol.tasks.planted",
+    "DigitsLogReg": "protocol.tasks.digits",
+    "DigitsMLP": "protocol.tasks.digits",
+    "CifarResNet": "protocol.tasks.cifar",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The built-in task classes, imported on first access (module doc)."""
+    if name in _CLASSES:
+        return getattr(importlib.import_module(_CLASSES[name]), name)
+    raise AttributeError(f"module 'protocol.tasks' has no attribute {name!r}")
+
+
+def builtin_factory(name: str) -> Callable[..., TaskBase]:
+    """The class of a built-in task, imported now."""
+    module, _, cls = BUILTIN_TASKS[name].partition(":")
+    factory: Callable[..., TaskBase] = getattr(importlib.import_module(module), cls)
+    return factory
 
 
 def _parse_value(text: str) -> Any:
@@ -64,7 +100,7 @@ def _parse_params(text: str) -> dict[str, Any]:
     return params
 
 
-def load_task(ref: str) -> Task:
+def load_task(ref: str) -> TaskBase:
     """Resolve a task reference (module doc) to a task object, or raise :class:`TaskError`."""
     ref = ref.strip()
     path_part, sep, factory_name = ref.rpartition(":")
@@ -76,15 +112,15 @@ def load_task(ref: str) -> Task:
         raise TaskError(f"unknown task {name!r}; built-in tasks: {known}; or use FILE.py:FACTORY")
     params = _parse_params(param_text)
     try:
-        task = BUILTIN_TASKS[name](**params)
+        task = builtin_factory(name)(**params)
     except TypeError as exc:
         raise TaskError(f"bad parameters for task {name!r}: {exc}") from None
     except ProtocolError as exc:
         raise TaskError(str(exc)) from None
-    return task
+    return declared(task)
 
 
-def _load_from_file(path: Path, factory_name: str) -> Task:
+def _load_from_file(path: Path, factory_name: str) -> TaskBase:
     if not path.is_file():
         raise TaskError(f"task file {str(path)!r} does not exist")
     if not factory_name.isidentifier():
@@ -102,9 +138,10 @@ def _load_from_file(path: Path, factory_name: str) -> Task:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise TaskError(f"{str(path)!r} has no callable {factory_name!r}")
-    task = factory()
-    missing = [a for a in ("name", "n_train", "n_targets", "bound", "spec", "evaluate")
-               if not hasattr(task, a)]  # fmt: skip
-    if missing:
-        raise TaskError(f"{factory_name}() returned an object without {', '.join(missing)}")
-    return task  # type: ignore[no-any-return]
+    try:
+        task = factory()
+    except ProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code: report any failure as a TaskError
+        raise TaskError(f"{factory_name}() failed: {type(exc).__name__}: {exc}") from None
+    return declared(task)

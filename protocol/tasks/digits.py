@@ -16,14 +16,22 @@ preconditioned by the full-pool solution at weight p (its exact Hessian H0, so o
 step on a typical subset is close to a Newton step). Models sit in the columns of one
 (65 * 10, K) matrix, so the forward and backward passes are two large GEMMs over all K models.
 
-``dtype="float64"`` (with more ``iters``) is the cross-device mode: float32 rounding moves
-margins by ~1e-4 and the declared tau of 1e-3 is too coarse for the planner at useful epsilon,
-while float64 runs agree to ~1e-12.
+``dtype="float64"`` (the default) runs anywhere with a declared tau of 1e-9: the convex
+problem has one optimum, and honest runs of one (mask, seed) differ by rounding only (measured
+5e-14 between batch positions; 4e-13 with other GEMM shapes, thread counts and inputs moved by
+one unit in the last place), so 1e-9 is 2,500x the largest difference seen and costs the
+certificate nothing measurable. ``dtype="float32"`` is ~20 % faster on CPU but differs by up to
+3e-4 between code paths; it declares tau = 1e-3, which the decision must charge on every value.
 
 ``digits-mlp``: a 64-128-10 ReLU network, seeded initialisation (uniform +-1/sqrt(fan_in)) and
 seeded minibatches (drawn with replacement from the model's own subset), SGD with momentum and
-weight decay, a fixed number of steps; batched with one (K, ., .) tensor per layer. Non-convex:
-CHECKEQUIV needs the same device class.
+weight decay, a fixed number of steps; batched with one (K, ., .) tensor per layer. Non-convex,
+so rounding differences grow through training (7e-3 in float32 between two positions in one
+batch); it is therefore trained in **exact arithmetic** (:mod:`protocol.tasks.exact`): inputs,
+weights, activations and gradients enter each product on a dyadic grid (``_Grid``) small
+enough that every matrix product is exact in float64, softmax uses an exp made of ``*`` and
+``+``, and the rest is elementwise. The same (mask, seed) gives the same bits on every CPU,
+thread count, batch and position (and on CUDA): tau = 0.
 
 Both tasks carry the differentiable extension Daunce uses (``full_model``,
 ``example_gradients``, ``example_losses``, ``finetune``), with models as columns of a (P, K)
@@ -33,6 +41,7 @@ parameter matrix.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
 
@@ -43,14 +52,15 @@ from numpy.typing import NDArray
 from protocol.codec import sha256_hex
 from protocol.errors import InvalidParameterError
 from protocol.sampling import stream_words
+from protocol.tasks.exact import check_exact_product, exp_nonpositive, to_units, unit_bits
 from protocol.tasks.trained import TrainedTask, correct_class_margin, splitmix64
 
 __all__ = ["DigitsData", "DigitsLogReg", "DigitsMLP", "load_digits_split"]
 
 N_POOL, N_TARGETS, N_PROBES, N_CLASSES = 1497, 300, 16, 10
-# CHECKEQUIV tolerance across device classes, ~3x (float32) and ~2,500x (float64) the largest
-# rounding-driven difference measured on CPU (other GEMM shapes, thread counts, inputs perturbed
-# by one unit in the last place): 3e-4 in float32, 4e-13 in float64. See docs/training.md.
+# Declared CHECKEQUIV tolerance, ~3x (float32) and ~2,500x (float64) the largest difference
+# measured between honest runs (batch, position, threads, instruction set, inputs moved by one
+# unit in the last place): 3e-4 in float32, 4e-13 in float64. See docs/training.md.
 _DEFAULT_TAU = {"float32": 1e-3, "float64": 1e-9}
 
 
@@ -153,7 +163,7 @@ class DigitsLogReg(TrainedTask):
         tau: float | None = None,
         chunk_size: int = 256,
         device: str | None = None,
-        dtype: str = "float32",
+        dtype: str = "float64",
     ) -> None:
         super().__init__(device, chunk_size)
         tau = _DEFAULT_TAU.get(dtype, 0.0) if tau is None else tau
@@ -308,8 +318,57 @@ def _uniform(seeds: NDArray[np.uint64], tag: int, count: int) -> NDArray[np.floa
     return np.asarray((h >> np.uint64(11)).astype(np.float64) / 2.0**53)
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """The dyadic grids of ``digits-mlp``'s exact products: value = units * 2^-frac, |value| <=
+    limit. Each product's bit budget is checked when the task is built
+    (:func:`protocol.tasks.exact.check_exact_product`)."""
+
+    x_frac: int = 8  # inputs (standardised pixels, |x| <= 38.7 on the pool)
+    x_limit: float = 64.0
+    w_frac: int = 24  # first-layer weights (the copy used in products; masters stay float64)
+    w2_frac: int = 20  # second-layer weights
+    w_limit: float = 8.0
+    h_frac: int = 12  # hidden activations
+    h_limit: float = 256.0
+    e_frac: int = 40  # softmax numerators exp(z - max z) in [0, 1]
+    d_frac: int = 24  # output gradients (p - onehot) / batch, in [-1, 1]
+    dz_frac: int = 24  # hidden gradients, |dz| <= sum_c |d_c| |w2| <= 2 * 8 / batch
+    dz_limit: float = 1.0
+
+    @property
+    def x_bits(self) -> float:
+        return unit_bits(self.x_frac, self.x_limit)
+
+    @property
+    def w1_bits(self) -> float:
+        return unit_bits(self.w_frac, self.w_limit)
+
+    @property
+    def w2_bits(self) -> float:
+        return unit_bits(self.w2_frac, self.w_limit)
+
+    @property
+    def h_bits(self) -> float:
+        return unit_bits(self.h_frac, self.h_limit)
+
+    @property
+    def d_bits(self) -> float:
+        return unit_bits(self.d_frac, 1.0)
+
+    @property
+    def dz_bits(self) -> float:
+        return unit_bits(self.dz_frac, self.dz_limit)
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(sorted(asdict(self).items()))
+
+
+_MLP_GRID = _Grid()
+
+
 class DigitsMLP(TrainedTask):
-    """``digits-mlp`` (module doc)."""
+    """``digits-mlp`` (module doc): trained in exact arithmetic (:mod:`protocol.tasks.exact`)."""
 
     name = "digits-mlp"
     n_train = N_POOL
@@ -330,56 +389,90 @@ class DigitsMLP(TrainedTask):
         finetune_steps: int = 100,
     ) -> None:
         super().__init__(device, chunk_size)
-        if not (hidden >= 1 and steps >= 1 and batch >= 1 and lr > 0 and bound > 0):
+        if not (hidden >= 1 and steps >= 1 and batch >= 1 and lr > 0 and bound > 0 and tau >= 0):
             raise InvalidParameterError("digits-mlp: need hidden, steps, batch >= 1, lr, bound > 0")
         self.hidden, self.steps, self.batch = int(hidden), int(steps), int(batch)
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.bound, self.tau = float(bound), float(tau)
         self.finetune_steps = int(finetune_steps)
+        g = _MLP_GRID
+        check_exact_product("digits-mlp layer 1", g.x_bits, g.w1_bits, self._d_in)
+        check_exact_product("digits-mlp layer 2", g.h_bits, g.w2_bits, self.hidden + 1)
+        check_exact_product("digits-mlp dW2", g.h_bits, g.d_bits, self.batch)
+        check_exact_product("digits-mlp dH", g.d_bits, g.w2_bits, N_CLASSES)
+        check_exact_product("digits-mlp dW1", g.x_bits, g.dz_bits, self.batch)
         self.data = load_digits_split()
-        dev, f32 = self.device, torch.float32
-        self._x = torch.tensor(self.data.x_pool, dtype=f32, device=dev)
+        dev, f64 = self.device, torch.float64
+
+        def units(x: NDArray[np.float64]) -> torch.Tensor:
+            return to_units(torch.tensor(x, dtype=f64, device=dev), g.x_frac, g.x_limit)
+
+        self._xu, self._xtu, self._xpu = (
+            units(self.data.x_pool), units(self.data.x_targets), units(self.data.x_probes)
+        )  # fmt: skip
         self._y = torch.tensor(self.data.y_pool, device=dev)
-        self._xt = torch.tensor(self.data.x_targets, dtype=f32, device=dev)
         self._yt = torch.tensor(self.data.y_targets, device=dev)
-        self._xp = torch.tensor(self.data.x_probes, dtype=f32, device=dev)
+        self._onehot = torch.nn.functional.one_hot(self._y, N_CLASSES).to(f64)
+
+    _d_in = 65  # 64 pixels and the bias input
 
     def _spec(self) -> dict[str, Any]:
+        g = _MLP_GRID
         return {
-            "task": self.name, "version": 1, **self.data.spec(),
+            "task": self.name, "version": 2, **self.data.spec(),
             "model": f"MLP 64-{self.hidden}-10 ReLU", "init": "uniform +-1/sqrt(fan_in), seeded",
             "optimiser": "SGD momentum", "lr": self.lr, "momentum": self.momentum,
             "weight_decay": self.weight_decay, "steps": self.steps, "batch": self.batch,
-            "sampling": "with replacement from the subset, seeded", "dtype": "float32",
-            "output": "correct-class margin",
+            "sampling": "with replacement from the subset, seeded", "dtype": "float64",
+            "arithmetic": "exact: reductions over integer units (protocol.tasks.exact)",
+            "grid": g.as_dict(), "output": "correct-class margin",
         }  # fmt: skip
 
-    def _forward(self, w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """x (K, B, 65) or (B, 65) -> logits (K, B, 10)."""
-        if x.dim() == 2:
-            x = x.expand(w1.shape[0], *x.shape)
-        h = torch.relu(torch.bmm(x, w1))
-        h = torch.cat([h, torch.ones_like(h[:, :, :1])], dim=2)
-        return torch.bmm(h, w2)
+    def _hidden(self, w1u: torch.Tensor, xu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden layer in units 2^-h_frac, round(clamp(relu(x W1), 0, h_limit) 2^h_frac),
+        (K, B, H), and which units are active (hidden units > 0; the ReLU's derivative), as 0/1
+        float64."""
+        g = _MLP_GRID
+        z1u = torch.bmm(xu, w1u)  # units 2^-(x_frac + w_frac), exact
+        top = g.h_limit * 2.0 ** (g.x_frac + g.w_frac)
+        hu = z1u.clamp_(0.0, top).mul_(2.0 ** (g.h_frac - g.x_frac - g.w_frac)).round_()
+        return hu, torch.sign(hu)
+
+    def _weight_units(self, w1: torch.Tensor, w2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The grid copies used in products: W1 (K, 65, H), W2 without and with its bias row
+        scaled to the hidden grid: (K, H, 10) and (K, 1, 10)."""
+        g = _MLP_GRID
+        w1u = to_units(w1, g.w_frac, g.w_limit)
+        w2u = to_units(w2, g.w2_frac, g.w_limit)
+        return w1u, w2u[:, : self.hidden], w2u[:, self.hidden :] * 2.0**g.h_frac
+
+    def _logits(self, w1: torch.Tensor, w2: torch.Tensor, xu: torch.Tensor) -> torch.Tensor:
+        """Exact logits (K, B, 10) of the models (w1, w2) on inputs in units, (B, 65) or
+        (K, B, 65)."""
+        g = _MLP_GRID
+        if xu.dim() == 2:
+            xu = xu.expand(w1.shape[0], *xu.shape)
+        w1u, w2u, b2u = self._weight_units(w1, w2)
+        hu, _ = self._hidden(w1u, xu)
+        return torch.baddbmm(b2u, hu, w2u).mul_(2.0 ** -(g.h_frac + g.w2_frac))
 
     def train_chunk(
         self, masks: torch.Tensor, seeds: NDArray[np.uint64]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         w1, w2 = self._train_weights(masks, seeds)
-        margins = correct_class_margin(self._forward(w1, w2, self._xt), self._yt)
-        return margins, self._forward(w1, w2, self._xp)
+        margins = correct_class_margin(self._logits(w1, w2, self._xtu), self._yt)
+        return margins, self._logits(w1, w2, self._xpu)
 
     def _train_weights(
         self, masks: torch.Tensor, seeds: NDArray[np.uint64]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        k, d, hdim = masks.shape[0], self._x.shape[1], self.hidden
+        k, d, hdim = masks.shape[0], self._d_in, self.hidden
         dev = self.device
         init = _uniform(seeds, 1, d * hdim + (hdim + 1) * N_CLASSES) * 2.0 - 1.0
         w1 = torch.tensor(init[:, : d * hdim].reshape(k, d, hdim) / np.sqrt(d - 1), device=dev)
         w2 = torch.tensor(
             init[:, d * hdim :].reshape(k, hdim + 1, N_CLASSES) / np.sqrt(hdim), device=dev
         )
-        w1, w2 = w1.float().requires_grad_(), w2.float().requires_grad_()
         # Minibatches: the r-th included point of each model, r = floor(u * count).
         m_np = masks.cpu().numpy()
         order = torch.tensor(np.argsort(~m_np, axis=1, kind="stable"), device=dev)
@@ -388,7 +481,7 @@ class DigitsMLP(TrainedTask):
         rank = np.minimum((u * count[:, None]).astype(np.int64), count[:, None] - 1)
         picks = torch.gather(order, 1, torch.tensor(rank, device=dev))
         picks = picks.view(k, self.steps, self.batch)
-        live = torch.tensor(m_np.any(1), device=dev, dtype=torch.float32).view(k, 1, 1)
+        live = torch.tensor(m_np.any(1), device=dev, dtype=torch.float64).view(k, 1, 1)
         return self._sgd(w1, w2, picks, live, None)
 
     def _sgd(
@@ -399,33 +492,48 @@ class DigitsMLP(TrainedTask):
         live: torch.Tensor,
         linear: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """SGD with momentum over the minibatches ``picks`` (K, steps, batch); ``linear`` adds a
-        constant to each model's gradient (Daunce's first-order term)."""
-        w1, w2 = w1.detach().clone().requires_grad_(), w2.detach().clone().requires_grad_()
+        """SGD with momentum over the minibatches ``picks`` (K, steps, batch) on the mean
+        cross-entropy; ``linear`` adds a constant to each model's gradient (Daunce's first-order
+        term). Back-propagation is written out so that every product is exact (module doc of
+        :mod:`protocol.tasks.exact`); the weights themselves stay full float64, and updates
+        are elementwise."""
+        g = _MLP_GRID
+        w1, w2 = w1.detach().clone(), w2.detach().clone()
         v1, v2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        with torch.enable_grad():
-            for t in range(picks.shape[1]):
-                idx = picks[:, t]
-                logits = self._forward(w1, w2, self._x[idx])
-                loss = (
-                    torch.nn.functional.cross_entropy(
-                        logits.reshape(-1, N_CLASSES), self._y[idx].reshape(-1), reduction="sum"
-                    )
-                    / self.batch
-                )
-                g1, g2 = torch.autograd.grad(loss, (w1, w2))
-                with torch.no_grad():
-                    if linear is not None:
-                        g1, g2 = g1 + linear[0], g2 + linear[1]
-                    v1.mul_(self.momentum).add_((g1 + self.weight_decay * w1) * live)
-                    v2.mul_(self.momentum).add_((g2 + self.weight_decay * w2) * live)
-                    w1.sub_(self.lr * v1)
-                    w2.sub_(self.lr * v2)
-        return w1.detach(), w2.detach()
+        all_live = bool(live.min() > 0)
+        s_hw, s_dw = 2.0 ** -(g.h_frac + g.w2_frac), 2.0 ** (g.dz_frac - g.d_frac - g.w2_frac)
+        s_hd, s_xdz = 2.0 ** -(g.h_frac + g.d_frac), 2.0 ** -(g.x_frac + g.dz_frac)
+        dz_top = g.dz_limit * 2.0 ** (g.d_frac + g.w2_frac)
+        for t in range(picks.shape[1]):
+            idx = picks[:, t]
+            xu = self._xu[idx]
+            w1u, w2u, b2u = self._weight_units(w1, w2)
+            hu, active = self._hidden(w1u, xu)
+            logits = torch.baddbmm(b2u, hu, w2u).mul_(s_hw)
+            eu = to_units(exp_nonpositive(logits - logits.amax(2, keepdim=True)), g.e_frac, 1.0)
+            prob = eu.div_(eu.sum(2, keepdim=True))
+            du = to_units(prob.sub_(self._onehot[idx]).div_(float(self.batch)), g.d_frac, 1.0)
+            g2 = torch.cat([torch.bmm(hu.transpose(1, 2), du), du.sum(1, keepdim=True)], dim=1)
+            g2.mul_(s_hd)  # the bias row: sum of du times the hidden grid's 1 = 2^h_frac
+            dh = torch.bmm(du, w2u.transpose(1, 2)).mul_(active)
+            dzu = dh.clamp_(-dz_top, dz_top).mul_(s_dw).round_()
+            g1 = torch.bmm(xu.transpose(1, 2), dzu).mul_(s_xdz)
+            if linear is not None:
+                g1, g2 = g1 + linear[0], g2 + linear[1]
+            g1.add_(w1 * self.weight_decay)
+            g2.add_(w2 * self.weight_decay)
+            if not all_live:
+                g1.mul_(live)
+                g2.mul_(live)
+            v1.mul_(self.momentum).add_(g1)
+            v2.mul_(self.momentum).add_(g2)
+            w1.sub_(v1 * self.lr)
+            w2.sub_(v2 * self.lr)
+        return w1, w2
 
     # -- the differentiable extension used by Daunce (prover_service.attribution) ----------
     def _unflatten(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d, h = self._x.shape[1], self.hidden
+        d, h = self._d_in, self.hidden
         k = theta.shape[1]
         w1 = theta[: d * h].T.reshape(k, d, h)
         w2 = theta[d * h :].T.reshape(k, h + 1, N_CLASSES)
@@ -442,8 +550,8 @@ class DigitsMLP(TrainedTask):
 
     def example_losses(self, theta: torch.Tensor, which: str) -> torch.Tensor:
         """Cross-entropy of every model (columns of theta) on the pool or the targets: (K, n)."""
-        x, y = (self._x, self._y) if which == "pool" else (self._xt, self._yt)
-        logits = self._forward(*self._unflatten(theta), x)
+        x, y = (self._xu, self._y) if which == "pool" else (self._xtu, self._yt)
+        logits = self._logits(*self._unflatten(theta), x)
         return torch.nn.functional.cross_entropy(
             logits.reshape(-1, N_CLASSES), y.repeat(theta.shape[1]), reduction="none"
         ).view(theta.shape[1], -1)
@@ -452,12 +560,13 @@ class DigitsMLP(TrainedTask):
         """Per-example loss gradients on the pool at one model theta (P, 1): (N, P)."""
         w1, w2 = self._unflatten(theta)
         w1, w2 = w1[0], w2[0]
-        z = self._x @ w1
+        x = self._xu * 2.0**-_MLP_GRID.x_frac
+        z = x @ w1
         h1 = torch.cat([torch.relu(z), torch.ones_like(z[:, :1])], dim=1)
         d2 = torch.softmax(h1 @ w2, dim=1)
         d2[torch.arange(len(self._y)), self._y] -= 1.0
         d1 = (d2 @ w2[:-1].T) * (z > 0)
-        g1 = self._x[:, :, None] * d1[:, None, :]
+        g1 = x[:, :, None] * d1[:, None, :]
         g2 = h1[:, :, None] * d2[:, None, :]
         return torch.cat([g1.reshape(len(z), -1), g2.reshape(len(z), -1)], dim=1)
 
@@ -474,10 +583,10 @@ class DigitsMLP(TrainedTask):
         u = _uniform(np.arange(k, dtype=np.uint64), 3, self.finetune_steps * self.batch)
         picks = np.stack([np.searchsorted(cum[i], u[i] * total[i], side="right") for i in range(k)])
         picks = np.minimum(picks, self.n_train - 1).reshape(k, self.finetune_steps, self.batch)
-        w1, w2 = self._unflatten(start.repeat(1, k))
+        w1, w2 = self._unflatten(start.to(torch.float64).repeat(1, k))
         lin = None
         if linear is not None:
             scale = torch.tensor(1.0 / total, dtype=linear.dtype, device=linear.device)
             lin = self._unflatten(linear * scale)
-        live = torch.ones((k, 1, 1), device=self.device)
+        live = torch.ones((k, 1, 1), dtype=torch.float64, device=self.device)
         return self._flatten(*self._sgd(w1, w2, torch.tensor(picks, device=self.device), live, lin))

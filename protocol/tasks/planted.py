@@ -13,6 +13,12 @@ B_2 = ``b2`` and B_3 = ``b3`` exactly; the seed noise adds sigma_n^2 to B_{>=2}.
 At any other p, :meth:`PlantedTask.spectrum` re-expands the monomials in the p-biased characters
 (s_i = mu + sigma phi_i) and still gives the exact spectrum.
 
+**Bitwise reproducible** (tau = 0): every coefficient is rounded to the grid 2^-36 (``GRID``)
+after scaling, so every partial sum of the matrix products is a multiple of 2^-36 below 2^53
+units (the supremum must stay below 2^17, checked) and exact in any order, on any BLAS; the seed
+noise is added last, in one rounding. B_k are then b_k up to ~1e-11 relative, and
+:meth:`PlantedTask.spectrum` is computed from the rounded coefficients, so it stays exact.
+
 The declared bound b defaults to the exact supremum of |f| (no clipping ever happens, so the
 spectrum is exact). A smaller ``bound`` clips, and then :meth:`spectrum` refuses.
 
@@ -34,6 +40,7 @@ from protocol.checks import as_mask_matrix, check_probability
 from protocol.datamodel import Datamodel
 from protocol.errors import InvalidParameterError, TaskError
 from protocol.sampling import stream_words
+from protocol.tasks.base import TaskBase
 
 __all__ = ["PlantedSpectrum", "PlantedTask"]
 
@@ -45,6 +52,14 @@ def _splitmix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+GRID_BITS = 36  # coefficients are multiples of 2^-36 (module doc)
+
+
+def _on_grid(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Round to the nearest multiple of 2^-GRID_BITS (exact scaling by powers of two)."""
+    return np.asarray(np.round(x * 2.0**GRID_BITS) / 2.0**GRID_BITS, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -74,10 +89,11 @@ class PlantedSpectrum:
         return self.b1 + self.residual
 
 
-class PlantedTask:
+class PlantedTask(TaskBase):
     """Synthetic function with a planted spectrum (module doc). Cheap: 10^5 rows per second."""
 
     name = "planted"
+    chunk_size = 4096
 
     def __init__(
         self,
@@ -122,7 +138,9 @@ class PlantedTask:
         self.noise = float(noise)
         self.pairs = self._distinct_tuples("pairs", 2, n_pairs)
         self.triples = self._distinct_tuples("triples", 3, n_triples)
-        self.a0 = np.sqrt(b0) * np.where(self._uniform("intercept", 0, n_targets) < 0, -1.0, 1.0)
+        self.a0 = _on_grid(
+            np.sqrt(b0) * np.where(self._uniform("intercept", 0, n_targets) < 0, -1.0, 1.0)
+        )
         self.a1 = self._coefficients("linear", n_train, b1)
         self.a2 = self._coefficients("pair-coef", n_pairs, b2)
         self.a3 = self._coefficients("triple-coef", n_triples, b3)
@@ -134,6 +152,11 @@ class PlantedTask:
             + np.sqrt(3.0) * self.noise
         )
         self.supremum = float(sup.max())
+        if self.supremum >= 2.0 ** (53 - GRID_BITS):
+            raise InvalidParameterError(
+                f"planted: sup |f| = {self.supremum:.3g} is too large for exact sums on the "
+                f"grid 2^-{GRID_BITS}; lower b0..b3 or noise"
+            )
         if bound is None:
             self.bound = self.supremum
         else:
@@ -154,7 +177,7 @@ class PlantedTask:
             if count == 0 or weight == 0:
                 continue
             u = self._uniform(domain, z, count)
-            out[z] = u * np.sqrt(weight / np.sum(u * u))
+            out[z] = _on_grid(u * np.sqrt(weight / np.sum(u * u)))
         return out
 
     def _distinct_tuples(self, domain: str, order: int, count: int) -> NDArray[np.int64]:
@@ -177,7 +200,7 @@ class PlantedTask:
     # -- the task contract ------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
         """JSON description; its canonical hash identifies the task."""
-        return {"task": "planted", "version": 1, **self._params}
+        return {"task": "planted", "version": 2, "grid_bits": GRID_BITS, **self._params}
 
     def seed_noise(self, seeds: NDArray[np.uint64]) -> NDArray[np.float64]:
         """noise_z(r) for each seed: (K,) -> (K, Z).

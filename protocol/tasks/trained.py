@@ -1,32 +1,31 @@
-"""The engine behind trained tasks: many models at once, one fixed code path, bitwise stable.
+"""The engine behind trained tasks: many models at once, each model's result its own.
 
 A :class:`TrainedTask` trains K models per call of :meth:`TrainedTask.train_chunk`, with one
 weight tensor per layer carrying a leading (or trailing) model axis, each model's loss masked by
-its own subset and each model's randomness derived from its own seed. Determinism rule: the
-same (mask, seed) gives bitwise-identical outputs whatever batch it came in and wherever in
-the batch, *on one machine and device*. Three things make that hold:
+its own subset and each model's randomness derived from its own seed (counter-based SplitMix64
+hashes, never a shared generator whose state would depend on the batch); no reduction crosses
+models.
 
-* **fixed chunk shape**: rows are processed in chunks of exactly ``chunk_size`` models; a short
-  last chunk is padded with dummy rows (empty mask, seed 0) that are thrown away, so every
-  kernel sees the same shapes every time (a batch of 1 takes other BLAS paths and differs);
-* **per-model randomness** from counter-based hashes of the model's seed (SplitMix64), never
-  from a shared generator whose state would depend on the batch;
-* **no cross-model reductions**: every sum runs over one model's own data;
-* **the same thread count** on CPU (part of ``device_class``): BLAS partitions work by threads.
+That makes a model's result independent of its batch *mathematically*, not bitwise: a matrix
+product adds in an order chosen by the kernel, and the kernel depends on the CPU's vector
+instruction set (AVX2 or AVX-512), the thread count, the matrix shapes and even a model's
+position in the batch (measured: reversing 32 rows of the float32 MLP moved margins by up to
+7e-3 with ``ATEN_CPU_CAPABILITY=default``). Two honest answers:
 
-Across devices (CPU against CUDA) results differ in the last bits and more: CHECKEQUIV
-(:mod:`protocol.checkequiv`) then compares within a tolerance tau declared in the spec.
+* **exact arithmetic** (:mod:`protocol.tasks.exact`): ``digits-mlp`` keeps every product on
+  integer grids, so the same (mask, seed) gives the same bits on every device: tau = 0;
+* **a declared tolerance**: ``digits-logreg`` solves a convex problem in float64 (one optimum;
+  honest runs differ by ~1e-13) and declares tau = 1e-9.
 
-Outputs: :meth:`evaluate_outputs` returns the clipped correct-class margins on the Z targets and
-the raw logits on a small public probe set (the CHECKEQUIV fingerprint); :meth:`evaluate` is
-the plain task contract. ``progress(done, total)`` is called after every chunk.
+``prover_service check-task`` measures which holds. Outputs: :meth:`evaluate_outputs` returns
+the clipped correct-class margins on the Z targets and the raw logits on a small public probe
+set (the CHECKEQUIV fingerprint).
 """
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from numpy.typing import NDArray
 
 from protocol.checks import as_mask_matrix
 from protocol.errors import InvalidParameterError, ShapeError
+from protocol.tasks.base import TaskBase, TrainingOutputs, _forced_isa
 
 __all__ = ["TrainedTask", "TrainingOutputs", "correct_class_margin", "pick_device", "splitmix64"]
 
@@ -68,23 +68,13 @@ def correct_class_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return true - others.amax(-1)
 
 
-@dataclass(frozen=True)
-class TrainingOutputs:
-    """values (K, Z) float64 clipped margins; probes (K, P) float32 raw probe logits (flattened)."""
-
-    values: NDArray[np.float64]
-    probes: NDArray[np.float32]
-
-
-class TrainedTask:
+class TrainedTask(TaskBase):
     """Base class of trained tasks; subclasses implement :meth:`train_chunk` and ``_spec``."""
 
     name: str
     n_train: int
     n_targets: int
     bound: float
-    chunk_size: int
-    tau: float  # CHECKEQUIV tolerance across device classes
 
     def __init__(self, device: str | None, chunk_size: int) -> None:
         if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -94,20 +84,23 @@ class TrainedTask:
 
     @property
     def device_class(self) -> str:
-        """What CHECKEQUIV's exact mode requires both sides to share.
-
-        On CPU the thread count is part of it: BLAS splits work differently with 1 and 2
-        threads, and float32 margins then differ by ~1e-4 (measured on digits-logreg).
-        """
+        """What changes bits here: the GPU model, or the CPU's architecture, the instruction set
+        torch dispatches to (``ATEN_CPU_CAPABILITY``) and the thread count; torch's version."""
+        version = torch.__version__.split("+")[0]
         if self.device.type == "cuda":
-            return f"cuda:{torch.cuda.get_device_name(self.device)}"
-        return f"cpu:{platform.machine()}:threads={torch.get_num_threads()}"
+            name = torch.cuda.get_device_name(self.device)
+            return f"cuda:{name}:cuda={torch.version.cuda}:torch={version}"
+        isa = torch.backends.cpu.get_cpu_capability().lower()
+        return (
+            f"cpu:{platform.machine()}:{isa}{_forced_isa()}:threads={torch.get_num_threads()}"
+            f":torch={version}"
+        )
 
     def train_chunk(
         self, masks: torch.Tensor, seeds: NDArray[np.uint64]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train ``chunk_size`` models: masks (K, N) bool on device, seeds (K,) uint64 ->
-        (margins on targets (K, Z), probe logits (K, P))."""
+        """Train K models: masks (K, N) bool on device, seeds (K,) uint64 ->
+        (margins on targets (K, Z), probe logits (K, P, ...))."""
         raise NotImplementedError
 
     def _spec(self) -> dict[str, Any]:
@@ -118,7 +111,6 @@ class TrainedTask:
         return {
             **self._spec(),
             "bound": self.bound,
-            "chunk_size": self.chunk_size,
             "checkequiv_tau": self.tau,
             "versions": {"torch": torch.__version__.split("+")[0], "numpy": np.__version__},
         }
@@ -129,29 +121,23 @@ class TrainedTask:
         seeds: NDArray[np.uint64],
         progress: Progress | None = None,
     ) -> TrainingOutputs:
-        """Train one model per row (in fixed-size chunks) and return values and probe logits."""
+        """Train one model per row, ``chunk_size`` at a time; values and probe logits."""
         m = as_mask_matrix(masks, self.n_train)
         s = np.asarray(seeds, dtype=np.uint64)
         if s.shape != (m.shape[0],):
             raise ShapeError(f"need one seed per mask: {m.shape[0]} masks, seeds {s.shape}")
-        k0 = self.chunk_size
         values = np.empty((m.shape[0], self.n_targets))
         probes: list[NDArray[np.float32]] = []
-        for start in range(0, m.shape[0], k0):
-            stop = min(start + k0, m.shape[0])
-            cm = np.zeros((k0, self.n_train), dtype=bool)
-            cs = np.zeros(k0, dtype=np.uint64)
-            cm[: stop - start], cs[: stop - start] = m[start:stop], s[start:stop]
+        for start in range(0, m.shape[0], self.chunk_size):
+            stop = min(start + self.chunk_size, m.shape[0])
             with torch.no_grad():
-                margins, logits = self.train_chunk(torch.from_numpy(cm).to(self.device), cs)
-            values[start:stop] = margins[: stop - start].double().cpu().numpy()
-            probes.append(logits[: stop - start].float().cpu().numpy().reshape(stop - start, -1))
+                margins, logits = self.train_chunk(
+                    torch.from_numpy(m[start:stop]).to(self.device), s[start:stop]
+                )
+            values[start:stop] = margins.double().cpu().numpy()
+            probes.append(logits.float().cpu().numpy().reshape(stop - start, -1))
             if progress is not None:
                 progress(stop, m.shape[0])
         np.clip(values, -self.bound, self.bound, out=values)
         flat = np.concatenate(probes) if probes else np.zeros((0, 0), dtype=np.float32)
         return TrainingOutputs(values, flat)
-
-    def evaluate(self, masks: NDArray[np.bool_], seeds: NDArray[np.uint64]) -> NDArray[np.float64]:
-        """The task contract: f on the targets, (K, Z), clipped to [-b, b]."""
-        return self.evaluate_outputs(masks, seeds).values

@@ -11,8 +11,9 @@ from numpy.typing import NDArray
 from protocol.checks import check_probability
 from protocol.datamodel import Datamodel
 from protocol.evaluation import Progress as Progress
+from protocol.evaluation import run_task
 from protocol.sampling import sample_masks, training_seeds
-from protocol.tasks import Task, evaluate_checked
+from protocol.tasks import Task
 
 __all__ = ["AttributionResult", "Progress", "train_samples"]
 
@@ -44,12 +45,5 @@ def train_samples(
     check_probability("p", p)
     masks = sample_masks(seed, task.n_train, p, range(count), domain=domain)
     seeds = training_seeds(seed, range(count), domain=f"{domain}-seed")
-    chunk = int(getattr(task, "chunk_size", 1024))
-    values = np.empty((count, task.n_targets))
-    total = count if total is None else total
-    for start in range(0, count, chunk):
-        stop = min(start + chunk, count)
-        values[start:stop] = evaluate_checked(task, masks[start:stop], seeds[start:stop])
-        if progress is not None:
-            progress(offset + stop, total)
+    values = run_task(task, masks, seeds, progress, offset=offset, total=total).values
     return masks, values

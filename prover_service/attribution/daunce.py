@@ -26,29 +26,34 @@ it refuses others, e.g. ``planted``, which only evaluates f.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from protocol.errors import BudgetError, InvalidParameterError
 from protocol.sampling import sample_masks, stream_words
-from protocol.tasks import Task
+from protocol.tasks import Differentiable, Task, declared
 from prover_service.attribution.base import AttributionResult, Progress
 from prover_service.attribution.calibration import calibrate
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["daunce", "daunce_blackbox", "loss_covariance"]
 
-EXTENSION = ("full_model", "example_gradients", "example_losses", "finetune")
 MIN_COPIES = 8
 
 
-def _require_differentiable(task: Task, method: str) -> None:
-    missing = [a for a in EXTENSION if not hasattr(task, a)]
-    if missing:
+def _require_differentiable(task: Task, method: str) -> Differentiable:
+    ext = declared(task).differentiable()
+    if ext is None:
         raise InvalidParameterError(
-            f"{method} needs a differentiable trained task (with {', '.join(EXTENSION)}); "
+            f"{method} needs a differentiable trained task (protocol.tasks.Differentiable: "
+            f"full_model, example_gradients, example_losses, finetune); "
             f"task {task.name!r} only evaluates f"
         )
+    return ext
 
 
 def _split(budget: int, calibration: int | None) -> tuple[int, int]:
@@ -82,9 +87,12 @@ def _run_copies(
     task: Task, copies: int, weights_of: object, linear_of: object | None,
     progress: Progress | None, total: int,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:  # fmt: skip
-    theta0 = task.full_model()  # type: ignore[attr-defined]
-    grads = task.example_gradients(theta0) if linear_of else None  # type: ignore[attr-defined]
-    chunk = int(getattr(task, "chunk_size", 256))
+    import torch  # only Daunce needs it: the CLIs' start-up stays torch-free
+
+    ext = _require_differentiable(task, "Daunce")
+    theta0 = ext.full_model()
+    grads = ext.example_gradients(theta0) if linear_of else None
+    chunk = declared(task).chunk_size
     t_losses = np.empty((copies, task.n_targets))
     p_losses = np.empty((copies, task.n_train))
     for start in range(0, copies, chunk):
@@ -93,9 +101,9 @@ def _run_copies(
         w_t = torch.tensor(weights, dtype=theta0.dtype, device=theta0.device)
         linear = linear_of(start, stop, weights, grads) if linear_of else None  # type: ignore[operator]
         with torch.no_grad():
-            thetas = task.finetune(w_t, linear, theta0)  # type: ignore[attr-defined]
-            t_losses[start:stop] = task.example_losses(thetas, "targets").double().cpu().numpy()  # type: ignore[attr-defined]
-            p_losses[start:stop] = task.example_losses(thetas, "pool").double().cpu().numpy()  # type: ignore[attr-defined]
+            thetas = ext.finetune(w_t, linear, theta0)
+            t_losses[start:stop] = ext.example_losses(thetas, "targets").double().cpu().numpy()
+            p_losses[start:stop] = ext.example_losses(thetas, "pool").double().cpu().numpy()
         if progress is not None:
             progress(stop, total)
     return t_losses, p_losses
@@ -124,6 +132,8 @@ def daunce(
     def linear_of(
         start: int, stop: int, weights: NDArray[np.float64], grads: torch.Tensor
     ) -> torch.Tensor:
+        import torch
+
         xi = np.stack([stream_words(seed, "daunce-xi", k, n) / 2.0**32 for k in range(start, stop)])
         e = torch.tensor((xi - 0.5) * weights, dtype=grads.dtype, device=grads.device)
         return grads.T @ e.T  # (D C, K)

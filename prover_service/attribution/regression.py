@@ -25,8 +25,9 @@ from numpy.typing import NDArray
 
 from protocol.datamodel import Datamodel
 from protocol.errors import BudgetError
+from protocol.evaluation import run_task
 from protocol.sampling import training_seeds
-from protocol.tasks import Task, evaluate_checked
+from protocol.tasks import Task
 from prover_service.attribution.base import AttributionResult, Progress, train_samples
 
 __all__ = ["influence", "lasso", "loo", "ridge"]
@@ -143,13 +144,7 @@ def loo(
     masks = np.ones((n + 1, n), dtype=bool)
     masks[np.arange(1, n + 1), np.arange(n)] = False
     seeds = np.repeat(training_seeds(seed, range(1), domain="loo-seed"), n + 1)
-    chunk = int(getattr(task, "chunk_size", 1024))
-    f = np.empty((n + 1, task.n_targets))
-    for start in range(0, n + 1, chunk):
-        stop = min(start + chunk, n + 1)
-        f[start:stop] = evaluate_checked(task, masks[start:stop], seeds[start:stop])
-        if progress is not None:
-            progress(stop, n + 1)
+    f = run_task(task, masks, seeds, progress).values
     w = (f[0][None, :] - f[1:]).T
     return AttributionResult(
         "loo", Datamodel(f[0] - w.sum(1), w), n + 1,
