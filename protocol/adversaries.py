@@ -38,6 +38,8 @@ FloatArray = NDArray[np.float64]
 def _pairs(
     values: FloatArray, predictions: FloatArray, design: StabilityDesign
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    if getattr(design, "layout", "pairs") != "pairs":
+        raise InvalidParameterError("the adversaries target the pair layout (ChallengeDesign)")
     f = as_finite_matrix("values", values, (None, None))
     g = as_finite_matrix("predictions", predictions, f.shape)
     st = noise_stability(f - g, design)

@@ -75,6 +75,7 @@ Arrays: ``values``, ``predictions`` (|E|, Z) float64; per-target outputs (Z,).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -84,8 +85,8 @@ from scipy.special import gammaln
 from scipy.stats import norm
 
 from protocol.checks import as_finite_matrix, check_probability
-from protocol.errors import InvalidParameterError
-from protocol.residual import StabilityDesign, linear_weights, noise_stability
+from protocol.errors import InvalidParameterError, ShapeError
+from protocol.residual import StabilityDesign, linear_weights
 
 __all__ = [
     "Aggregate",
@@ -263,8 +264,12 @@ def _bound_finite(
     dev: FloatArray,
     lo: FloatArray,
     hi: FloatArray,
+    shared: bool,
 ) -> _Parts:
-    """Plain means, empirical Bernstein, range-bound corruption; lo, hi (L, n, C) honest range."""
+    """Plain means, empirical Bernstein, range-bound corruption; lo, hi (L, n, C) honest range.
+
+    ``shared``: one corrupted subset can reach every level (shared-base layout), so each level
+    is charged its full m* instead of the worst split of m* across levels."""
     n_levels, n, cols = y.shape
     if n < 2:
         inf = np.full(cols, np.inf)
@@ -286,12 +291,54 @@ def _bound_finite(
         if len(g) < m_star + 1:
             g = np.concatenate([g, np.repeat(g[-1:], m_star + 1 - len(g), 0)], axis=0)
         gains.append(abs(a[lv]) * g / n)
-    corr = _worst_split(gains, m_star) if m_star > 0 else np.zeros(cols)
+    if m_star == 0:
+        corr = np.zeros(cols)
+    elif shared:
+        corr = np.asarray(np.sum([gl[m_star] for gl in gains], axis=0))
+    else:
+        corr = _worst_split(gains, m_star)
     tau = np.sum(np.abs(a)[:, None] * dev.mean(axis=1), axis=0)
     return _Parts(np.asarray(a @ mean), stat, corr, np.asarray(tau))
 
 
 # -- certify ----------------------------------------------------------------------------------
+
+
+def _members(
+    design: StabilityDesign, n_rows: int
+) -> tuple[FloatArray, Callable[[FloatArray], tuple[FloatArray, FloatArray]]]:
+    """The levels and a map from per-subset rows (|E|, C) to the pair members (L, n, C) x 2.
+
+    Pair layout (:class:`~protocol.sampling.ChallengeDesign`): subsets 2g and 2g + 1 of pair
+    g = l n + j. Shared-base layout (:class:`~protocol.sampling.SharedBaseDesign`): x of base j
+    is subset (1 + L) j, its level-l partner (1 + L) j + 1 + l.
+    """
+    rhos = np.asarray(design.rhos, dtype=np.float64)
+    levels, n = len(rhos), int(design.pairs_per_level)
+    if getattr(design, "layout", "pairs") == "shared-base":
+        group = 1 + levels
+        if n_rows != group * n:
+            raise ShapeError(
+                f"the design has {group * n} subsets ({group} per base x {n} bases); "
+                f"got {n_rows} rows of values"
+            )
+
+        def shared(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+            b = x.reshape(n, group, -1)
+            base = np.broadcast_to(b[:, 0][None], (levels, n, b.shape[2]))
+            return np.asarray(base), np.asarray(b[:, 1:].transpose(1, 0, 2))
+
+        return rhos, shared
+    if n_rows != 2 * levels * n:
+        raise ShapeError(
+            f"the design has {2 * levels * n} subsets (2 x {levels} levels x {n} pairs); "
+            f"got {n_rows} rows of values"
+        )
+
+    def pairs(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        return x[0::2].reshape(levels, n, -1), x[1::2].reshape(levels, n, -1)
+
+    return rhos, pairs
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -337,9 +384,10 @@ def certify(
     elif validity == "finite":
         raise InvalidParameterError("validity 'finite' needs the task's bound b")
     r = f - g
-    st = noise_stability(r, design)  # validates the design shape
+    rhos, arrange = _members(design, f.shape[0])
     n_sub, z_targets = f.shape
-    n = st.products.shape[1]
+    n = int(design.pairs_per_level)
+    shared = getattr(design, "layout", "pairs") == "shared-base"
     if spot_checks is None:
         d_spot, m_star = 0.0, 0
     else:
@@ -350,20 +398,18 @@ def certify(
             raise InvalidParameterError(f"max_corrupted must be an int >= 0; got {max_corrupted!r}")
         m_star = max_corrupted
     d_rest = (dlt - d_spot) / 2.0  # one half for S, one for Q
-    a = linear_weights(st.rhos)
-    kappa = upper_bias_coefficient(st.rhos)
+    a = linear_weights(rhos)
+    kappa = upper_bias_coefficient(rhos)
 
     # Pair arrays (L, n, Z): psi, tau deviations, honest ranges.
-    ra = r[0::2].reshape(len(st.rhos), n, z_targets)
-    rb = r[1::2].reshape(len(st.rhos), n, z_targets)
-    psi = st.products
+    ra, rb = arrange(r)
+    psi = ra * rb
     dev_psi = tau * (np.abs(ra) + np.abs(rb)) + 3.0 * tau * tau
     sq = (r * r)[None]
     dev_sq = (2.0 * tau * np.abs(r) + 3.0 * tau * tau)[None]
     if bound is not None:
         reach = bound + np.abs(g)
-        ga = reach[0::2].reshape(psi.shape)
-        gb = reach[1::2].reshape(psi.shape)
+        ga, gb = arrange(reach)
         psi_hi, sq_hi = ga * gb, (reach * reach)[None]
     else:
         psi_hi, sq_hi = np.full_like(psi, np.inf), np.full_like(sq, np.inf)
@@ -378,8 +424,8 @@ def certify(
             du = np.einsum("l,lnc->nc", np.abs(a), dp)
             return (_bound_clt(u, m_star, d_s, du), _bound_clt(s[0], m_star, d_q, ds[0]))
         return (
-            _bound_finite(p, a, m_star, d_s, dp, -ph, ph),
-            _bound_finite(s, np.ones(1), m_star, d_q, ds, np.zeros_like(sh), sh),
+            _bound_finite(p, a, m_star, d_s, dp, -ph, ph, shared),
+            _bound_finite(s, np.ones(1), m_star, d_q, ds, np.zeros_like(sh), sh, False),
         )
 
     def combine(s_part: _Parts, q_part: _Parts) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -416,7 +462,7 @@ def certify(
         spot_checks=spot_checks,
         n_subsets=n_sub,
         pairs_per_level=n,
-        rhos=tuple(float(x) for x in st.rhos),
+        rhos=tuple(float(x) for x in rhos),
         kappa=kappa,
         tau=float(tau),
     )
@@ -457,8 +503,9 @@ def pilot_figures(
     g = as_finite_matrix("predictions", predictions, f.shape)
     _check_choice("aggregate", aggregate, ("mean", "max"))
     r = f - g
-    st = noise_stability(r, design)
-    u = np.einsum("l,lnc->nc", linear_weights(st.rhos), st.products)
+    rhos, arrange = _members(design, f.shape[0])
+    ra, rb = arrange(r)
+    u = np.einsum("l,lnc->nc", linear_weights(rhos), ra * rb)
     sq = r * r
     if aggregate == "mean":
         return float(u.mean(axis=1).std(ddof=1)), float(sq.mean())

@@ -39,6 +39,19 @@ level. Pair ``g = l * n + j`` is the j-th pair of level l; its members are the s
 when two masks coincide (possible for tiny N): each carries its own training seed, and merging
 would correlate the seed noise of a pair and bias h(rho).
 
+**Shared-base layout** (:class:`SharedBaseDesign`, domain ``"crn-base"``, base index ``j``):
+common random numbers across the levels. From the words of ``stream(seed, "crn-base", j)``, ::
+
+    x_j       = w[j]      < T(p)
+    keep_l_j  = w[N + j]  < T(rho_l)      (one uniform per coordinate, nested across levels)
+    fresh_j   = w[2N + j] < T(p)
+    x'_l_j    = x_j if keep_l_j else fresh_j
+
+so each (x, x'_l) is rho_l-correlated, and the x'_l of one base differ from each other only
+where their keep bits differ. Base ``j`` occupies subsets ``e = (1 + L) j`` (x) and
+``(1 + L) j + 1 + l`` (x'_l): |E| = (1 + L) n, 4 trainings per base for 3 levels instead of 6.
+Every subset has its own training seed (``"train-seed"`` at index e), as above.
+
 **Packing.** Masks travel and are stored as bits: ``numpy.packbits(mask, axis=1,
 bitorder="little")``: bit j of a row is bit ``j % 8`` (least significant first) of byte ``j // 8``;
 trailing pad bits are zero. A 10^5 x 10^4 challenge is 125 MB packed.
@@ -51,6 +64,7 @@ import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -62,6 +76,7 @@ from protocol.errors import InvalidParameterError, ShapeError
 __all__ = [
     "ChallengeDesign",
     "SEED_BYTES",
+    "SharedBaseDesign",
     "bernoulli_threshold",
     "correlated_pair",
     "keystream",
@@ -270,6 +285,76 @@ class ChallengeDesign:
         size -= size % 2
         for start in range(0, len(self), size):
             yield start, min(start + size, len(self))
+
+
+@dataclass(frozen=True)
+class SharedBaseDesign:
+    """Common-random-numbers challenge: one base x and its L correlated copies per base.
+
+    ``bases`` is n; ``len(design)`` is |E| = (1 + L) n (layout in the module doc). The
+    estimators use h-hat(rho_l) = mean_j r(x_j) r(x'_l_j), unbiased level by level as in the
+    pair design; the levels' errors are now positively correlated, so sum_l a_l h-hat(rho_l)
+    (whose weights sum to 1) has a much smaller variance (``docs/estimators.md``).
+    """
+
+    seed: bytes
+    n_train: int
+    p: float
+    rhos: tuple[float, ...]
+    bases: int
+
+    layout: ClassVar[str] = "shared-base"
+
+    def __post_init__(self) -> None:
+        _check_seed(self.seed)
+        _check_n_train(self.n_train)
+        check_probability("p", self.p)
+        if len(self.rhos) == 0:
+            raise InvalidParameterError("a design needs at least one noise level")
+        for r in self.rhos:
+            check_rho("rho", r)
+        if not isinstance(self.bases, int) or self.bases < 1:
+            raise InvalidParameterError(f"bases must be a positive integer; got {self.bases!r}")
+
+    @property
+    def pairs_per_level(self) -> int:
+        """n: one (x, x'_l) pair per base at every level."""
+        return self.bases
+
+    def __len__(self) -> int:
+        return (1 + len(self.rhos)) * self.bases
+
+    def base(self, j: int) -> NDArray[np.bool_]:
+        """Masks of base ``j``: (1 + L, N), x first, then x'_l in level order."""
+        n_train, tp = self.n_train, bernoulli_threshold(self.p)
+        w = stream_words(self.seed, "crn-base", j, 3 * n_train)
+        x = _bits(w[:n_train], tp)
+        fresh = _bits(w[2 * n_train :], tp)
+        rows = [x]
+        for rho in self.rhos:
+            keep = _bits(w[n_train : 2 * n_train], bernoulli_threshold(rho))
+            rows.append(np.where(keep, x, fresh))
+        return np.stack(rows)
+
+    def masks(self, start: int = 0, stop: int | None = None) -> NDArray[np.bool_]:
+        """Masks of subsets ``start .. stop-1``, shape (stop - start, N), bool."""
+        stop = len(self) if stop is None else stop
+        if not 0 <= start <= stop <= len(self):
+            raise InvalidParameterError(f"subset range [{start}, {stop}) outside [0, {len(self)})")
+        group = 1 + len(self.rhos)
+        out = np.empty((stop - start, self.n_train), dtype=np.bool_)
+        for j in range(start // group, (stop + group - 1) // group):
+            rows = self.base(j)
+            lo, hi = max(start, j * group), min(stop, (j + 1) * group)
+            out[lo - start : hi - start] = rows[lo - j * group : hi - j * group]
+        return out
+
+    def seeds(self, start: int = 0, stop: int | None = None) -> NDArray[np.uint64]:
+        """Training seeds of subsets ``start .. stop-1``, uint64 (one per subset)."""
+        stop = len(self) if stop is None else stop
+        if not 0 <= start <= stop <= len(self):
+            raise InvalidParameterError(f"subset range [{start}, {stop}) outside [0, {len(self)})")
+        return training_seeds(self.seed, range(start, stop))
 
 
 def pack_masks(masks: NDArray[np.bool_]) -> NDArray[np.uint8]:

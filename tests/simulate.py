@@ -35,3 +35,24 @@ def simulate_design(
     masks = np.concatenate(rows)
     seeds = rng.integers(0, 2**63, size=len(masks), dtype=np.int64).astype(np.uint64)
     return SimDesign(tuple(rhos), n), masks, seeds
+
+
+@dataclass(frozen=True)
+class SimSharedDesign:
+    rhos: tuple[float, ...]
+    pairs_per_level: int
+    layout: str = "shared-base"
+
+
+def simulate_shared_design(
+    rng: np.random.Generator, n_train: int, p: float, rhos: tuple[float, ...], n: int
+) -> tuple[SimSharedDesign, NDArray[np.bool_], NDArray[np.uint64]]:
+    """Masks ((1 + L) n, N) in the SharedBaseDesign order (x, then x'_l per base) and seeds:
+    one uniform per coordinate decides the keeps of every level (nested), one shared fresh draw."""
+    x = rng.random((n, n_train)) < p
+    u = rng.random((n, n_train))
+    fresh = rng.random((n, n_train)) < p
+    rows = [x] + [np.where(u < rho, x, fresh) for rho in rhos]
+    masks = np.stack(rows, axis=1).reshape(n * (1 + len(rhos)), n_train)
+    seeds = rng.integers(0, 2**63, size=len(masks), dtype=np.int64).astype(np.uint64)
+    return SimSharedDesign(tuple(rhos), n), masks, seeds
