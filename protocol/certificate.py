@@ -69,6 +69,11 @@ charge about m R / n (an honest atom of mass m/n at the range, hidden by the adv
 indistinguishable from no atom): that is ``finite``, whose corruption slack is the range bound
 and whose statistics are empirical Bernstein. ``finite`` needs ``bound`` (b, the task's clip bound).
 
+**Designs.** The pair layout (:class:`~protocol.sampling.ChallengeDesign`, 6 subsets per j)
+and the shared-base layout (:class:`~protocol.sampling.SharedBaseDesign`, 4 per j: u_j =
+r(x_j) sum_l a_l r(x'_l_j), whose terms are positively correlated, so its variance is several
+times smaller) give the same estimand level by level; in both one subset belongs to one u_j.
+
 Arrays: ``values``, ``predictions`` (|E|, Z) float64; per-target outputs (Z,).
 """
 
