@@ -105,6 +105,7 @@ __all__ = [
     "plan_certificate",
     "predicted_width",
     "upper_bias_coefficient",
+    "variance_lower_bound",
 ]
 
 Aggregate = Literal["mean", "max"]
@@ -593,3 +594,33 @@ def _check_positive_float(name: str, value: float) -> float:
     if not math.isfinite(value):
         raise InvalidParameterError(f"{name} must be finite; got {value!r}")
     return float(value)
+
+
+def variance_lower_bound(
+    trusted: FloatArray, delta: float, *, validity: Validity = "clt", bound: float | None = None
+) -> FloatArray:
+    """Lower confidence bound (Z,) on Var f per target from values the Verifier trusts.
+
+    For a relative epsilon (a fraction of Var f) to stay sound, the variance must be the
+    Verifier's own: pass f on its spot-checked subsets (re-trained locally, each marginally
+    B_p), shape (k, Z). ``clt``: V_n - z_{1-delta} sqrt((m_4 - V_n^2) / k), the normal
+    approximation of the sample variance (m_4 the fourth central moment). ``finite``: Maurer &
+    Pontil (2009, Thm 10) for values in an interval of length R = 2b:
+    sigma >= sqrt(V_n) - R sqrt(2 ln(1/delta) / (k - 1)). Clipped at 0.
+    """
+    x = as_finite_matrix("trusted", trusted, (None, None))
+    dlt = check_probability("delta", delta)
+    _check_choice("validity", validity, ("clt", "finite"))
+    k = x.shape[0]
+    if k < 3:
+        raise InvalidParameterError(f"a variance bound needs at least 3 trusted values; got {k}")
+    var = x.var(axis=0, ddof=1)
+    if validity == "finite":
+        if bound is None:
+            raise InvalidParameterError("validity 'finite' needs the task's bound b")
+        b = _check_positive_float("bound", bound)
+        lo = np.sqrt(var) - 2.0 * b * math.sqrt(2.0 * math.log(1.0 / dlt) / (k - 1))
+        return np.asarray(np.maximum(lo, 0.0) ** 2)
+    m4 = np.mean((x - x.mean(axis=0)) ** 4, axis=0)
+    se = np.sqrt(np.maximum(m4 - var**2, 0.0) / k)
+    return np.asarray(np.maximum(var - float(norm.ppf(1.0 - dlt)) * se, 0.0))
