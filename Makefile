@@ -25,8 +25,8 @@ diagnostics: install
 	$(BIN)/python -m verifier_client plan --task planted:bound=4 --epsilon 0.5 --delta 0.05 --pilot 6000 --seed 7
 
 lint: install
-	$(BIN)/ruff check protocol prover_service verifier_client tests benchmarks
-	$(BIN)/ruff format --check protocol prover_service verifier_client tests benchmarks
+	$(BIN)/ruff check protocol prover_service verifier_client tests benchmarks examples
+	$(BIN)/ruff format --check protocol prover_service verifier_client tests benchmarks examples
 	$(BIN)/mypy
 
 test: lint

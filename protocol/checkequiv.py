@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from protocol.checks import as_finite_matrix
 from protocol.errors import InvalidParameterError
 
-__all__ = ["ROUNDING_LEVEL", "EquivReport", "check_equiv", "explain", "fingerprint"]
+__all__ = ["EquivReport", "ROUNDING_LEVEL", "check_equiv", "explain", "fingerprint"]
 
 # Differences at most this fraction of the values' magnitude are rounding, not lies: float32
 # carries ~7 significant digits, and rounding differences grow through training by a few

@@ -121,12 +121,18 @@ class CifarResNet(TrainedTask):
         lr: float = 0.2,
         weight_decay: float = 5e-4,
         bound: float = 20.0,
-        tau: float = 0.0,
+        tau: float | None = None,
         device: str | None = None,
     ) -> None:
         super().__init__(device, 1)
         if not data_dir:
             raise TaskError("cifar10-resnet needs data_dir=PATH (an extracted cifar-10-batches-py)")
+        if tau is None or not tau >= 0:
+            raise TaskError(
+                "cifar10-resnet needs tau=T: float32 convolutions differ between CPUs and GPUs "
+                "and the differences grow through training; measure T with "
+                "`prover_service check-task` on the devices both parties use"
+            )
         x_train, y_train, x_test, y_test = load_cifar10(data_dir)
         if not 1 <= n_train <= len(x_train):
             raise InvalidParameterError(f"n_train must be in [1, {len(x_train)}]")

@@ -93,7 +93,6 @@ class PlantedTask(TaskBase):
     """Synthetic function with a planted spectrum (module doc). Cheap: 10^5 rows per second."""
 
     name = "planted"
-    chunk_size = 4096
 
     def __init__(
         self,

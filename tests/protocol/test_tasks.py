@@ -102,9 +102,10 @@ def test_inputs_are_checked_before_the_task_runs() -> None:
 
 def test_evaluate_design_reports_progress_and_matches_direct_calls() -> None:
     t = PlantedTask(n_train=8, n_targets=2)
+    t.chunk_size = 8
     d = ChallengeDesign.saunshi(bytes(32), 8, 0.5, 0.1, 5)
     seen: list[tuple[int, int]] = []
-    got = evaluate_design(t, d, chunk_size=8, progress=lambda a, b: seen.append((a, b)))
+    got = evaluate_design(t, d, progress=lambda a, b: seen.append((a, b)))
     np.testing.assert_array_equal(got, t.evaluate(d.masks(), d.seeds()))
     assert seen == [(8, 30), (16, 30), (24, 30), (30, 30)]
     with pytest.raises(TaskError, match="N = 8"):

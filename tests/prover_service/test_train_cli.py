@@ -48,8 +48,9 @@ def test_masks_from_a_file_reproduce_the_same_rows(tmp_path: Path) -> None:
     )[0]
     assert code == 0
     with np.load(again) as z:
-        # digits-logreg is convex: the values depend on the masks only, whatever the seeds.
-        np.testing.assert_array_equal(z["values"], values[2:5])
+        # digits-logreg is convex: the values depend on the masks only, whatever the seeds,
+        # up to rounding (other batch, other GEMM blocking) within its declared tau.
+        np.testing.assert_allclose(z["values"], values[2:5], rtol=0, atol=1e-9)
     code = _train("--task", TASK, "--masks", str(first), "--out", str(tmp_path / "c.npz"))[0]
     assert code == 0
 
