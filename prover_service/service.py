@@ -47,7 +47,6 @@ from prover_service.adversary import Adversary, parse_adversary
 from prover_service.attribution import Method, attribute
 from prover_service.errors import Conflict, Invalid, NotFound, TooLarge, Unauthorized
 from prover_service.settings import Settings
-from prover_service.task_check import quick_check
 from prover_service.store import (
     ArrayStore,
     AttributionRow,
@@ -58,6 +57,7 @@ from prover_service.store import (
     make_engine,
     now,
 )
+from prover_service.task_check import quick_check
 
 __all__ = ["ProverService"]
 
