@@ -17,11 +17,17 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from protocol.errors import ShapeError
 from protocol.sampling import ChallengeDesign
@@ -99,6 +105,17 @@ class Challenge(_Message):
     nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
     timestamp: int = Field(ge=0)
     verifier_key: str = Hex32
+    # The Prover this challenge is for (its public key), so that a captured challenge cannot be
+    # replayed to another Prover. Optional for wire compatibility: when absent it is left out of
+    # the payload (and of the signed bytes), exactly as before the field existed.
+    prover_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_prover(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("prover_key") is None:
+            data.pop("prover_key", None)
+        return data
 
     def design(self, n_train: int) -> ChallengeDesign:
         """The subsets E this challenge asks for, on a pool of ``n_train`` examples."""

@@ -9,8 +9,16 @@ challenge can never be replayed as a verdict. A :class:`SignedMessage` carries t
 JSON, the type, the signer's raw public key (hex) and the signature (hex); :func:`open_signed`
 checks the signature *before* parsing the payload into its model.
 
+**Signed requests** (HTTP headers ``X-VDA-Key``, ``X-VDA-Timestamp``, ``X-VDA-Nonce``,
+``X-VDA-Signature``) sign :func:`signed_request_bytes`: the method, the target (path *and* query
+string, as sent), a time stamp, a fresh nonce and the SHA-256 of the body, under the tag
+``request.v2``, so a captured header cannot be replayed to another path, query or body, nor twice
+(the receiver keeps the nonces it saw within its time window). :func:`request_bytes` (tag
+``request``, v1) covers only method, path and time; it is kept for reading old records.
+
 **Keys.** :func:`generate_key` / :func:`save_private_key` write PKCS#8 PEM files with mode 0600;
-:func:`load_private_key` reads them (or a PEM from an environment variable) with clear errors.
+:func:`load_private_key` reads them (or a PEM from an environment variable) with clear errors, and
+refuses a key file that its group or others may read.
 A key's fingerprint is the first 16 bytes (hex) of the SHA-256 of its raw public key.
 """
 
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,7 +52,9 @@ __all__ = [
     "save_private_key",
     "sign_bytes",
     "sign_message",
+    "sign_request",
     "signed_bytes",
+    "signed_request_bytes",
     "verify_bytes",
 ]
 
@@ -80,9 +91,33 @@ def signed_bytes(message_type: str, payload: dict[str, Any]) -> bytes:
 
 
 def request_bytes(method: str, path: str, timestamp: int) -> bytes:
-    """What an authenticated GET signs (headers X-VDA-Key, X-VDA-Timestamp, X-VDA-Signature):
-    ``b"VDA-v1" || 0x00 || b"request" || 0x00 || "METHOD PATH UNIX-TIME"``."""
+    """Version 1 of a signed request (no query, no nonce: replayable; superseded by
+    :func:`signed_request_bytes`): ``b"VDA-v1" || 0x00 || b"request" || 0x00 ||
+    "METHOD PATH UNIX-TIME"``."""
     return b"VDA-v1\x00request\x00" + f"{method} {path} {timestamp}".encode()
+
+
+def signed_request_bytes(
+    method: str, target: str, timestamp: int, nonce: str, body_sha256: str
+) -> bytes:
+    """What a signed HTTP request signs (module doc): ``b"VDA-v1" || 0x00 || b"request.v2" ||
+    0x00 || RFC 8785 JSON {method, target, timestamp, nonce, body_sha256}``, where ``target`` is
+    the raw path with its query string (``/v1/sessions?task=ab``) and ``body_sha256`` the hex
+    SHA-256 of the body bytes (of ``b""`` for a GET)."""
+    fields = {"method": method.upper(), "target": target, "timestamp": int(timestamp),
+              "nonce": nonce, "body_sha256": body_sha256}  # fmt: skip
+    return signed_bytes("request.v2", fields)
+
+
+def sign_request(
+    key: Ed25519PrivateKey, method: str, target: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The four ``X-VDA-*`` headers of a signed request (a fresh 16-byte nonce each call)."""
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    nonce = os.urandom(16).hex()
+    data = signed_request_bytes(method, target, ts, nonce, hashlib.sha256(body).hexdigest())
+    return {"X-VDA-Key": public_key_hex(key), "X-VDA-Timestamp": str(ts), "X-VDA-Nonce": nonce,
+            "X-VDA-Signature": key.sign(data).hex()}  # fmt: skip
 
 
 def generate_key() -> Ed25519PrivateKey:
@@ -110,6 +145,7 @@ def save_private_key(key: Ed25519PrivateKey, path: Path, overwrite: bool = False
         serialization.NoEncryption(),
     )  # fmt: skip
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an overwritten file keeps its old mode otherwise
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
 
@@ -143,6 +179,11 @@ def load_private_key(path: Path | None = None, env: str | None = None) -> Ed2551
         raise KeyFileError(f"{where} is not a PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{where} is not an Ed25519 key")
+    if path is not None and os.name == "posix" and path.stat().st_mode & 0o077:
+        mode = oct(path.stat().st_mode & 0o777)[2:]
+        raise KeyFileError(
+            f"key file {where} is readable by group or others (mode {mode}); run: chmod 600 {path}"
+        )
     return key
 
 
@@ -183,4 +224,8 @@ def open_signed(signed: SignedMessage, model: type[M], signer: str | None = None
     try:
         return model.model_validate(signed.payload)
     except ValidationError as exc:
-        raise BadSignatureError(f"signed {want_type} payload is malformed: {exc}") from None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise BadSignatureError(
+            f"signed {want_type} payload is malformed: {where}: {first['msg']}"
+        ) from None
