@@ -1,13 +1,24 @@
-"""The FastAPI application: ``create_app(settings)`` builds everything; nothing at import time."""
+"""The FastAPI application: ``create_app(settings)`` builds everything; nothing at import time.
+
+Every error reply, FastAPI's and Starlette's own included (unknown route, wrong method, a body
+that does not parse), is ``ErrorResponse{code, detail}``: the domain's
+:class:`~prover_service.errors.ServiceError` tree is mapped here, once. Request bodies are
+limited while they stream in (:class:`BodyLimit`), whatever the transfer encoding.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.errors import ProtocolError
 from prover_service.api.routes import attributions, info, sessions
@@ -15,15 +26,68 @@ from prover_service.errors import ServiceError
 from prover_service.service import ProverService
 from prover_service.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["BodyLimit", "create_app"]
+
+log = logging.getLogger("prover_service")
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"code": code, "detail": detail}, status_code=status)
+def _error(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"code": code, "detail": detail}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over ``limit`` bytes without ever holding more than that.
+
+    A ``Content-Length`` over the limit is refused before any byte is read; a chunked body is
+    counted as it streams in and refused (413) at the first chunk past the limit, leaving the
+    rest unread. A body within the limit is handed to the app as one message.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(413, "too_large", f"request body over {self.limit} bytes")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                del chunks
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(settings: Settings, service: ProverService | None = None) -> FastAPI:
-    """The Prover's app; starts its worker thread with the app (unless ``run_worker`` is off)."""
+    """The Prover's app; starts its worker lanes with the app (unless ``run_worker`` is off)."""
     svc = service or ProverService(settings)
 
     @asynccontextmanager
@@ -37,29 +101,17 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         title="Verifiable data attribution: Prover",
         version="1",
         description="Publishes signed attributions and answers signed challenges "
-        "(PROTOCOL.md section 4). Errors are `{code, detail}`.",
+        "(PROTOCOL.md section 4). Errors are `{code, detail}` (`ErrorResponse`).",
         lifespan=lifespan,
     )
     app.state.service = svc
-
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return _error(413, "too_large", f"request body over {settings.max_body_bytes} bytes")
-        if length is None and request.method in ("POST", "PUT"):
-            body = await request.body()
-            if len(body) > settings.max_body_bytes:
-                return _error(
-                    413, "too_large", f"request body over {settings.max_body_bytes} bytes"
-                )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.detail)
+        retry = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return _error(exc.status, exc.code, exc.detail, headers)
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(_: Request, exc: ProtocolError) -> JSONResponse:
@@ -67,9 +119,27 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        errors: Any = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return _error(422, "malformed", f"{where}: {first.get('msg')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI could not decode (bad UTF-8, deep JSON)
+            return _error(422, "malformed", f"the request body does not parse: {exc.detail}")
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def store_error(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.error("database error: %s", str(exc).splitlines()[0][:200])
+        return _error(503, "store_unavailable", "the Prover's database failed; try again later")
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error(500, "internal", f"internal error ({type(exc).__name__})")
 
     for router in (info.router, attributions.router, sessions.router):
         app.include_router(router)

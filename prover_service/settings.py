@@ -1,15 +1,25 @@
 """Settings of the Prover service: one pydantic-settings class, built by the caller.
 
 Every field can come from the environment with the prefix ``VDA_PROVER_`` (e.g.
-``VDA_PROVER_DB=postgresql+psycopg://...``). The signing key comes from ``key_file`` or from the
-PEM text in the environment variable named by ``key_env``; there is no default key.
+``VDA_PROVER_DB=postgresql+psycopg://...``, ``VDA_PROVER_VERIFIER_KEYS='["ab12..."]'``). The
+signing key comes from ``key_file`` or from the PEM text in the environment variable named by
+``key_env``; there is no default key.
+
+**Who may spend the Prover's compute.** Every expensive request (a challenge, an attribution job)
+is signed by a Verifier key. With an allow-list (``verifier_keys`` and/or ``verifier_keys_file``,
+one hex public key per line, ``#`` comments) only those keys may; without one, registration is
+open: any key may, within its quotas. Either way each key is held to ``rate_per_minute``
+expensive requests, ``max_active_jobs_per_key`` unfinished jobs and ``trainings_per_day`` (429
+with ``Retry-After``), the whole Prover to ``max_queued_jobs`` unfinished jobs (429) and
+``max_disk_bytes`` of arrays (507), and each job to ``max_subsets`` |E| and ``max_budget``
+trainings (413).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -20,17 +30,45 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VDA_PROVER_", extra="forbid")
 
-    db: str = "sqlite:///prover.db"
+    db: str = "sqlite:///prover.db"  # a SQLAlchemy URL, or a bare file path (taken as SQLite)
     key_file: Path | None = None
     key_env: str | None = None
     tasks: list[str] = Field(default_factory=lambda: ["planted"])
     adversary: str | None = None
-    public_transcripts: bool = False
-    timestamp_window_s: int = Field(default=600, ge=1)
+    public_transcripts: bool = False  # anyone may read sessions, responses, arrays, transcripts
+    timestamp_window_s: int = Field(default=600, ge=1)  # challenges
+    request_window_s: int = Field(default=60, ge=1)  # signed requests (nonces kept this long)
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
     array_dir: Path | None = None
     run_worker: bool = True
     check_tasks: bool = True  # refuse a task that breaks its declared tau (task_check.quick_check)
+    # access and quotas (module doc)
+    verifier_keys: list[str] = Field(default_factory=list)
+    verifier_keys_file: Path | None = None
+    max_subsets: int = Field(default=250_000, ge=6)
+    max_budget: int = Field(default=100_000, ge=1)
+    rate_per_minute: int = Field(default=30, ge=1)
+    max_active_jobs_per_key: int = Field(default=2, ge=1)
+    trainings_per_day: int = Field(default=2_000_000, ge=1)
+    max_queued_jobs: int = Field(default=64, ge=1)
+    max_disk_bytes: int = Field(default=50 * 2**30, ge=0)
+    require_prover_key: bool = False  # refuse challenges that do not name this Prover's key
+
+    @field_validator("db")
+    @classmethod
+    def _bare_path_is_sqlite(cls, value: str) -> str:
+        if "://" in value:
+            return value
+        return "sqlite:///" + str(Path(value).expanduser())
+
+    @field_validator("verifier_keys")
+    @classmethod
+    def _hex_keys(cls, value: list[str]) -> list[str]:
+        keys = [k.strip().lower() for k in value]
+        for k in keys:
+            if len(k) != 64 or any(c not in "0123456789abcdef" for c in k):
+                raise ValueError(f"verifier key {k[:16]!r}... is not 64 hex digits")
+        return keys
 
     def resolved_array_dir(self) -> Path:
         """Arrays live next to a SQLite database, else in ./arrays, unless set."""

@@ -4,8 +4,14 @@ content-addressed directory for the binary arrays.
 Tables: ``attributions`` (signed manifests), ``jobs`` (training work with progress),
 ``sessions`` (one verification each: challenge, response, verdict), ``chunks`` (the completed
 chunks of a challenge job, which is how a restarted service resumes), ``nonces`` (every
-challenge nonce ever accepted). Arrays are files named by the SHA-256 of their bytes, written
-atomically (temporary file + rename), so a crash never leaves a half-written array behind.
+challenge nonce ever accepted), ``session_arrays`` (which session's response serves which array,
+for read authorisation). Arrays are files named by the SHA-256 of their bytes, written
+atomically (temporary file + rename, mode 0600), so a crash never leaves a half-written array
+behind; every read re-hashes the bytes, so a file damaged afterwards is never served or signed.
+
+A SQLite database file is created with mode 0600, runs in WAL mode with a busy timeout (so
+concurrent writers wait rather than fail), and columns added since a database was created are
+added on open. Any database failure surfaces as :class:`~prover_service.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Float, Integer, String, Text, create_engine
+from sqlalchemy import Float, Integer, String, Text, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from prover_service.errors import CorruptArray, StoreError
 
 __all__ = [
     "ArrayStore",
@@ -27,7 +38,9 @@ __all__ = [
     "ChunkRow",
     "JobRow",
     "NonceRow",
+    "SessionArrayRow",
     "SessionRow",
+    "check_database",
     "make_engine",
     "now",
 ]
@@ -59,6 +72,7 @@ class JobRow(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int] = mapped_column(Integer, default=0)
     params_json: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     result: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
@@ -97,20 +111,107 @@ class NonceRow(Base):
     seen_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class SessionArrayRow(Base):
+    """An array served in a session's response: readable by that session's Verifier."""
+
+    __tablename__ = "session_arrays"
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///"))
+
+
 def make_engine(url: str) -> tuple[Engine, sessionmaker]:  # type: ignore[type-arg]
-    """Engine and session factory; creates the tables if missing."""
-    kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {}
-    engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
-    Base.metadata.create_all(engine)
+    """Engine and session factory; creates the tables (and missing columns) if needed.
+
+    Raises :class:`StoreError` in one line when the database cannot be opened or is damaged.
+    """
+    path = _sqlite_file(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    if path is not None:
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot create database {str(path)!r}: folder does not exist")
+        if not path.exists():
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot create database {str(path)!r}: {exc.strerror}") from None
+    try:
+        engine = create_engine(url, **kwargs)
+        if path is not None:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(engine)
+        _add_missing_columns(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database {url!r} cannot be opened: {_one_line(exc)}") from None
     return engine, sessionmaker(engine, expire_on_commit=False)
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was created (nullable ones only): ALTER TABLE ADD."""
+    names = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in names.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have and col.nullable:
+                    kind = col.type.compile(engine.dialect)
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {kind}"))
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).splitlines()[0][:200]
+
+
+def check_database(engine: Engine) -> None:
+    """Read every table (and, on SQLite, ``PRAGMA quick_check``); :class:`StoreError` if damaged."""
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                result = conn.execute(text("PRAGMA quick_check")).scalar()
+                if result != "ok":
+                    raise StoreError(f"database is damaged: {result}")
+            for table in Base.metadata.sorted_tables:
+                conn.execute(table.select().limit(1)).all()
+                conn.execute(text(f"SELECT count(*) FROM {table.name}")).scalar()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database is damaged or unreadable: {_one_line(exc)}") from None
+
+
 class ArrayStore:
-    """Content-addressed files: ``root/ab/abcdef...`` named by the SHA-256 of their bytes."""
+    """Content-addressed files: ``root/ab/abcdef...`` named by the SHA-256 of their bytes.
+
+    Every :meth:`get` re-hashes what it read: damaged bytes raise :class:`CorruptArray` and are
+    never served or signed. ``used_bytes`` is the store's size (for the disk quota).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot create array store {str(root)!r}: {exc.strerror}") from None
+        self._lock = threading.Lock()
+        self.used_bytes = sum(p.stat().st_size for p in self._files())
+
+    def _files(self) -> list[Path]:
+        return [p for p in self.root.glob("??/*") if p.is_file() and len(p.name) == 64]
 
     def _path(self, sha: str) -> Path:
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
@@ -118,23 +219,49 @@ class ArrayStore:
         return self.root / sha[:2] / sha
 
     def put(self, data: bytes) -> str:
-        """Store bytes (idempotent); return their SHA-256."""
+        """Store bytes (idempotent; a damaged copy is replaced); return their SHA-256."""
         sha = hashlib.sha256(data).hexdigest()
         path = self._path(sha)
         if path.exists():
-            return sha
-        path.parent.mkdir(exist_ok=True)
+            try:
+                self.get(sha)
+                return sha
+            except CorruptArray:
+                pass  # rewritten below
+        path.parent.mkdir(exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        with self._lock:
+            self.used_bytes += len(data)
         return sha
 
     def get(self, sha: str) -> bytes:
-        """The bytes stored under ``sha``; KeyError if absent."""
+        """The bytes stored under ``sha``, checked against it; KeyError if absent."""
         path = self._path(sha)
         if not path.is_file():
             raise KeyError(sha)
-        return path.read_bytes()
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise CorruptArray(f"array {sha[:16]}... is damaged: its bytes do not match its name")
+        return data
+
+    def discard(self, sha: str) -> None:
+        """Remove a (damaged) array, so that its job recomputes it."""
+        path = self._path(sha)
+        path.unlink(missing_ok=True)
+
+    def verify_all(self) -> list[str]:
+        """Re-hash every file; the names of the damaged ones."""
+        bad = []
+        for path in self._files():
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != path.name:
+                bad.append(path.name)
+        return bad

@@ -11,17 +11,25 @@ __all__ = [
     "AttributionRequest",
     "ErrorResponse",
     "JobOut",
+    "READ_ERRORS",
     "SessionCreated",
     "SessionOut",
     "TranscriptOut",
+    "WRITE_ERRORS",
 ]
 
 
 class ErrorResponse(BaseModel):
-    """Every error: a stable code and a sentence for a person."""
+    """Every error: a stable code and a sentence for a person (codes: prover_service.errors)."""
 
     code: str
     detail: str
+
+
+_READ = (401, 403, 404, 405, 413, 422, 500, 503)
+_WRITE = (*_READ, 409, 429, 507)
+READ_ERRORS: dict[int | str, dict[str, object]] = {c: {"model": ErrorResponse} for c in _READ}
+WRITE_ERRORS: dict[int | str, dict[str, object]] = {c: {"model": ErrorResponse} for c in _WRITE}
 
 
 class AttributionRequest(BaseModel):
@@ -30,8 +38,8 @@ class AttributionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     method: str = Field(max_length=32)
-    budget: int = Field(ge=1, le=10**7)
-    p: float = Field(default=0.5, gt=0, lt=1)
+    budget: int = Field(ge=1, strict=True)  # the operator's cap is settings.max_budget (413)
+    p: float = Field(default=0.5, gt=0, lt=1, strict=True)
     seed: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
 
 

@@ -56,7 +56,7 @@ def _verify(url: str, root: Path, seed: int, **over: object) -> dict:  # type: i
     opts = Options(**(fields | over))  # type: ignore[arg-type]
     with httpx.Client(base_url=url, timeout=60) as http:
         return run_verification(
-            ProverClient(http), VerifierStore(f"sqlite:///{root}/v.db"), KEY, opts, url
+            ProverClient(http, key=KEY), VerifierStore(f"sqlite:///{root}/v.db"), KEY, opts, url
         )
 
 
@@ -65,7 +65,7 @@ KEY = generate_key()
 
 def _audit(url: str, session: str) -> bool:
     with httpx.Client(base_url=url, timeout=60) as http:
-        bundle = fetch_bundle(ProverClient(http), session, KEY)
+        bundle = fetch_bundle(ProverClient(http, key=KEY), session, KEY)
     return audit(bundle, load_task(TASK)).ok
 
 
@@ -111,7 +111,7 @@ def test_tampered_transcript_is_detected(tmp_path: Path) -> None:
     with prover(tmp_path / "p") as url:
         result = _verify(url, tmp_path, 11)
         with httpx.Client(base_url=url, timeout=60) as http:
-            bundle = fetch_bundle(ProverClient(http), result["session"], KEY)
+            bundle = fetch_bundle(ProverClient(http, key=KEY), result["session"], KEY)
     task = load_task(TASK)
     assert audit(bundle, task).ok
     forged = json.loads(json.dumps(bundle))
@@ -143,7 +143,7 @@ def test_a_killed_client_resumes_without_a_new_challenge(
         monkeypatch.setattr(_Run, "wait", real_wait)
         with httpx.Client(base_url=url, timeout=60) as http:
             done = run_verification(
-                ProverClient(http),
+                ProverClient(http, key=KEY),
                 store,
                 KEY,
                 Options(task=TASK, epsilon=0.3, poll_s=0.02),

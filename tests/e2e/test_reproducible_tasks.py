@@ -47,7 +47,7 @@ def _verify(url: str, root: Path, task: str, **over: object) -> dict:  # type: i
                                      budget=60, poll_s=0.02, seed=b"repro")  # fmt: skip
     with httpx.Client(base_url=url, timeout=120) as http:
         return run_verification(
-            ProverClient(http), VerifierStore(f"sqlite:///{root}/v.db"), KEY,
+            ProverClient(http, key=KEY), VerifierStore(f"sqlite:///{root}/v.db"), KEY,
             Options(**(fields | over)), url,  # type: ignore[arg-type]
         )  # fmt: skip
 

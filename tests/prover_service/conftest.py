@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
@@ -19,12 +20,26 @@ from protocol.signing import (
     public_key_hex,
     save_private_key,
     sign_message,
+    sign_request,
 )
 from prover_service.app import create_app
 from prover_service.service import ProverService
 from prover_service.settings import Settings
 
 TASK = "planted:n_train=20,n_targets=2"
+OWNER = generate_key()  # the Verifier key the fixture's requests are signed with
+
+
+class SignedAuth(httpx.Auth):
+    """Sign every request (X-VDA-* headers) with ``key``: ``client.get(u, auth=SignedAuth(k))``."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key = key
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        target = request.url.raw_path.decode("latin-1")
+        request.headers.update(sign_request(self.key, request.method, target, request.content))
+        yield request
 
 
 @dataclass
@@ -38,10 +53,11 @@ class Prover:
         job = self.client.post(
             "/v1/attributions",
             json={"task_hash": self.task_hash, "method": method, "budget": budget},
+            auth=SignedAuth(OWNER),
         )
         assert job.status_code == 202, job.text
         self.service.run_pending()
-        done = self.client.get(f"/v1/jobs/{job.json()['id']}").json()
+        done = self.client.get(f"/v1/jobs/{job.json()['id']}", auth=SignedAuth(OWNER)).json()
         assert done["status"] == "done", done
         return str(done["result"])
 

@@ -16,9 +16,10 @@ import pytest
 from protocol.messages import ResponseManifest
 from protocol.signing import SignedMessage, generate_key
 from prover_service.service import ProverService
-from tests.prover_service.conftest import make_settings, signed_challenge
+from tests.prover_service.conftest import SignedAuth, make_settings, signed_challenge
 
 TASK = "digits-logreg"
+VKEY = generate_key()
 
 
 def _port() -> int:
@@ -80,7 +81,7 @@ def test_sigkill_mid_job_then_restart_gives_identical_response(tmp_path: Path) -
 
     def make() -> SignedMessage:
         return signed_challenge(
-            generate_key(), task_hash, content, bound, pairs_per_level=400, challenge_seed=seed
+            VKEY, task_hash, content, bound, pairs_per_level=400, challenge_seed=seed
         )
 
     session = ref.submit_challenge(make())
@@ -92,7 +93,9 @@ def test_sigkill_mid_job_then_restart_gives_identical_response(tmp_path: Path) -
     port = _port()
     proc = _serve(live_root, port)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, auth=SignedAuth(VKEY)
+        ) as client:
             _until(client, "/v1/info", lambda d: "public_key" in d)
             j = client.post(
                 "/v1/attributions",
@@ -107,7 +110,9 @@ def test_sigkill_mid_job_then_restart_gives_identical_response(tmp_path: Path) -
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         proc = _serve(live_root, port)  # restart on the same database
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, auth=SignedAuth(VKEY)
+        ) as client:
             doc = _until(client, f"/v1/sessions/{sid}", lambda d: d["status"] == "ready")
             assert doc["job"]["done"] == 2400
             got = ResponseManifest.model_validate(

@@ -12,7 +12,7 @@ import pytest
 from protocol.messages import ResponseManifest, array_from_npy
 from protocol.signing import SignedMessage, generate_key, open_signed
 from prover_service.app import create_app
-from tests.prover_service.conftest import make_settings, signed_challenge
+from tests.prover_service.conftest import SignedAuth, make_settings, signed_challenge
 from tests.serving import serve
 
 
@@ -34,7 +34,8 @@ def _wait(client: httpx.Client, url: str, key: str, want: str) -> dict:  # type:
 
 
 def test_attribution_challenge_and_response_over_real_http(base_url: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    vkey = generate_key()
+    with httpx.Client(base_url=base_url, timeout=30, auth=SignedAuth(vkey)) as client:
         info = client.get("/v1/info").json()
         task = info["tasks"][0]
         job = client.post(
@@ -42,9 +43,7 @@ def test_attribution_challenge_and_response_over_real_http(base_url: str) -> Non
             json={"task_hash": task["task_hash"], "method": "influence", "budget": 200},
         ).json()
         done = _wait(client, f"/v1/jobs/{job['id']}", "status", "done")
-        challenge = signed_challenge(
-            generate_key(), task["task_hash"], done["result"], task["bound"]
-        )
+        challenge = signed_challenge(vkey, task["task_hash"], done["result"], task["bound"])
         created = client.post("/v1/challenges", json=challenge.model_dump())
         assert created.status_code == 201
         sid = created.json()["session_id"]

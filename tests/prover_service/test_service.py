@@ -23,26 +23,27 @@ from protocol.signing import (
     SignedMessage,
     generate_key,
     open_signed,
-    public_key_hex,
-    request_bytes,
-    sign_bytes,
     sign_message,
+    sign_request,
 )
 from protocol.tasks import load_task
 from prover_service.app import create_app
 from prover_service.service import ProverService
-from tests.prover_service.conftest import SALT, SPOT, TASK, Prover, make_settings, signed_challenge
+from tests.prover_service.conftest import (
+    SALT,
+    SPOT,
+    TASK,
+    Prover,
+    SignedAuth,
+    make_settings,
+    signed_challenge,
+)
 
 BOUND = load_task(TASK).bound
 
 
 def _auth(key, method: str, path: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    ts = int(time.time())
-    return {
-        "X-VDA-Key": public_key_hex(key),
-        "X-VDA-Timestamp": str(ts),
-        "X-VDA-Signature": sign_bytes(key, request_bytes(method, path, ts)),
-    }
+    return sign_request(key, method, path, b"")
 
 
 def _verdict(
@@ -86,16 +87,19 @@ def test_happy_path(prover: Prover) -> None:
     created = prover.client.post("/v1/challenges", json=challenge.model_dump())
     assert created.status_code == 201, created.text
     sid = created.json()["session_id"]
-    assert prover.client.get(f"/v1/sessions/{sid}/response").status_code == 409  # not ready
+    mine = SignedAuth(vkey)
+    assert prover.client.get(f"/v1/sessions/{sid}/response", auth=mine).status_code == 409
     prover.service.run_pending()
-    session = prover.client.get(f"/v1/sessions/{sid}").json()
+    session = prover.client.get(f"/v1/sessions/{sid}", auth=mine).json()
     assert session["status"] == "ready" and session["job"]["done"] == 60
     response = SignedMessage.model_validate(
-        prover.client.get(f"/v1/sessions/{sid}/response").json()
+        prover.client.get(f"/v1/sessions/{sid}/response", auth=mine).json()
     )
     rm = open_signed(response, ResponseManifest, signer=info["public_key"])
     assert rm.challenge_digest == challenge.digest
-    values = array_from_npy(rm.values, prover.client.get(f"/v1/arrays/{rm.values.sha256}").content)
+    values = array_from_npy(
+        rm.values, prover.client.get(f"/v1/arrays/{rm.values.sha256}", auth=mine).content
+    )
     design = ChallengeDesign.saunshi(
         bytes.fromhex(challenge.payload["challenge_seed"]), 20, 0.5, 0.2, 10
     )
@@ -110,10 +114,12 @@ def test_happy_path(prover: Prover) -> None:
     transcript = prover.client.get(path, headers=_auth(vkey, "GET", path)).json()
     assert transcript["verdict_message"]["payload"]["spot_check_indices"] == SPOT
     assert prover.client.get("/v1/sessions").json() == []  # nothing visible unsigned
-    mine = prover.client.get(
-        "/v1/sessions?verdict=accept", headers=_auth(vkey, "GET", "/v1/sessions")
-    )
+    target = "/v1/sessions?verdict=accept"
+    mine = prover.client.get(target, headers=_auth(vkey, "GET", target))
     assert [s["session_id"] for s in mine.json()] == [sid]
+    # the signature covers the query string: one signed for the bare path is refused
+    other = prover.client.get(target, headers=_auth(vkey, "GET", "/v1/sessions"))
+    assert other.status_code == 401 and other.json()["code"] == "unauthorized"
 
 
 def test_refusals_have_the_right_status_and_a_clear_message(prover: Prover) -> None:
@@ -149,7 +155,9 @@ def test_refusals_have_the_right_status_and_a_clear_message(prover: Prover) -> N
     assert prover.client.get("/v1/sessions/" + "0" * 32).status_code == 404
     assert prover.client.get("/v1/jobs/nope").status_code == 404
     r = prover.client.post(
-        "/v1/attributions", json={"task_hash": prover.task_hash, "method": "magic", "budget": 10}
+        "/v1/attributions",
+        json={"task_hash": prover.task_hash, "method": "magic", "budget": 10},
+        auth=SignedAuth(generate_key()),
     )
     assert r.status_code == 422 and "unknown method" in r.json()["detail"]
 
@@ -161,7 +169,7 @@ def test_verdict_must_open_the_commitment_and_is_recorded_once(prover: Prover) -
     sid = prover.client.post("/v1/challenges", json=challenge.model_dump()).json()["session_id"]
     prover.service.run_pending()
     response = SignedMessage.model_validate(
-        prover.client.get(f"/v1/sessions/{sid}/response").json()
+        prover.client.get(f"/v1/sessions/{sid}/response", auth=SignedAuth(vkey)).json()
     )
     url = f"/v1/sessions/{sid}/verdict"
     wrong = _verdict(vkey, sid, challenge, response, indices=[1, 4, 8])
@@ -171,7 +179,11 @@ def test_verdict_must_open_the_commitment_and_is_recorded_once(prover: Prover) -
     assert prover.client.post(url, json=forged.model_dump()).status_code == 401
     ok = _verdict(vkey, sid, challenge, response)
     assert prover.client.post(url, json=ok.model_dump()).status_code == 200
-    assert prover.client.post(url, json=ok.model_dump()).status_code == 409
+    # the same verdict again (a re-post after a lost reply) is accepted; another one is not
+    assert prover.client.post(url, json=ok.model_dump()).status_code == 200
+    other = _verdict(vkey, sid, challenge, response)  # a later time stamp: another message
+    other = sign_message(vkey, open_signed(other, Verdict).model_copy(update={"verdict": "abort"}))
+    assert prover.client.post(url, json=other.model_dump()).status_code == 409
 
 
 def test_a_killed_job_resumes_and_gives_identical_bytes(tmp_path: Path) -> None:
