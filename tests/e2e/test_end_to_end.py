@@ -152,7 +152,8 @@ def test_a_killed_client_resumes_without_a_new_challenge(
             )
             assert done["status"] == "decided" and done["session"] == row.prover_session
             # the verdict reached the Prover, on the one session the first attempt created
-            assert http.get("/v1/sessions/" + row.prover_session).json()["status"] == "decided"
+            held = ProverClient(http, key=KEY).session(row.prover_session)  # a signed read
+            assert held["status"] == "decided"
         assert len(store.all()) == 1
 
 
