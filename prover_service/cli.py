@@ -155,29 +155,56 @@ def serve(
     key: Annotated[Path | None, typer.Option(help="Signing key file (see keygen).")] = None,
     key_env: Annotated[str | None, typer.Option(help="Env variable holding the PEM key.")] = None,
     db: Annotated[
-        str, typer.Option(help="SQLAlchemy URL of the database.")
+        str, typer.Option(help="SQLAlchemy URL of the database, or a file path (SQLite).")
     ] = "sqlite:///prover.db",
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     adversary: Annotated[str | None, typer.Option(help="Cheat (tests and demos): SPEC.")] = None,
-    public_transcripts: Annotated[bool, typer.Option(help="Anyone may read transcripts.")] = False,
+    public_transcripts: Annotated[
+        bool, typer.Option(help="Anyone may read sessions, responses, arrays, transcripts.")
+    ] = False,
     check_tasks: Annotated[
         bool, typer.Option(help="Check each task's declared tau at start-up (check-task, short).")
     ] = True,
+    verifier_keys: Annotated[
+        Path | None, typer.Option(help="Allow-list: one Verifier public key (hex) per line.")
+    ] = None,
+    max_budget: Annotated[int, typer.Option(help="Largest attribution budget.")] = 100_000,
+    max_subsets: Annotated[int, typer.Option(help="Largest challenge |E|.")] = 250_000,
 ) -> None:
-    """Run the Prover service (FastAPI on uvicorn); resumes unfinished jobs on start."""
+    """Run the Prover service (FastAPI on uvicorn); checks its database and every stored array
+    first (one line and exit 2 if damaged), then resumes unfinished jobs. More settings (quotas,
+    disk) come from VDA_PROVER_* variables (prover_service/settings.py)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from prover_service.app import create_app
+    from prover_service.errors import ServiceError
     from prover_service.settings import Settings
 
     try:
         settings = Settings(db=db, key_file=key, key_env=key_env, tasks=task, adversary=adversary,
-                            public_transcripts=public_transcripts,
-                            check_tasks=check_tasks)  # fmt: skip
+                            public_transcripts=public_transcripts, check_tasks=check_tasks,
+                            verifier_keys_file=verifier_keys, max_budget=max_budget,
+                            max_subsets=max_subsets)  # fmt: skip
         application = create_app(settings)
-    except ProtocolError as exc:
-        raise _fail(str(exc)) from None
+        started = time.perf_counter()
+        bad = application.state.service.check_integrity()
+        if bad:
+            where = settings.resolved_array_dir()
+            raise _fail(
+                f"array store {str(where)!r} is damaged: {len(bad)} file(s) do not "
+                f"match their SHA-256 names (first: {bad[0]}); remove them, restart"
+            )
+        _err.print(f"integrity check: database and arrays ok in "
+                   f"{time.perf_counter() - started:.2f} s", highlight=False)  # fmt: skip
+    except (ProtocolError, ServiceError) as exc:
+        raise _fail(str(exc.detail if isinstance(exc, ServiceError) else exc)) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _fail(f"bad setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except OSError as exc:
+        raise _fail(f"cannot start: {exc}") from None
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 
