@@ -14,7 +14,9 @@ P(all k checks miss the m values) x 1[the decision accepts]. "after" is the cert
 over targets), and ``k_needed_before`` is the smallest k that brings "before" to <= delta.
 ``before`` repeats that at today's sizes (|E| = 12,000) with the certificate's width beside.
 
-    OMP_NUM_THREADS=1 python benchmarks/soundness.py --reps 200 --plot docs/soundness.png
+    OMP_NUM_THREADS=1 python benchmarks/soundness.py --reps 200 --before-reps 0 \
+        --out docs/soundness.json --plot docs/soundness.png
+    OMP_NUM_THREADS=1 python benchmarks/soundness.py --reps 0 --out docs/soundness-before.json
 """
 
 from __future__ import annotations
