@@ -1,6 +1,7 @@
 """Issue 11, scheduling: a small challenge finishes while a large attribution runs (before the
 fix one worker ran jobs in order: a 12-subset challenge made no progress for 80 s), and the
-large job can be cancelled by its owner."""
+large job can be cancelled by its owner. Slow (~35 s): the ridge method draws all 10^7 masks
+before its first progress report, which is where a cancel is noticed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from protocol.signing import generate_key
 from prover_service.app import create_app
@@ -23,6 +25,7 @@ def _until(client: httpx.Client, url: str, auth: SignedAuth, want: str, limit: f
     return time.perf_counter() - t0
 
 
+@pytest.mark.slow
 def test_a_small_challenge_finishes_while_a_large_attribution_runs(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, run_worker=True, max_budget=10**7, trainings_per_day=10**8)
     owner, vkey = SignedAuth(generate_key()), generate_key()
