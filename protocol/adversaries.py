@@ -1,86 +1,181 @@
-"""Strategic corruption of reported values against the error-gap estimator (PROTOCOL.md section 7).
+"""Strategic corruption of reported values against the error-gap certificate (PROTOCOL.md §7).
 
-The design and the estimator are public; only the spot-check set C is secret. A cheating
-Prover holding a datamodel g with err(g) > epsilon reports honest f except on ``count``
-subsets, chosen to push the estimate of c_0 + c_1 = sum_l a_l mean(psi_l) down, with
-psi = r(x) r(x'), r = f - g. Every function here is pure: honest values in, corrupted copy
-out. Corrupted values stay inside [-b, b] (a range check would catch anything else).
+The design, the estimator and the aggregate are public; only the spot-check set C is secret.
+A cheating Prover holding a datamodel g with err(g) > epsilon reports honest f except on
+``count`` subsets, chosen to push the estimate of c_0 + c_1 = mean_j u_j down, with
+u_j = sum_l a_l r(x_{l,j}) r(x'_{l,j}), r = f - g. Every function here is pure: honest values
+in, corrupted copy out. Corrupted values stay inside [-b, b] (a range check catches the rest).
 
-* :func:`corrupt_extreme` (issue 10's case a): for every subset, the value in {-b, +b} that
-  moves a_l psi down the most (per target), and its gain sum_targets a_l (psi_old - psi_new);
-  the ``count`` subsets with the largest gain are corrupted, at most one per pair (so each
-  gain is exact). It concentrates on the high-leverage level rho0 (|a_1| = 2 / rho0) and on
-  pairs whose partner has a large |r|.
-* :func:`corrupt_quiet` (case b): the same choice of subsets, but each new value makes psi
-  equal to the level's ``quantile`` of the honest psi on the side that helps (low for
-  a_l > 0), so no reported value is extreme and the sample variance *drops* (the largest
-  honest products are removed). Against a trimmed mean this realises the order-statistics
-  bound: m values leave the top of the band and re-enter at its bottom.
-* The best ``count`` given k secret spot-checks (case c) is a trade-off the caller computes:
-  P(accept) = P(all k checks miss) x P(the estimate passes | count); the benchmark scans it
-  (``benchmarks/soundness.py``) with :func:`protocol.certificate.pass_probability`.
+**One bilinear form for both layouts.** Split the subsets into disjoint *items*, each a head
+row h and tails t_1..t_M with weights w, contributing v = r(h) sum_m w_m r(t_m):
+
+* pair layout (:class:`~protocol.sampling.ChallengeDesign`): one item per pair (l, j), head x,
+  one tail x' with weight a_l; u_j is the sum of the L items of index j;
+* shared-base layout (:class:`~protocol.sampling.SharedBaseDesign`): one item per base j,
+  head x_j, tails x'_{l,j} with weights a_l; u_j is that item. A corrupted base moves every
+  level of u_j at once (by (r_new - r) sum_l a_l r(x'_l)); a corrupted copy moves one level
+  (by a_l r(x_j) (r_new - r)).
+
+**extreme** (:func:`corrupt_extreme`, against the plain mean). For a fixed set S of corrupted
+rows the plain estimate is multilinear in their values (each row enters each product once),
+so its minimum over the box [-b, b]^{S x Z} is at a vertex: every corrupted value is -b or +b,
+target by target. Within an item the minimum of r(h) * inner over r(h) in [-b - g, b - g] and
+inner in [inner_lo, inner_hi] (linear in the corrupted tails) is at one of the four corners.
+The gain of S is sum_z (v - min v) (the mean over targets is the objective), G_i(c) the best
+gain of c rows of item i, found by enumerating its 2^(1+M) subsets. Items add up, so spending
+``count`` rows is a multiple-choice knapsack, solved exactly by dynamic programming. G_i is
+convex in c: corrupting a base *and* its rho0 copy gives about -(b + |g|) |a_1| (b + |g|), an
+order b / |r| more than either alone, so the adversary corrupts whole groups where it can.
+
+**quiet** (:func:`corrupt_quiet`, against the certificate's trimmed mean). A trimmed mean cuts
+t = m* values at each end, so the size of a corrupted value buys nothing once it is past the
+trim point, and extreme values inflate the observed SD that the trimming-bias term charges.
+What lowers the trimmed mean is moving values from the top of the sample to its bottom: each
+one shifts the band down by one order statistic. So the quiet adversary takes the ``count``
+largest u_j (which also lowers the top-tail sum of the sandwich term and the SD), and moves
+each, with the one row of its group that gets there with the smallest change (the
+high-leverage row: du_j / dr is r(x'_l) a_l summed for a base, a_l r(x_j) for a copy), to the
+honest u at rank ``rank``, so the spread stays low. The best rank is the trim t = m* (the
+band's lower edge); measured on the planted task at |E| = 12,000, k = 1,200 (m* = 34), it
+gives a 1-3 % lower certificate than rank 0 or n / 10. The spot-check count k is not in the
+challenge, so the default is ``count`` (= t when the Prover guesses count = m*).
+``aggregate="mean"`` shifts every target's u_j by the same amount (the certificate trims the
+mean over targets), ``"max"`` moves each target to its own rank value.
+
+**The best count** against k secret spot-checks: P(accept) = P(all k checks miss the count
+rows) x P(the decision accepts | count). The certificate charges m* = max_undetected(|E|, k,
+delta_spot) rows, and P(all pass | 2 (m* + 1)) <= P(all pass | m* + 1)^2 <= delta_spot^2
+(the hypergeometric factors satisfy (A - 2m) A <= (A - m)^2), so no count beyond 2 m* + 2 is
+worth trying: :func:`strategic_counts` is the grid up to there, :func:`best_count` picks the
+count with the largest P(accept).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 from numpy.typing import NDArray
 
+from protocol.certificate import max_undetected, pass_probability
 from protocol.checks import as_finite_matrix, check_positive
-from protocol.errors import InvalidParameterError
-from protocol.residual import StabilityDesign, linear_weights, noise_stability
+from protocol.errors import InvalidParameterError, ShapeError
+from protocol.residual import StabilityDesign, linear_weights
 
-__all__ = ["corrupt_extreme", "corrupt_quiet", "corruption_gains"]
+__all__ = ["best_count", "corrupt_extreme", "corrupt_quiet", "strategic_counts"]
 
 FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
 
 
-def _pairs(
-    values: FloatArray, predictions: FloatArray, design: StabilityDesign
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    if getattr(design, "layout", "pairs") != "pairs":
-        raise InvalidParameterError("the adversaries target the pair layout (ChallengeDesign)")
+@dataclass(frozen=True)
+class _Items:
+    """Heads (I,), tails (I, M) row indices, weights (I, M), and u index j (I,) of each item."""
+
+    heads: IntArray
+    tails: IntArray
+    weights: FloatArray
+    pair_sum: IntArray
+    n: int
+
+    @property
+    def rows(self) -> IntArray:
+        """All rows of each item, head first: (I, 1 + M)."""
+        return np.asarray(np.concatenate([self.heads[:, None], self.tails], axis=1))
+
+
+def _items(design: StabilityDesign, n_rows: int) -> _Items:
+    """The items of either layout (module doc); the row layout is the certificate's."""
+    rhos = np.asarray(design.rhos, dtype=np.float64)
+    levels, n = len(rhos), int(design.pairs_per_level)
+    a = linear_weights(rhos)
+    if getattr(design, "layout", "pairs") == "shared-base":
+        group = 1 + levels
+        if n_rows != group * n:
+            raise ShapeError(f"the design has {group * n} subsets; got {n_rows} rows of values")
+        heads = group * np.arange(n, dtype=np.int64)
+        tails = heads[:, None] + 1 + np.arange(levels, dtype=np.int64)[None, :]
+        return _Items(heads, tails, np.tile(a, (n, 1)), np.arange(n, dtype=np.int64), n)
+    if n_rows != 2 * levels * n:
+        raise ShapeError(f"the design has {2 * levels * n} subsets; got {n_rows} rows of values")
+    heads = 2 * np.arange(levels * n, dtype=np.int64)
+    weights = np.repeat(a, n)[:, None]
+    pair_sum = np.tile(np.arange(n, dtype=np.int64), levels)
+    return _Items(heads, heads[:, None] + 1, weights, pair_sum, n)
+
+
+def _prepare(
+    values: FloatArray, predictions: FloatArray, design: StabilityDesign, count: int, bound: float
+) -> tuple[FloatArray, FloatArray, _Items, int, float]:
     f = as_finite_matrix("values", values, (None, None))
     g = as_finite_matrix("predictions", predictions, f.shape)
-    st = noise_stability(f - g, design)
-    a = linear_weights(st.rhos)
-    return f, g, a, st.rhos
+    b = check_positive("bound", bound)
+    if not isinstance(count, int | np.integer) or not 0 <= count <= len(f):
+        raise InvalidParameterError(f"count must be an integer in [0, |E|]; got {count!r}")
+    return f, g, _items(design, len(f)), int(count), b
 
 
-def _level_of_row(design: StabilityDesign, n_rows: int) -> NDArray[np.int64]:
-    n = int(design.pairs_per_level)
-    return np.arange(n_rows, dtype=np.int64) // (2 * n)
+def _corner(
+    items: _Items, r: FloatArray, lo: FloatArray, hi: FloatArray, mask: int
+) -> tuple[FloatArray, FloatArray]:
+    """Min over the box of every item's v with the rows in ``mask`` free (bit 0 the head, bit
+    1 + m tail m): (v_min (I, Z), the new r of every item row (I, 1 + M, Z))."""
+    w = items.weights[:, :, None]
+    rt = r[items.tails]
+    free_t = np.array([(mask >> (1 + m)) & 1 for m in range(items.tails.shape[1])], dtype=bool)
+    at_lo, at_hi = w * lo[items.tails], w * hi[items.tails]
+    low_end = np.where(at_lo <= at_hi, lo[items.tails], hi[items.tails])  # minimises w r
+    high_end = np.where(at_lo <= at_hi, hi[items.tails], lo[items.tails])
+    tail_lo = np.where(free_t[None, :, None], low_end, rt)
+    tail_hi = np.where(free_t[None, :, None], high_end, rt)
+    inner = ((w * tail_lo).sum(axis=1), (w * tail_hi).sum(axis=1))
+    heads = (lo[items.heads], hi[items.heads]) if mask & 1 else (r[items.heads],)
+    corners = [(h, side) for h in range(len(heads)) for side in (0, 1)]
+    prods = np.stack([heads[h] * inner[side] for h, side in corners])  # (corners, I, Z)
+    best = np.argmin(prods, axis=0)
+    head_new = np.choose(best // 2, heads) if len(heads) == 2 else heads[0]
+    tails_new = np.where((best % 2 == 0)[:, None, :], tail_lo, tail_hi)
+    v_min = np.take_along_axis(prods, best[None], axis=0)[0]
+    return np.asarray(v_min), np.asarray(np.concatenate([head_new[:, None], tails_new], axis=1))
 
 
-def corruption_gains(
-    values: FloatArray,
-    predictions: FloatArray,
-    design: StabilityDesign,
-    new_values: FloatArray,
-) -> FloatArray:
-    """Gain (|E|,) of replacing row e alone by ``new_values[e]``: sum_z a_l (psi_old - psi_new)."""
-    f, g, a, _ = _pairs(values, predictions, design)
-    r = f - g
-    partner = np.arange(len(f)) ^ 1
-    level = _level_of_row(design, len(f))
-    r_new = new_values - g
-    d_psi = (r - r_new) * r[partner]
-    return np.asarray(a[level] * d_psi.sum(axis=1))
-
-
-def _select(gain: FloatArray, count: int) -> NDArray[np.int64]:
-    """Rows with the largest positive gain, at most one per pair."""
-    pair_best = np.maximum(gain[0::2], gain[1::2])
-    member = np.where(gain[0::2] >= gain[1::2], 0, 1)
-    order = np.argsort(-pair_best, kind="stable")[:count]
-    order = order[pair_best[order] > 0]
-    return np.asarray(2 * order + member[order], dtype=np.int64)
-
-
-def _check_count(count: int, n_rows: int) -> int:
-    if not isinstance(count, int | np.integer) or not 0 <= count <= n_rows // 2:
-        raise InvalidParameterError(f"count must be an integer in [0, |E|/2]; got {count!r}")
-    return int(count)
+def _allocate(gain: FloatArray, count: int) -> IntArray:
+    """Rows per item (I,) maximising sum_i gain[i, c_i] with sum_i c_i <= count; gain (I, K + 1)
+    is the best gain of c rows of item i (gain[:, 0] = 0). Exact: a multiple-choice knapsack
+    solved by dynamic programming over the candidate items, for each size c the ``count``
+    items with the largest gain[:, c] (an optimum that uses an item at size c outside that set
+    leaves one inside it unused, at least as good: swap them)."""
+    n_items, k1 = gain.shape
+    chosen = np.zeros(n_items, dtype=np.int64)
+    if count == 0 or n_items == 0:
+        return chosen
+    tops = []
+    for c in range(1, k1):
+        col = -gain[:, c]
+        tops.append(
+            np.argpartition(col, count - 1)[:count] if count < n_items else np.arange(n_items)
+        )
+    cand = np.unique(np.concatenate(tops))
+    dp = np.zeros(count + 1)  # best gain with at most s rows
+    take = np.zeros((len(cand), count + 1), dtype=np.int8)
+    for idx, i in enumerate(cand):
+        best = dp.copy()
+        for c in range(1, min(k1 - 1, count) + 1):
+            if not gain[i, c] > 0:
+                continue
+            trial = dp[: count + 1 - c] + gain[i, c]
+            better = trial > best[c:]
+            best[c:][better] = trial[better]
+            take[idx, c:][better] = c
+        dp = best
+    s = count
+    for idx in range(len(cand) - 1, -1, -1):
+        c = int(take[idx, s])
+        chosen[cand[idx]] = c
+        s -= c
+    return chosen
 
 
 def corrupt_extreme(
@@ -91,20 +186,36 @@ def corrupt_extreme(
     *,
     bound: float,
 ) -> FloatArray:
-    """Replace ``count`` values by +-b where a_l psi falls most (module doc), (|E|, Z)."""
-    f, g, a, _ = _pairs(values, predictions, design)
-    b = check_positive("bound", bound)
-    count = _check_count(count, len(f))
+    """Replace ``count`` values by +-b where the plain mean of u_j falls most (module doc).
+
+    ``values``, ``predictions`` (|E|, Z) in design order (either layout); returns (|E|, Z).
+    """
+    f, g, items, count, b = _prepare(values, predictions, design, count, bound)
     r = f - g
-    partner = np.arange(len(f)) ^ 1
-    level = _level_of_row(design, len(f))
-    # per row and target: a_l psi_new for v = +b and v = -b; keep the smaller.
-    sgn = a[level][:, None] * r[partner]
-    candidate = np.where(sgn > 0, -b, b)  # a_l (v - g) r' smallest
-    gain = corruption_gains(f, g, design, candidate)
-    rows = _select(gain, count)
+    lo, hi = -b - g, b - g
+    honest = r[items.heads] * (items.weights[:, :, None] * r[items.tails]).sum(axis=1)
+    width = 1 + items.tails.shape[1]
+    gain = np.full((len(items.heads), width + 1), -np.inf)
+    gain[:, 0] = 0.0
+    best_mask = np.zeros((len(items.heads), width + 1), dtype=np.int64)
+    for mask in range(1, 2**width):
+        size = bin(mask).count("1")
+        v_min, _ = _corner(items, r, lo, hi, mask)
+        gm = (honest - v_min).sum(axis=1)
+        better = gm > gain[:, size]
+        gain[better, size] = gm[better]
+        best_mask[better, size] = mask
+    chosen = _allocate(gain, count)
     out = f.copy()
-    out[rows] = candidate[rows]
+    rows = items.rows
+    masks = best_mask[np.arange(len(chosen)), chosen]
+    for mask in np.unique(masks[chosen > 0]):
+        pick = np.flatnonzero((chosen > 0) & (masks == mask))
+        _, new = _corner(items, r, lo, hi, int(mask))
+        for m in range(width):
+            if (int(mask) >> m) & 1:
+                hit = rows[pick, m]
+                out[hit] = np.clip(g[hit] + new[pick, m], -b, b)
     return out
 
 
@@ -115,27 +226,74 @@ def corrupt_quiet(
     count: int,
     *,
     bound: float,
-    quantile: float = 0.25,
+    aggregate: Literal["mean", "max"] = "mean",
+    rank: int | None = None,
 ) -> FloatArray:
-    """Replace ``count`` values so that psi sits at a moderate quantile of its level (doc)."""
-    f, g, a, rhos = _pairs(values, predictions, design)
-    b = check_positive("bound", bound)
-    if not 0.0 <= quantile <= 0.5:
-        raise InvalidParameterError(f"quantile must lie in [0, 1/2]; got {quantile!r}")
-    count = _check_count(count, len(f))
+    """Move the ``count`` largest u_j to the honest u at ``rank`` with one row each (module
+    doc): no extreme value, a smaller spread. Inputs and output as :func:`corrupt_extreme`."""
+    f, g, items, count, b = _prepare(values, predictions, design, count, bound)
+    if aggregate not in ("mean", "max"):
+        raise InvalidParameterError(f"aggregate must be 'mean' or 'max'; got {aggregate!r}")
+    n = items.n
+    rank = min(count, n - 1) if rank is None else rank
+    if not isinstance(rank, int) or not 0 <= rank < n:
+        raise InvalidParameterError(f"rank must be an integer in [0, n); got {rank!r}")
     r = f - g
-    n = int(design.pairs_per_level)
-    psi = (r[0::2] * r[1::2]).reshape(len(rhos), n, -1)
-    low = np.quantile(psi, quantile, axis=1)  # (L, Z)
-    high = np.quantile(psi, 1.0 - quantile, axis=1)
-    level = _level_of_row(design, len(f))
-    target = np.where((a >= 0)[:, None], low, high)[level]  # (|E|, Z) psi to aim at
-    partner = np.arange(len(f)) ^ 1
-    rp = r[partner]
-    safe = np.where(np.abs(rp) > 1e-12, rp, 1.0)
-    candidate = np.where(np.abs(rp) > 1e-12, np.clip(g + target / safe, -b, b), f)
-    gain = corruption_gains(f, g, design, candidate)
-    rows = _select(gain, count)
+    lo, hi = -b - g, b - g
+    w = items.weights[:, :, None]
+    rh, rt = r[items.heads], r[items.tails]
+    u = np.zeros((n, r.shape[1]))
+    np.add.at(u, items.pair_sum, rh * (w * rt).sum(axis=1))
+    # du_j / dr of every row of j's group: head (w . r_tails), tail m (r_head w_m)
+    slopes = np.concatenate([(w * rt).sum(axis=1)[:, None], rh[:, None] * w], axis=1)
+    order = np.argsort(items.pair_sum, kind="stable")
+    group_rows = items.rows[order].reshape(n, -1)
+    group_slopes = slopes[order].reshape(n, group_rows.shape[1], -1)
+
+    mean_u = u.mean(axis=1)
+    if aggregate == "mean":
+        goal = np.sort(mean_u)[rank]
+        move = np.broadcast_to((goal - mean_u)[:, None], u.shape)
+    else:
+        move = np.minimum(np.sort(u, axis=0)[rank][None, :] - u, 0.0)
+    top = np.argsort(-mean_u, kind="stable")[:count]
+    top = top[np.any(move[top] < 0, axis=1)]
     out = f.copy()
-    out[rows] = candidate[rows]
+    if len(top):
+        want = move[top][:, None, :]  # (J, 1, Z)
+        sl = group_slopes[top]  # (J, R, Z)
+        rows = group_rows[top]  # (J, R)
+        cur = r[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(np.abs(sl) > 1e-12, want / sl, 0.0)
+        new = np.clip(cur + step, lo[rows], hi[rows])
+        got = sl * (new - cur)
+        short = np.abs(want - got).sum(axis=2) + 1e-9 * np.abs(new - cur).sum(axis=2)
+        pick = np.argmin(short, axis=1)
+        j_idx = np.arange(len(top))
+        hit = rows[j_idx, pick]
+        out[hit] = np.clip(g[hit] + new[j_idx, pick], -b, b)
     return out
+
+
+def strategic_counts(n_subsets: int, spot_checks: int, delta_spot: float) -> tuple[int, ...]:
+    """The counts worth trying against ``spot_checks`` secret checks out of ``n_subsets``:
+    1, m*/4, m*/2, m*, m* + 1, 3 m*/2, 2 m* + 2 (module doc: beyond, P(pass) <= delta_spot^2).
+    """
+    m = max_undetected(n_subsets, spot_checks, delta_spot)
+    grid = {1, m // 4, m // 2, m, m + 1, (3 * m) // 2, 2 * m + 2}
+    return tuple(sorted(c for c in grid if 1 <= c <= n_subsets))
+
+
+def best_count(
+    p_accept: Mapping[int, float], n_subsets: int, spot_checks: int
+) -> tuple[int, float]:
+    """(count, P(accept)) maximising P(all checks miss count rows) x ``p_accept[count]``,
+    where ``p_accept`` maps a count to the decision's acceptance rate at that count."""
+    if not p_accept:
+        raise InvalidParameterError("best_count needs at least one count")
+    scored = {
+        m: pass_probability(n_subsets, m, spot_checks) * float(p) for m, p in p_accept.items()
+    }
+    m = max(scored, key=lambda c: (scored[c], -c))
+    return int(m), scored[m]
