@@ -215,7 +215,7 @@ def corrupt_extreme(
         for m in range(width):
             if (int(mask) >> m) & 1:
                 hit = rows[pick, m]
-                out[hit] = np.clip(g[hit] + new[pick, m], -b, b)
+                out[hit] = np.where(new[pick, m] == hi[hit], b, -b)  # a vertex, exactly
     return out
 
 

@@ -255,7 +255,7 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(InvalidParameterError, match="spot-checks"):
         certify(f, f, design, delta=0.1, spot_checks=len(design) + 1)
     with pytest.raises(InvalidParameterError, match="count"):
-        corrupt_extreme(f, f, design, len(design), bound=1.0)
+        corrupt_extreme(f, f, design, len(design) + 1, bound=1.0)
 
 
 @pytest.mark.parametrize("module", ["protocol.certificate", "protocol.adversaries"])

@@ -62,8 +62,8 @@ def test_bad_shared_designs_are_refused() -> None:
     f = np.zeros((len(d), 2))
     with pytest.raises(ShapeError, match="4 per base"):
         certify(f[:-1], f[:-1], d, delta=0.1)
-    with pytest.raises(InvalidParameterError, match="pair layout"):
-        corrupt_extreme(f, f, d, 1, bound=1.0)
+    with pytest.raises(ShapeError, match="16 subsets"):
+        corrupt_extreme(f[:-1], f[:-1], d, 1, bound=1.0)
 
 
 @pytest.fixture(scope="module")
