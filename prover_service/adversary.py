@@ -10,7 +10,17 @@ SPEC is one mode or several joined by commas; a COUNT is a number or a percentag
 ``lie:FRAC``        report uniform random values in [-b, b] for FRAC of the subsets
 ``lazy:FRAC``       skip training for FRAC of the subsets and report g(x) (no training at all)
 ``replay``          answer with an earlier session's values when the shapes allow
+``extreme:COUNT``   put COUNT values at +-b where the plain estimate of the gap falls most
+                    (:func:`protocol.adversaries.corrupt_extreme`: whole bases or pairs)
+``quiet:COUNT``     move the COUNT largest pair-sums u_j to the COUNT-th smallest, one row
+                    each, no extreme value (:func:`protocol.adversaries.corrupt_quiet`: the
+                    strongest against the certificate's trimmed mean)
 ==================  =====================================================================
+
+``extreme`` and ``quiet`` use what a strategic Prover knows: its committed g, the public
+design of the challenge (either layout) and the aggregate; not the spot-check set. A COUNT at
+or below the m* the Verifier's spot-checks allow is what shows the certificate, not the
+spot-checks, holding them off (``docs/soundness.md``).
 
 The honest service never constructs an :class:`Adversary`; its randomness is seeded by the
 session id, so a cheating run is reproducible.
@@ -20,12 +30,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from protocol.adversaries import corrupt_extreme, corrupt_quiet
 from protocol.datamodel import Datamodel
 from protocol.errors import InvalidParameterError
+from protocol.residual import StabilityDesign
 
 __all__ = ["Adversary", "parse_adversary"]
 
@@ -50,7 +63,17 @@ def _frac(text: str, what: str) -> float:
     return v
 
 
-_ARITY = {"scale": 1, "favor": 2, "noise": 1, "inflate": 2, "lie": 1, "lazy": 1, "replay": 0}
+_ARITY = {
+    "scale": 1,
+    "favor": 2,
+    "noise": 1,
+    "inflate": 2,
+    "lie": 1,
+    "lazy": 1,
+    "replay": 0,
+    "extreme": 1,
+    "quiet": 1,
+}
 
 
 def parse_adversary(spec: str) -> Adversary:
@@ -91,6 +114,8 @@ class Adversary:
             elif m.name == "inflate":
                 self._count(m.args[0], 100)
                 _float(m.args[1], "SIGMA")
+            elif m.name in ("extreme", "quiet"):
+                self._count(m.args[0], 100)
 
     @staticmethod
     def _count(text: str, total: int) -> int:
@@ -131,21 +156,38 @@ class Adversary:
         predictions: NDArray[np.float64],
         earlier: NDArray[np.float64] | None,
         label: str,
+        *,
+        design: StabilityDesign | None = None,
+        aggregate: Literal["mean", "max"] = "mean",
     ) -> NDArray[np.float64]:
-        """Apply inflate / lie / lazy / replay to the honest values (|E|, Z)."""
+        """Apply inflate / lie / lazy / replay / extreme / quiet to the honest values (|E|, Z).
+
+        ``predictions`` (|E|, Z) is the published g on the challenge's masks; ``design`` (the
+        challenge's, either layout) is needed by extreme and quiet."""
         out = values.copy()
         rng = self._rng("values:" + label)
         n = len(out)
         for m in self.modes:
             if m.name == "replay" and earlier is not None and earlier.shape == out.shape:
                 out = earlier.copy()
+            elif m.name in ("extreme", "quiet"):
+                if design is None:
+                    raise InvalidParameterError(f"adversary: {m.name} needs the challenge design")
+                count = self._count(m.args[0], n)
+                out = np.clip(out, -bound, bound)
+                if m.name == "extreme":
+                    out = corrupt_extreme(out, predictions, design, count, bound=bound)
+                else:
+                    out = corrupt_quiet(
+                        out, predictions, design, count, bound=bound, aggregate=aggregate
+                    )
             elif m.name == "inflate":
                 rows = rng.choice(n, size=self._count(m.args[0], n), replace=False)
                 out[rows] += rng.normal(scale=float(m.args[1]), size=(len(rows), out.shape[1]))
             elif m.name == "lie":
-                rows = rng.random(n) < float(m.args[0])
-                out[rows] = rng.uniform(-bound, bound, size=(int(rows.sum()), out.shape[1]))
+                hit = rng.random(n) < float(m.args[0])
+                out[hit] = rng.uniform(-bound, bound, size=(int(hit.sum()), out.shape[1]))
             elif m.name == "lazy":
-                rows = rng.random(n) < float(m.args[0])
-                out[rows] = predictions[rows]
+                hit = rng.random(n) < float(m.args[0])
+                out[hit] = predictions[hit]
         return np.clip(out, -bound, bound)
