@@ -549,13 +549,15 @@ def plan_certificate(
     spot_fraction: float = 0.1,
     spot_share: float = 0.5,
     n_targets_split: int = 1,
+    layout: str = "pairs",
 ) -> CertificatePlan:
     """Smallest n pairs per level (with k = spot_fraction |E| spot-checks) such that a g with
     err = epsilon / 2 is accepted w.p. >= 1 - delta under the normal approximation:
     epsilon / 2 + z_{1-delta} SE + predicted_width(...) <= epsilon.
 
     ``sd_pair_sum``, ``mse``: from :func:`pilot_figures` (take an upper figure); for ``max``
-    pass ``n_targets_split = Z``.
+    pass ``n_targets_split = Z``. ``layout``: ``pairs`` (|E| = 2 L n) or ``shared-base``
+    (|E| = (1 + L) n; ``sd_pair_sum`` then from a shared-base pilot).
     """
     eps = _check_positive_float("epsilon", epsilon)
     dlt = check_probability("delta", delta)
@@ -566,8 +568,11 @@ def plan_certificate(
     d_stat = (dlt - d_spot) / 2.0 / n_targets_split
     z_c = float(norm.ppf(1.0 - dlt))
 
+    _check_choice("layout", layout, ("pairs", "shared-base"))
+    per_j = 2 * levels if layout == "pairs" else 1 + levels
+
     def margin(n: int) -> tuple[float, dict[str, float], int, int]:
-        n_sub = 2 * levels * n
+        n_sub = per_j * n
         k = max(1, math.ceil(frac * n_sub))
         m_star = max_undetected(n_sub, k, d_spot)
         parts = predicted_width(n, m_star, sd_pair_sum, mse, d_stat, kappa)
@@ -584,7 +589,7 @@ def plan_certificate(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if margin(mid)[0] < 0 else (lo, mid)
     _, parts, k, m_star = margin(hi)
-    return CertificatePlan(eps, dlt, hi, 2 * levels * hi, k, m_star, sum(parts.values()), parts)
+    return CertificatePlan(eps, dlt, hi, per_j * hi, k, m_star, sum(parts.values()), parts)
 
 
 def _check_positive_float(name: str, value: float) -> float:

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from protocol.errors import ShapeError
-from protocol.sampling import ChallengeDesign
+from protocol.sampling import ChallengeDesign, SharedBaseDesign
 
 __all__ = [
     "ArrayRef",
@@ -109,19 +109,35 @@ class Challenge(_Message):
     # replayed to another Prover. Optional for wire compatibility: when absent it is left out of
     # the payload (and of the signed bytes), exactly as before the field existed.
     prover_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # How E is laid out and how the Verifier decides (the certificate, protocol.certificate).
+    # Left out of the payload at their defaults, so earlier challenges keep their bytes.
+    layout: Literal["pairs", "shared-base"] = "pairs"
+    aggregate: Literal["mean", "max"] = "mean"
+    validity: Literal["clt", "finite"] = "clt"
 
     @model_serializer(mode="wrap")
-    def _leave_out_absent_prover(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _leave_out_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("prover_key") is None:
-            data.pop("prover_key", None)
+        for key, default in _OPTIONAL_DEFAULTS.items():
+            if key in data and data[key] == default:
+                data.pop(key)
         return data
 
-    def design(self, n_train: int) -> ChallengeDesign:
-        """The subsets E this challenge asks for, on a pool of ``n_train`` examples."""
-        return ChallengeDesign.saunshi(
-            bytes.fromhex(self.challenge_seed), n_train, self.p, self.rho0, self.pairs_per_level
-        )
+    def design(self, n_train: int) -> ChallengeDesign | SharedBaseDesign:
+        """The subsets E this challenge asks for, on a pool of ``n_train`` examples:
+        ``pairs_per_level`` pairs per level, or as many shared bases."""
+        seed = bytes.fromhex(self.challenge_seed)
+        if self.layout == "shared-base":
+            return SharedBaseDesign.saunshi(seed, n_train, self.p, self.rho0, self.pairs_per_level)
+        return ChallengeDesign.saunshi(seed, n_train, self.p, self.rho0, self.pairs_per_level)
+
+
+_OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "prover_key": None,
+    "layout": "pairs",
+    "aggregate": "mean",
+    "validity": "clt",
+}
 
 
 class ResponseManifest(_Message):

@@ -356,6 +356,25 @@ class SharedBaseDesign:
             raise InvalidParameterError(f"subset range [{start}, {stop}) outside [0, {len(self)})")
         return training_seeds(self.seed, range(start, stop))
 
+    def chunks(self, size: int) -> Iterator[tuple[int, int]]:
+        """Yield ``(start, stop)`` ranges of at most ``size`` subsets, aligned to bases."""
+        group = 1 + len(self.rhos)
+        if size < group:
+            raise InvalidParameterError(f"chunk size must be at least {group} subsets")
+        size -= size % group
+        for start in range(0, len(self), size):
+            yield start, min(start + size, len(self))
+
+    @classmethod
+    def saunshi(
+        cls, seed: bytes, n_train: int, p: float, rho0: float, bases: int
+    ) -> SharedBaseDesign:
+        """Levels (0, rho0, 2 rho0) as in the paper, on shared bases; 0 < rho0 <= 1/2."""
+        rho0 = check_rho("rho0", rho0)
+        if not 0.0 < rho0 <= 0.5:
+            raise InvalidParameterError(f"rho0 must lie in (0, 1/2]; got {rho0!r}")
+        return cls(seed, n_train, p, (0.0, rho0, 2.0 * rho0), bases)
+
 
 def pack_masks(masks: NDArray[np.bool_]) -> NDArray[np.uint8]:
     """Pack (K, N) masks to (K, ceil(N / 8)) bytes, least significant bit first."""

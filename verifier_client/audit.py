@@ -10,9 +10,9 @@ the task can run it; no private key is needed. The checks, in order:
 4. the verdict is signed by the challenge's verifier, names that challenge and response, and
    opens the spot-check commitment;
 5. the opened spot-checks, re-trained here, compare with the response as the verdict says;
-6. the statistic (gap estimator: fully recomputable; the paper's estimator: the residual part,
-   with V's fresh-sample MSE taken from the verdict) and the decision rule reproduce the
-   recorded verdict and reason.
+6. the certificate (:func:`protocol.certificate.certify`, the same call the session made) is
+   recomputed from the response and the opened spot-checks, and the decision
+   (:func:`protocol.decision.decide`) reproduces the recorded verdict and reason.
 
 A transcript can be saved to one self-contained JSON file (arrays base64-encoded) and audited
 offline with ``audit --file``; tampering with any byte of it is detected.
@@ -32,6 +32,7 @@ import numpy as np
 
 from protocol.checkequiv import check_equiv
 from protocol.datamodel import Datamodel
+from protocol.decision import decide
 from protocol.errors import ProtocolError
 from protocol.messages import (
     AttributionManifest,
@@ -41,12 +42,10 @@ from protocol.messages import (
     array_from_npy,
     commit_spot_checks,
 )
-from protocol.residual import estimate_gap, estimate_residual
 from protocol.signing import SignedMessage, open_signed
 from protocol.tasks import Task, spec_hash
 from verifier_client.client import ProverClient
-from verifier_client.decision import decide
-from verifier_client.session import train_local
+from verifier_client.session import certify_challenge, train_local
 
 __all__ = ["AuditReport", "audit", "fetch_bundle", "load_bundle", "save_bundle"]
 
@@ -161,54 +160,35 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
     ):
         bad = "values malformed or out of range"
     idx = np.array(verdict.spot_check_indices, dtype=np.int64)
-    mismatches = 0
-    if bad is None and len(idx):
-        masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx])
-        seeds = np.concatenate([design.seeds(int(i), int(i) + 1) for i in idx])
+    report = None
+    if bad is None:
+        masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx]) if len(idx) else \
+            np.zeros((0, task.n_train), dtype=bool)  # fmt: skip
+        seeds = design.seeds()[idx] if len(idx) else np.zeros(0, dtype=np.uint64)
         local_v, local_p = train_local(task, masks, seeds)
         report = check_equiv(
             values[idx], probes[idx].astype(np.float32), local_v, local_p, challenge.tau
         )
-        mismatches = report.mismatches
+    mismatches = report.mismatches if report is not None else 0
     rep.add(
         "spot-checks re-trained here agree with the verdict's count",
-        mismatches == int(verdict.figures.get("spot_mismatches", -1)),
+        mismatches == int(verdict.figures.get("spot_mismatches", 0 if bad else -1)),
         f"{mismatches} mismatches here",
     )
     figures = dict(verdict.figures)
-    if bad is not None:
-        stat = float("nan")
-    elif challenge.estimator == "gap":
-        stat = float(estimate_gap(values, model.predict(design.masks()), design).gap.max())
-    else:
-        residual = estimate_residual(values, design).residual
-        stat = float(figures.get("mse_minus_residual_max", math.nan))
+    if challenge.estimator == "residual":
+        rep.add("decision rule", False, "the residual estimator is a baseline: not audited")
+        return rep
+    cert = None
+    if bad is None and report is not None and report.all_match:
+        cert = certify_challenge(challenge, task, model, design, values, len(idx))
+        recorded = figures.get("certified_epsilon", math.inf)
         rep.add(
-            "residual recomputed (V's fresh-sample MSE taken from the verdict)",
-            math.isclose(
-                float(residual.mean()),
-                figures.get("residual_mean", math.nan),
-                rel_tol=1e-9,
-                abs_tol=1e-12,
-            ),
+            "certificate recomputed from the transcript",
+            math.isclose(cert.certified_epsilon, recorded, rel_tol=1e-9, abs_tol=1e-12),
+            f"certified epsilon {cert.certified_epsilon:.6g} here, {recorded:.6g} recorded",
         )
-    if bad is None:
-        rep.add(
-            "statistic recomputed from the transcript",
-            math.isclose(stat, figures.get("statistic", math.nan), rel_tol=1e-9, abs_tol=1e-12),
-            f"{stat} here, {figures.get('statistic')} recorded",
-        )
-    threshold = (challenge.epsilon + 0.0) / 2.0
-    rep.add(
-        "threshold is (epsilon + honest_err) / 2 with honest_err >= 0",
-        figures.get("threshold", -1) >= threshold - 1e-12,
-    )
-    decision = decide(
-        threshold=figures.get("threshold", threshold),
-        spot_mismatches=mismatches,
-        spot_checks=len(idx),
-        statistic=stat,
-        bad_response=bad,
-    )
+    decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert,
+                      spot=report, bad_response=bad)  # fmt: skip
     rep.recomputed = f"{decision.verdict}:{decision.reason}"
     return rep

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from protocol.budget import Pilot, plan
-from protocol.errors import ProtocolError
+from protocol.errors import InvalidParameterError, ProtocolError
 from protocol.evaluation import evaluate_design, run_task
 from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
@@ -261,31 +261,106 @@ def _load_key(key: Path | None, key_env: str | None) -> Ed25519PrivateKey:
         raise _fail(str(exc)) from None
 
 
+def parse_epsilon(text: str) -> tuple[float, bool]:
+    """``0.5`` (absolute units of err) or ``5%`` (a fraction of Var f): (value, relative)."""
+    raw = text.strip()
+    relative = raw.endswith("%")
+    try:
+        value = float(raw[:-1]) / 100.0 if relative else float(raw)
+    except ValueError:
+        raise InvalidParameterError(
+            f"--epsilon must be a number or a percentage; got {text!r}"
+        ) from None
+    return value, relative
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """What a user reads: the certified bound, the verdict, the parts, both sides' trainings."""
+    verdict = str(result["verdict"]).upper()
+    cert = result.get("certificate")
+    eps_abs = result.get("epsilon_absolute") or result.get("epsilon")
+    lines = []
+    if cert:
+        certified = cert.get("certified_epsilon")
+        bound = "unbounded" if certified is None else f"{certified:.4g}"
+        what = "mean err over targets" if cert["aggregate"] == "mean" else "err of every target"
+        share = ""
+        sizes = result.get("sizes") or {}
+        if certified is not None and sizes.get("variance_lower_bound"):
+            share = f" ({100 * certified / sizes['variance_lower_bound']:.3g} % of Var f)"
+        lines.append(
+            f"certified: {what} <= {bound}{share} at confidence 1 - {cert['delta']:g}; "
+            f"epsilon = {eps_abs:.4g} -> {verdict}"
+        )
+        parts = ", ".join(
+            f"{k} {cert[k]:.3g}" if cert[k] is not None else f"{k} inf"
+            for k in ("point", "statistical", "corruption", "tau_slack", "bias")
+        )
+        lines.append(f"  bound = {parts}; m* = {cert['max_corrupted']} undetected values allowed")
+        predicted = sizes.get("predicted_width")
+        if predicted is not None and certified is not None:
+            lines.append(
+                f"  width: predicted {predicted:.3g} (at err = epsilon/2), "
+                f"measured {certified - cert['point']:.3g}"
+            )
+    else:
+        lines.append(f"{verdict} ({result['reason']}); epsilon = {eps_abs}")
+    if result.get("detail"):
+        lines.append(f"  {result['detail']}")
+    lines.append(
+        f"  session {result['session']}: Prover trained {result['prover_trainings']:,}, "
+        f"this machine {result['local_trainings']:,}"
+    )
+    return lines
+
+
 @app.command()
 def verify(
     prover: Annotated[str, typer.Option(help="The Prover's base URL.")],
     task: TaskOpt,
-    epsilon: Annotated[float, typer.Option(help="Abort any attribution with err(g) > epsilon.")],
+    epsilon: Annotated[
+        str, typer.Option(help="Abort unless err(g) <= epsilon is certified; 0.5 or 5% of Var f.")
+    ],
     delta: Annotated[float, typer.Option(help="Failure probability.")] = 0.05,
+    aggregate: Annotated[
+        str, typer.Option(help="mean (over targets; default) | max (every target).")
+    ] = "mean",
+    validity: Annotated[
+        str, typer.Option(help="clt (normal approximation) | finite (finite-sample).")
+    ] = "clt",
+    layout: Annotated[str, typer.Option(help="shared-base (default) | pairs.")] = "shared-base",
     attribution: Annotated[str, typer.Option(help="Attribution hash, or 'latest'.")] = "latest",
     protocol: Annotated[
         str, typer.Option(help="interactive | noninteractive | naive (baselines).")
     ] = "interactive",
-    estimator: Annotated[str, typer.Option(help="gap (default) | residual (the paper's).")] = "gap",
-    pairs: Annotated[int, typer.Option(help="Pairs per noise level (|E| = 6 x pairs).")] = 2000,
-    spot_checks: Annotated[int, typer.Option(help="Secret spot-checks retrained locally.")] = 32,
+    estimator: Annotated[
+        str, typer.Option(help="gap (the certificate) | residual (the paper's, a baseline).")
+    ] = "gap",
+    pairs: Annotated[
+        int | None, typer.Option(help="Bases (pairs) per level; default: from epsilon.")
+    ] = None,
+    spot_checks: Annotated[
+        int | None, typer.Option(help="Secret spot-checks retrained here; default: from epsilon.")
+    ] = None,
+    spot_fraction: Annotated[
+        float, typer.Option(help="Planner: spot-checks as a fraction of |E|.")
+    ] = 0.1,
+    pilot: Annotated[int, typer.Option(help="Planner: bases of the local pilot.")] = 32,
+    max_prover_trainings: Annotated[
+        int, typer.Option(help="Refuse plans that need more Prover trainings.")
+    ] = 1_000_000,
     fresh: Annotated[int, typer.Option(help="Fresh local samples (residual/naive).")] = 0,
     tau: Annotated[
         float | None,
         typer.Option(help="CHECKEQUIV tolerance; default the task's tau, never below it."),
     ] = None,
     honest_err: Annotated[
-        float, typer.Option(help="Largest err an honest Prover passes with.")
+        float, typer.Option(help="Baselines: largest err an honest Prover passes with.")
     ] = 0.0,
     method: Annotated[
         str, typer.Option(help="Method if the Prover has no attribution yet.")
     ] = "ridge",
-    budget: Annotated[int, typer.Option(help="Its budget in trainings.")] = 2000,
+    budget: Annotated[int, typer.Option(help="Its budget in trainings.")] = 4000,
     db: DbOpt = "sqlite:///verifier.db",
     key: Annotated[
         Path | None, typer.Option(help="Signing key file (or $VDA_VERIFIER_KEY).")
@@ -294,26 +369,27 @@ def verify(
     resume: Annotated[
         str | None, typer.Option(help="Finish a recorded, incomplete session.")
     ] = None,
+    seed: Annotated[
+        str | None, typer.Option(help="Derive every secret from this (reproducible runs).")
+    ] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
 ) -> None:
     """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error."""
     signing_key = _load_key(key, key_env)
-    opts = Options(
-        task=task,
-        epsilon=epsilon,
-        delta=delta,
-        protocol=protocol,
-        estimator=estimator,
-        pairs_per_level=pairs,
-        spot_checks=spot_checks,
-        fresh_samples=fresh,
-        tau=tau,
-        honest_err=honest_err,
-        attribution=attribution,
-        method=method,
-        budget=budget,
-    )
+    try:
+        eps, relative = parse_epsilon(epsilon)
+        opts = Options(
+            task=task, epsilon=eps, delta=delta, relative=relative, aggregate=aggregate,
+            validity=validity, layout=layout, protocol=protocol, estimator=estimator,
+            pairs_per_level=pairs, spot_checks=spot_checks, spot_fraction=spot_fraction,
+            pilot=pilot, max_prover_trainings=max_prover_trainings, fresh_samples=fresh,
+            tau=tau, honest_err=honest_err, attribution=attribution, method=method,
+            budget=budget, seed=None if seed is None else seed_from_text(seed),
+        )  # fmt: skip
+        opts.validate()
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
     started = time.perf_counter()
     try:
         with (
@@ -327,8 +403,9 @@ def verify(
                     bars[phase] = bar.add_task(phase, total=total)
                 bar.update(bars[phase], completed=done, total=total)
 
+            client = ProverClient(http, key=signing_key)
             result = run_verification(
-                ProverClient(http), VerifierStore(db), signing_key, opts, prover, show, resume
+                client, VerifierStore(db), signing_key, opts, prover, show, resume
             )
     except (ProtocolError, TransportError) as exc:
         raise _fail(str(exc)) from None
@@ -337,13 +414,10 @@ def verify(
         typer.echo(json.dumps(result))
     else:
         colour = "green" if result["verdict"] == "accept" else "red"
-        Console().print(
-            f"[bold {colour}]{result['verdict'].upper()}[/] ({result['reason']}) "
-            f"session {result['session']}: Prover trained {result['prover_trainings']:,}, "
-            f"this machine {result['local_trainings']:,}; figures {result['figures']}"
-        )
-        if result.get("detail"):
-            Console().print(f"[{colour}]{result['detail']}[/]")
+        lines = summary_lines(result)
+        Console().print(f"[bold {colour}]{lines[0]}[/]", highlight=False)
+        for line in lines[1:]:
+            Console().print(line, highlight=False)
     raise typer.Exit(code=0 if result["verdict"] == "accept" else 1)
 
 
@@ -407,7 +481,7 @@ def audit_cmd(
         elif prover is not None and session is not None:
             signing_key = load_private_key(key) if key is not None else None
             with httpx.Client(base_url=prover, timeout=120) as http:
-                bundle = fetch_bundle(ProverClient(http), session, signing_key)
+                bundle = fetch_bundle(ProverClient(http, key=signing_key), session, signing_key)
             if save is not None:
                 save_bundle(bundle, save)
         else:

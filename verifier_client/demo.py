@@ -108,7 +108,7 @@ def run_demo(
             )
             t0 = time.perf_counter()
             with httpx.Client(base_url=url, timeout=300) as http:
-                client = ProverClient(http)
+                client = ProverClient(http, key=vkey)
                 result = run_verification(client, store, vkey, opts, url)
                 result["seconds"] = round(time.perf_counter() - t0, 1)
                 t1 = time.perf_counter()

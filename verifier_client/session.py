@@ -1,8 +1,25 @@
-"""One verification, end to end (PROTOCOL.md section 4), recorded as it goes.
+"""One verification, end to end (PROTOCOL.md sections 4 and 7), recorded as it goes.
 
-``interactive`` (the product): commit -> challenge -> response -> spot-checks -> estimate -> decide
--> verdict. ``noninteractive`` (baseline): V trains E itself, no challenge. ``naive`` (baseline,
-insecure, fooled by w/2): V trains fresh samples and accepts iff MSE-hat <= epsilon.
+The interactive protocol, top to bottom (:func:`run_verification`):
+
+1. **commit**: the Prover's attribution g (its content hash) is fixed before anything else;
+2. **size**: unless given, the sizes come from ε: a small local pilot (``pilot`` bases of the
+   challenge's layout, trained here) gives the spread of the pair-sums and E r^2, and
+   :func:`protocol.certificate.plan_certificate` picks the bases n and spot-checks k so that an
+   honest g with err <= ε/2 is accepted with probability >= 1 - δ. A relative ε (a fraction of
+   Var f) is turned into absolute units with a lower confidence bound on Var f from the same
+   pilot (δ/4 of the failure budget), so it stays sound;
+3. **challenge**: seed, layout, sizes, ε, δ, τ and a commitment to the secret spot-checks C,
+   signed; the secret is on disk before the challenge leaves;
+4. **response**: f on every subset of E, checked (shape, finite, [-b, b]);
+5. **spot-checks**: C re-trained here and compared under CHECKEQUIV (tau);
+6. **certificate**: :func:`protocol.certificate.certify` on the response, with m* from the
+   passed spot-checks; **decide** (:func:`protocol.decision.decide`): accept iff the certified
+   ε is at most ε;
+7. **verdict**: signed, recorded, posted.
+
+The baselines (the non-interactive and the naive protocol, and the paper's residual estimator
+with its threshold) live in :mod:`verifier_client.baselines`.
 
 Failure kinds are kept apart: a Prover that misbehaves (bad signature, bad arrays, values out of
 range, spot-check mismatch) gets an **abort** verdict with its reason; the network or the
@@ -20,47 +37,63 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
-from protocol.checkequiv import EquivReport, check_equiv, explain
+from protocol.certificate import (
+    Certificate,
+    certify,
+    pilot_figures,
+    plan_certificate,
+    variance_lower_bound,
+)
+from protocol.checkequiv import EquivReport, check_equiv
 from protocol.datamodel import Datamodel
+from protocol.decision import Decision, decide
 from protocol.errors import InvalidParameterError, ShapeError
 from protocol.evaluation import evaluate_with_probes
-from protocol.messages import Challenge, Verdict, commit_spot_checks
-from protocol.residual import estimate_gap, estimate_residual
-from protocol.sampling import ChallengeDesign, sample_masks, training_seeds
+from protocol.messages import LIMITS, Challenge, Verdict, commit_spot_checks
+from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import BadSignatureError, SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from verifier_client.client import ProverClient, ProverRefused
-from verifier_client.decision import Decision, decide
 from verifier_client.store import Record, VerifierStore
 
 __all__ = ["Options", "run_verification", "train_local"]
 
 Progress = Callable[[str, int, int], None]
+Design = ChallengeDesign | SharedBaseDesign
+SIZING_MARGIN = 1.25  # the pilot's spread is itself an estimate: plan for 25 % more
 
 
 @dataclass(frozen=True)
 class Options:
-    """What to verify and how much to spend."""
+    """What to verify and how much to spend. ``pairs_per_level`` (bases, for the shared-base
+    layout) and ``spot_checks`` left at None are chosen from ε (module doc)."""
 
     task: str
     epsilon: float
     delta: float = 0.05
+    relative: bool = False  # epsilon is a fraction of Var f (the mean over targets)
+    aggregate: str = "mean"
+    validity: str = "clt"
+    layout: str = "shared-base"
     protocol: str = "interactive"
     estimator: str = "gap"
-    pairs_per_level: int = 2000
-    spot_checks: int = 32
+    pairs_per_level: int | None = None
+    spot_checks: int | None = None
+    spot_fraction: float = 0.1
+    pilot: int = 32
+    max_prover_trainings: int = LIMITS["n_subsets"]
     fresh_samples: int = 0
     tau: float | None = None  # CHECKEQUIV tolerance; None: the task's; never below the task's
     rho0: float = 0.2
     p: float = 0.5
-    honest_err: float = 0.0
+    honest_err: float = 0.0  # baselines only: their threshold is (epsilon + honest_err) / 2
     attribution: str = "latest"
     method: str = "ridge"
     budget: int = 2000
@@ -69,16 +102,29 @@ class Options:
     seed: bytes | None = None  # tests only: derive every secret from it (default: os.urandom)
 
     def validate(self) -> None:
-        if self.protocol not in ("interactive", "noninteractive", "naive"):
-            raise InvalidParameterError(f"unknown protocol {self.protocol!r}")
-        if self.estimator not in ("gap", "residual"):
-            raise InvalidParameterError(f"unknown estimator {self.estimator!r}; gap or residual")
-        if not self.epsilon > 0 or not 0 < self.delta < 1:
+        """Refuse bad options before any traffic (the user's error, not the Prover's)."""
+        choices = {
+            "protocol": (self.protocol, ("interactive", "noninteractive", "naive")),
+            "estimator": (self.estimator, ("gap", "residual")),
+            "aggregate": (self.aggregate, ("mean", "max")),
+            "validity": (self.validity, ("clt", "finite")),
+            "layout": (self.layout, ("pairs", "shared-base")),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise InvalidParameterError(f"unknown {name} {value!r}; one of {allowed}")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0) or not 0 < self.delta < 1:
             raise InvalidParameterError("need epsilon > 0 and delta in (0, 1)")
+        if self.relative and self.epsilon >= 1:
+            raise InvalidParameterError("a relative epsilon is a fraction of Var f, below 100 %")
         if not 0 <= self.honest_err < self.epsilon:
             raise InvalidParameterError("honest_err must lie in [0, epsilon)")
-        if self.pairs_per_level < 2 or self.spot_checks < 0 or self.fresh_samples < 0:
-            raise InvalidParameterError("need >= 2 pairs per level and non-negative sample sizes")
+        if self.pairs_per_level is not None and self.pairs_per_level < 2:
+            raise InvalidParameterError("need at least 2 pairs (bases) per level")
+        if (self.spot_checks is not None and self.spot_checks < 0) or self.fresh_samples < 0:
+            raise InvalidParameterError("sample sizes must be non-negative")
+        if not 0 < self.spot_fraction < 1 or self.pilot < 4:
+            raise InvalidParameterError("need 0 < spot_fraction < 1 and a pilot of >= 4 bases")
         if self.protocol == "naive" and self.fresh_samples < 2:
             raise InvalidParameterError("the naive protocol needs --fresh >= 2")
         if self.estimator == "residual" and self.protocol != "naive" and self.fresh_samples < 2:
@@ -100,6 +146,7 @@ class Options:
 
     @property
     def threshold(self) -> float:
+        """The baselines' threshold, (epsilon + honest_err) / 2."""
         return (self.epsilon + self.honest_err) / 2.0
 
 
@@ -110,7 +157,30 @@ def train_local(
     return evaluate_with_probes(task, masks, seeds)
 
 
+def make_design(layout: str, seed: bytes, n_train: int, p: float, rho0: float, n: int) -> Design:
+    """The challenge design of a layout (``pairs`` or ``shared-base``) with n per level."""
+    if layout == "shared-base":
+        return SharedBaseDesign.saunshi(seed, n_train, p, rho0, n)
+    return ChallengeDesign.saunshi(seed, n_train, p, rho0, n)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of one challenge, where they came from, and the prediction to check."""
+
+    epsilon: float  # absolute units
+    delta: float  # left for the certificate (a relative epsilon spends delta / 4)
+    pairs_per_level: int
+    spot_checks: int
+    source: str
+    predicted_width: float | None = None
+    variance_lower_bound: float | None = None
+    pilot_trainings: int = 0
+
+
 class _Run:
+    """The state of one verification: client, store, key, options, timers, counters."""
+
     def __init__(
         self,
         client: ProverClient,
@@ -126,15 +196,23 @@ class _Run:
         self.local_trainings = 0
         self.device_class = ""  # the Prover's, from its signed response
 
-    def _random(self, label: str, n: int) -> bytes:
+    def random(self, label: str, n: int) -> bytes:
         if self.opts.seed is None:
             return os.urandom(n)
         return hashlib.sha256(self.opts.seed + label.encode()).digest()[:n]
 
-    def _tick(self, phase: str, started: float) -> None:
+    def tick(self, phase: str, started: float) -> None:
         self.times[phase] = round(self.times.get(phase, 0.0) + time.perf_counter() - started, 3)
 
-    # -- commit: the attribution ------------------------------------------------------------
+    def train(self, task: Task, masks: NDArray[np.bool_], seeds: NDArray[np.uint64],
+              phase: str) -> tuple[NDArray[np.float64], NDArray[np.float32]]:  # fmt: skip
+        t0 = time.perf_counter()
+        out = train_local(task, masks, seeds)
+        self.local_trainings += len(masks)
+        self.tick(phase, t0)
+        return out
+
+    # 1. commit: the attribution -------------------------------------------------------------
     def attribution(self, task_hash: str) -> tuple[str, Datamodel]:
         t0 = time.perf_counter()
         content = None if self.opts.attribution == "latest" else self.opts.attribution
@@ -142,45 +220,106 @@ class _Run:
             content = self.client.latest_attribution(task_hash)
         if content is None:
             job = self.client.request_attribution(task_hash, self.opts.method, self.opts.budget)
-            while job["status"] not in ("done", "failed"):
+            while job["status"] not in ("done", "failed", "cancelled"):
                 self.progress("attribution", job["done"], job["total"])
                 time.sleep(self.opts.poll_s)
                 job = self.client.job(job["id"])
-            if job["status"] == "failed":
+            if job["status"] != "done":
                 raise ProverRefused(500, f"the Prover's attribution job failed: {job['error']}")
             content = str(job["result"])
         _, model = self.client.attribution(content)
-        self._tick("attribution", t0)
+        self.tick("attribution", t0)
         return content, model
 
-    # -- the interactive protocol -----------------------------------------------------------
-    def start(self, task: TaskBase, task_hash: str, content: str) -> Record:
+    # 2. size: from epsilon ------------------------------------------------------------------
+    def sizes(self, task: TaskBase, model: Datamodel, prover_cap: int) -> Sizes:
+        """The challenge's sizes (module doc). A plan above the allowed Prover trainings
+        (``max_prover_trainings`` or the Prover's own limit) is cut to the allowance: the
+        certificate stays sound at any size, only its width grows, and the record says so.
+        (The pilot measures the spread with the committed g: a bad g inflates it, so a cheat
+        is typically sized at the allowance and aborted there.)"""
         o = self.opts
-        n_subsets = 6 * o.pairs_per_level
-        k = min(o.spot_checks, n_subsets)
+        delta = o.delta * 0.75 if o.relative else o.delta
+        if not (o.relative or o.pairs_per_level is None or o.spot_checks is None):
+            return Sizes(o.epsilon, delta, o.pairs_per_level or 0, o.spot_checks or 0, "given")
+        pilot = make_design(o.layout, self.random("pilot", 32), task.n_train, o.p, o.rho0,
+                            o.pilot)  # fmt: skip
+        masks = pilot.masks()
+        values, _ = self.train(task, masks, pilot.seeds(), "pilot")
+        epsilon, var_lb = o.epsilon, None
+        if o.relative:
+            lower = variance_lower_bound(values, o.delta / 4, validity=o.validity,  # type: ignore[arg-type]
+                                         bound=task.bound)  # fmt: skip
+            var_lb = float(lower.mean() if o.aggregate == "mean" else lower.min())
+            if var_lb <= 0:
+                raise InvalidParameterError(
+                    "the pilot cannot bound Var f away from 0: give epsilon in absolute units "
+                    "or a larger --pilot"
+                )
+            epsilon = o.epsilon * var_lb
+        if o.pairs_per_level is not None and o.spot_checks is not None:
+            return Sizes(epsilon, delta, o.pairs_per_level, o.spot_checks, "given", None, var_lb,
+                         len(values))  # fmt: skip
+        sd, mse = pilot_figures(values, model.predict(masks), pilot, o.aggregate)  # type: ignore[arg-type]
+        per_base = len(make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0, 1))
+        cap = min(o.max_prover_trainings, prover_cap)
+        try:
+            plan = plan_certificate(
+                epsilon, delta, sd_pair_sum=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
+                rhos=pilot.rhos, spot_fraction=o.spot_fraction, layout=o.layout,
+                n_targets_split=task.n_targets if o.aggregate == "max" else 1,
+            )  # fmt: skip
+            n, asked, predicted = plan.pairs_per_level, f"{plan.n_subsets:,}", plan.predicted_width
+        except InvalidParameterError:  # no size reaches epsilon with this spread
+            n, asked, predicted = cap // per_base + 1, "more than any size", None
+        source = "planner (pilot)"
+        if o.pairs_per_level is not None:
+            n, source = o.pairs_per_level, "given pairs; planner spot-checks"
+        elif n * per_base > cap:
+            n = max(2, cap // per_base)
+            source = f"capped at {cap:,} Prover trainings (the plan asked for {asked})"
+        k = o.spot_checks if o.spot_checks is not None else \
+            min(max(1, math.ceil(o.spot_fraction * n * per_base)), n * per_base)  # fmt: skip
+        return Sizes(epsilon, delta, n, k, source, predicted, var_lb, len(values))
+
+    # 3. challenge ---------------------------------------------------------------------------
+    def start(
+        self, task: TaskBase, task_hash: str, content: str, sizes: Sizes
+    ) -> tuple[Record, Challenge]:
+        o = self.opts
+        n_subsets = len(make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0,
+                                    sizes.pairs_per_level))  # fmt: skip
+        k = min(sizes.spot_checks, n_subsets)
         chooser = (
-            secrets.SystemRandom() if o.seed is None else random.Random(self._random("spots", 16))  # noqa: S311 - tests only
+            secrets.SystemRandom() if o.seed is None else random.Random(self.random("spots", 16))  # noqa: S311 - tests only
         )
         spots = sorted(chooser.sample(range(n_subsets), k))
-        salt = self._random("salt", 32)
+        salt = self.random("salt", 32)
         challenge = Challenge(
             task_hash=task_hash,
             attribution_hash=content,
             p=o.p,
             rho0=o.rho0,
-            pairs_per_level=o.pairs_per_level,
-            challenge_seed=self._random("challenge", 32).hex(),
+            pairs_per_level=sizes.pairs_per_level,
+            challenge_seed=self.random("challenge", 32).hex(),
             spot_check_commitment=commit_spot_checks(spots, salt),
-            epsilon=o.epsilon,
-            delta=o.delta,
+            epsilon=sizes.epsilon,
+            delta=sizes.delta,
             bound=task.bound,
             tau=o.tau_for(task),
-            estimator=o.estimator,
-            nonce=self._random("nonce", 16).hex(),
+            estimator=o.estimator,  # type: ignore[arg-type]
+            nonce=self.random("nonce", 16).hex(),
             timestamp=int(time.time()),
             verifier_key=public_key_hex(self.key),
+            prover_key=self.client.prover_key,
+            layout=o.layout,  # type: ignore[arg-type]
+            aggregate=o.aggregate,  # type: ignore[arg-type]
+            validity=o.validity,  # type: ignore[arg-type]
         )
         signed = sign_message(self.key, challenge)
+        secret = {"spot_checks": spots, "salt": salt.hex(), "sizes": sizes.__dict__,
+                  "requested": {"epsilon": o.epsilon, "delta": o.delta,
+                                "relative": o.relative}}  # fmt: skip
         record = Record(
             id=challenge.nonce,
             prover_url=self.url,
@@ -191,11 +330,11 @@ class _Run:
             protocol=o.protocol,
             estimator=o.estimator,
             challenge_json=signed.model_dump_json(),
-            secret_json=json.dumps({"spot_checks": spots, "salt": salt.hex()}),
+            secret_json=json.dumps(secret),
             prover_trainings=n_subsets,
         )
         self.store.add(record)  # the secret is on disk before the challenge leaves
-        return record
+        return record, challenge
 
     def send(self, record: Record) -> str:
         signed = SignedMessage.model_validate_json(record.challenge_json)
@@ -227,10 +366,11 @@ class _Run:
             if time.time() > deadline:
                 raise ProverRefused(504, "the Prover did not finish within the timeout")
             time.sleep(self.opts.poll_s)
-        self._tick("prover_training", t0)
+        self.tick("prover_training", t0)
 
+    # 4. response ----------------------------------------------------------------------------
     def check_response(
-        self, task: Task, design: ChallengeDesign, sid: str, record: Record
+        self, task: Task, design: Design, sid: str, record: Record
     ) -> tuple[SignedMessage | None, NDArray[np.float64], NDArray[np.float32], str | None]:
         """Download and check the response; the last item is why it is bad (None if good)."""
         t0 = time.perf_counter()
@@ -241,17 +381,15 @@ class _Run:
             want = SignedMessage.model_validate_json(record.challenge_json).digest
             if manifest.challenge_digest != want:
                 raise ShapeError("the response answers another challenge")
-            values = self.client.array(manifest.values).astype(np.float64)
+            values = self.client.values(manifest.values, (len(design), task.n_targets),
+                                        task.bound)  # fmt: skip
             probes = self.client.array(manifest.probes).astype(np.float32)
-            shape = (len(design), task.n_targets)
-            if values.shape != shape or len(probes) != len(design):
-                raise ShapeError(f"values of shape {values.shape}, expected {shape}")
-            if not np.all(np.isfinite(values)) or np.abs(values).max() > task.bound:
-                raise ShapeError("values are not finite or lie outside [-b, b]")
+            if probes.ndim != 2 or len(probes) != len(design) or not np.isfinite(probes).all():
+                raise ShapeError(f"probes of shape {probes.shape} (or not finite)")
         except (BadSignatureError, ShapeError) as exc:
             return signed, *empty, str(exc)
         finally:
-            self._tick("download", t0)
+            self.tick("download", t0)
         hashes = {"values": manifest.values.sha256, "probes": manifest.probes.sha256}
         self.store.update(
             record.id, response_json=signed.model_dump_json(), array_hashes_json=json.dumps(hashes)
@@ -259,63 +397,27 @@ class _Run:
         self.device_class = manifest.device_class
         return signed, values, probes, None
 
-    def spot_check(
-        self,
-        task: Task,
-        design: ChallengeDesign,
-        spots: list[int],
-        values: NDArray[np.float64],
-        probes: NDArray[np.float32],
-        tau: float,
-    ) -> EquivReport:
+    # 5. spot-checks -------------------------------------------------------------------------
+    def spot_check(self, task: Task, design: Design, spots: list[int],
+                   values: NDArray[np.float64], probes: NDArray[np.float32],
+                   tau: float) -> EquivReport:  # fmt: skip
         """Re-train the secret spot-checks here and compare them under the challenge's tau."""
-        t0 = time.perf_counter()
         idx = np.array(spots, dtype=np.int64)
-        masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx])
-        seeds = np.concatenate([design.seeds(int(i), int(i) + 1) for i in idx])
-        local_v, local_p = train_local(task, masks, seeds)
-        self.local_trainings += len(idx)
-        report = check_equiv(values[idx], probes[idx], local_v, local_p, tau)
-        self._tick("spot_checks", t0)
-        return report
+        masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx]) if len(idx) else \
+            np.zeros((0, task.n_train), dtype=bool)  # fmt: skip
+        seeds = design.seeds()[idx] if len(idx) else np.zeros(0, dtype=np.uint64)
+        local_v, local_p = self.train(task, masks, seeds, "spot_checks")
+        return check_equiv(values[idx], probes[idx], local_v, local_p, tau)
 
-    def fresh(self, task: Task, model: Datamodel, count: int) -> NDArray[np.float64]:
+    # 6. certificate -------------------------------------------------------------------------
+    def certificate(self, challenge: Challenge, task: Task, model: Datamodel, design: Design,
+                    values: NDArray[np.float64], k: int) -> Certificate:  # fmt: skip
         t0 = time.perf_counter()
-        seed = self._random("fresh", 32)
-        masks = sample_masks(seed, task.n_train, self.opts.p, range(count), domain="fresh")
-        values, _ = train_local(
-            task, masks, training_seeds(seed, range(count), domain="fresh-seed")
-        )
-        self.local_trainings += count
-        self._tick("fresh_samples", t0)
-        return np.asarray(model.mse(masks, values))
+        cert = certify_challenge(challenge, task, model, design, values, k)
+        self.tick("certificate", t0)
+        return cert
 
-    def statistic(
-        self, task: Task, model: Datamodel, design: ChallengeDesign, values: NDArray[np.float64]
-    ) -> tuple[float, dict[str, float]]:
-        t0 = time.perf_counter()
-        conf = 1 - self.opts.delta
-        if self.opts.estimator == "gap":
-            est = estimate_gap(values, model.predict(design.masks()), design, confidence=conf)
-            figures = {
-                "gap_mean": float(est.gap.mean()),
-                "gap_max": float(est.gap.max()),
-                "gap_ci_high_max": float(est.ci_high.max()),
-                "mse_mean": float(est.mse.mean()),
-            }
-            self._tick("estimate", t0)
-            return float(est.gap.max()), figures
-        res = estimate_residual(values, design, confidence=conf)
-        self._tick("estimate", t0)
-        mse = self.fresh(task, model, self.opts.fresh_samples)
-        diff = mse - res.residual
-        return float(diff.max()), {
-            "residual_mean": float(res.residual.mean()),
-            "residual_ci_low_min": float(res.ci_low.min()),
-            "mse_mean": float(mse.mean()),
-            "mse_minus_residual_max": float(diff.max()),
-        }
-
+    # 7. verdict -----------------------------------------------------------------------------
     def finish(
         self, record: Record, decision: Decision, sid: str | None, response: SignedMessage | None
     ) -> dict[str, Any]:
@@ -335,6 +437,9 @@ class _Run:
                 timestamp=int(time.time()),
             )
             verdict_json = sign_message(self.key, verdict).model_dump_json()
+        cert = decision.certificate.as_dict() if decision.certificate is not None else None
+        # Decided and signed first (nothing is lost on a crash), delivered after: a verdict
+        # recorded but not posted is re-posted by --resume (post_verdict below).
         self.store.update(
             record.id,
             status="decided",
@@ -342,40 +447,68 @@ class _Run:
             reason=decision.reason,
             detail=decision.detail or None,
             figures_json=json.dumps(decision.figures),
+            certificate_json=json.dumps(cert) if cert is not None else None,
             verdict_json=verdict_json,
             times_json=json.dumps(self.times),
             local_trainings=self.local_trainings,
         )
         if verdict_json is not None and sid is not None:
             t0 = time.perf_counter()
-            try:
-                self.client.post_verdict(sid, SignedMessage.model_validate_json(verdict_json))
-            except ProverRefused as exc:
-                if exc.status != 409:  # 409: already posted (a resumed run)
-                    raise
-            self._tick("post_verdict", t0)
+            post_verdict(self.client, self.store, record.id, sid, verdict_json)
+            self.tick("post_verdict", t0)
             self.store.update(record.id, times_json=json.dumps(self.times))
-        row = self.store.get(record.id)
-        assert row is not None  # noqa: S101
-        sizes = {
-            "pairs_per_level": self.opts.pairs_per_level,
-            "spot_checks": self.opts.spot_checks,
-            "fresh_samples": self.opts.fresh_samples,
-        }
-        guarantee = (
-            "insecure baseline (MSE only; fooled by w/2)"
-            if self.opts.protocol == "naive"
-            else "normal approximation at the chosen sizes, confidence 1 - delta; "
-            "`plan` gives the sizes with finite-sample guarantees"
-        )
-        return (
-            row.as_dict()
-            | {"sizes": sizes, "guarantee": guarantee}
-            | {
-                "bytes_received": self.client.bytes_received,
-                "bytes_sent": self.client.bytes_sent,
-            }
-        )
+        return result_of(self.store, record.id, self.client)
+
+
+def post_verdict(
+    client: ProverClient, store: VerifierStore, record_id: str, sid: str, verdict_json: str
+) -> None:
+    """Deliver a recorded verdict and mark it delivered. The Prover answers 200 to the same
+    signed verdict posted again; 409 means it holds a *different* verdict for the session,
+    which is an error to report, not a delivery."""
+    try:
+        client.post_verdict(sid, SignedMessage.model_validate_json(verdict_json))
+    except ProverRefused as exc:
+        if exc.status == 409:
+            raise ProverRefused(409, f"the Prover holds another verdict for {sid}: {exc}") from None
+        raise
+    store.update(record_id, posted_at=time.time())
+
+
+def certify_challenge(
+    challenge: Challenge, task: Task, model: Datamodel, design: Design,
+    values: NDArray[np.float64], spot_checks: int,
+) -> Certificate:  # fmt: skip
+    """The certificate of a challenge's response: the one call the session and the audit share."""
+    return certify(
+        values, model.predict(design.masks()), design, delta=challenge.delta,
+        aggregate=challenge.aggregate, spot_checks=spot_checks, tau=challenge.tau,
+        validity=challenge.validity, bound=task.bound,
+    )  # fmt: skip
+
+
+def result_of(store: VerifierStore, record_id: str, client: ProverClient | None) -> dict[str, Any]:
+    """The recorded result, with the top-level keys users read: verdict, epsilon, delta,
+    certified_epsilon, aggregate, certificate (the parts), sizes."""
+    row = store.get(record_id)
+    if row is None:
+        raise InvalidParameterError(f"no recorded verification {record_id!r}")
+    out = row.as_dict()
+    secret = json.loads(row.secret_json or "{}")
+    requested = secret.get("requested", {})
+    cert = out.get("certificate")
+    out |= {
+        "epsilon": requested.get("epsilon", out["figures"].get("epsilon")),
+        "epsilon_absolute": out["figures"].get("epsilon"),
+        "relative": requested.get("relative", False),
+        "delta": requested.get("delta", out["figures"].get("delta")),
+        "certified_epsilon": cert.get("certified_epsilon") if cert else None,
+        "aggregate": cert.get("aggregate") if cert else None,
+        "sizes": secret.get("sizes"),
+    }
+    if client is not None:
+        out |= {"bytes_received": client.bytes_received, "bytes_sent": client.bytes_sent}
+    return out
 
 
 def run_verification(
@@ -388,10 +521,15 @@ def run_verification(
     resume: str | None = None,
 ) -> dict[str, Any]:
     """Run (or with ``resume``, finish) one verification; returns the recorded result."""
+    from verifier_client import baselines
+
     if resume is None:
         opts.validate()  # before any traffic: a bad option is the user's error, not the Prover's
+    if client.key is None:
+        client.key = key  # requests are signed with the Verifier's key
     run = _Run(client, store, key, opts, url, progress)
     client.info()
+    record: Record | None = None
     if resume is not None:
         record = store.get(resume) or next(
             (r for r in store.all() if r.prover_session == resume), None
@@ -399,100 +537,53 @@ def run_verification(
         if record is None:
             raise InvalidParameterError(f"no recorded verification {resume!r}")
         if record.status == "decided":
-            return record.as_dict()
-        opts = Options(
-            **{
-                **opts.__dict__,
-                "task": record.task_ref,
-                "protocol": record.protocol,
-                "estimator": record.estimator,
-                "attribution": record.attribution_hash,
-            }
-        )
+            if record.verdict_json and record.prover_session and record.posted_at is None:
+                post_verdict(client, store, record.id, record.prover_session, record.verdict_json)
+            return result_of(store, record.id, client)
+        opts = replace(opts, task=record.task_ref, protocol=record.protocol,
+                       estimator=record.estimator, attribution=record.attribution_hash)  # fmt: skip
         run.opts = opts
     task = load_task(opts.task)
     task_hash = spec_hash(task)
     client.task_entry(task_hash)  # the Prover must serve exactly this task
     opts.validate()
-    if resume is None:
+    # 1. commit
+    if record is None:
         content, model = run.attribution(task_hash)
     else:
         content = record.attribution_hash
         _, model = client.attribution(content)
-    if opts.protocol == "naive":
-        return _naive(run, task, task_hash, content, model)
-    if resume is None:
-        record = run.start(task, task_hash, content)
-    challenge = Challenge.model_validate(
-        SignedMessage.model_validate_json(record.challenge_json).payload
-    )
+    if opts.protocol != "interactive":
+        return baselines.run(run, task, task_hash, content, model, record)
+    # 2-3. size and challenge
+    if record is None:
+        cap = int(client.info().get("limits", {}).get("max_subsets", LIMITS["n_subsets"]))
+        record, challenge = run.start(task, task_hash, content, run.sizes(task, model, cap))
+    else:
+        challenge = Challenge.model_validate(
+            SignedMessage.model_validate_json(record.challenge_json).payload
+        )
     design = challenge.design(task.n_train)
     spots = list(json.loads(record.secret_json)["spot_checks"])
-    if opts.protocol == "noninteractive":
-        t0 = time.perf_counter()
-        values, _ = train_local(task, design.masks(), design.seeds())
-        run.local_trainings += len(design)
-        run._tick("local_training", t0)
-        store.update(record.id, prover_trainings=0)
-        stat, figs = run.statistic(task, model, design, values)
-        decision = decide(
-            threshold=opts.threshold,
-            spot_mismatches=0,
-            spot_checks=0,
-            statistic=stat,
-            extra=figs,
-        )
-        return run.finish(record, decision, None, None)
+    # 4. response
     sid = record.prover_session or run.send(record)
     run.wait(sid)
     response, values, probes, bad = run.check_response(task, design, sid, record)
     if bad is not None:
-        decision = decide(
-            threshold=opts.threshold,
-            spot_mismatches=0,
-            spot_checks=len(spots),
-            statistic=float("nan"),
-            bad_response=bad,
-        )
+        decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=None,
+                          spot=None, bad_response=bad)  # fmt: skip
         return run.finish(record, decision, sid, response)
+    # 5. spot-checks
     report = run.spot_check(task, design, spots, values, probes, challenge.tau)
     store.update(record.id, spot_json=json.dumps(report.as_dict() | {"device_class": {
         "prover": run.device_class, "verifier": task.device_class}}))  # fmt: skip
-    stat, figs = run.statistic(task, model, design, values)
-    decision = decide(
-        threshold=opts.threshold,
-        spot_mismatches=report.mismatches,
-        spot_checks=len(spots),
-        statistic=stat,
-        extra=figs | {"spot_max_abs_diff": float(report.max_abs_diff.max(initial=0.0)),
-                      "tau": challenge.tau},
-        detail=explain(report),
-    )  # fmt: skip
+    if opts.estimator == "residual":  # the paper's estimator: a baseline with a threshold
+        decision = baselines.residual_decision(run, task, model, design, values, report)
+        return run.finish(record, decision, sid, response)
+    # 6. certificate and decision
+    cert = run.certificate(challenge, task, model, design, values, len(spots)) \
+        if report.all_match else None  # fmt: skip
+    decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert,
+                      spot=report)  # fmt: skip
+    # 7. verdict
     return run.finish(record, decision, sid, response)
-
-
-def _naive(run: _Run, task: Task, task_hash: str, content: str, model: Datamodel) -> dict[str, Any]:
-    o = run.opts
-    record = Record(
-        id=os.urandom(16).hex(),
-        prover_url=run.url,
-        prover_key=run.client.prover_key or "",
-        task_hash=task_hash,
-        task_ref=o.task,
-        attribution_hash=content,
-        protocol="naive",
-        estimator="none",
-        challenge_json="{}",
-        secret_json=json.dumps({"spot_checks": [], "salt": ""}),
-        prover_trainings=0,
-    )
-    run.store.add(record)
-    mse = run.fresh(task, model, o.fresh_samples)
-    decision = decide(
-        threshold=o.epsilon,
-        spot_mismatches=0,
-        spot_checks=0,
-        statistic=float(mse.max()),
-        extra={"mse_max": float(mse.max()), "insecure_baseline": 1.0},
-    )
-    return run.finish(record, decision, None, None)

@@ -9,7 +9,9 @@ A client killed in between leaves an ``incomplete`` row that ``verify --resume``
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Float, Integer, String, Text, create_engine, inspect, select, text
@@ -45,6 +47,8 @@ class Record(_Base):
     verdict: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # advice on the reason
+    certificate_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    posted_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # verdict delivered
     verdict_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     times_json: Mapped[str] = mapped_column(Text, default="{}")
     prover_trainings: Mapped[int] = mapped_column(Integer, default=0)
@@ -66,6 +70,8 @@ class Record(_Base):
             "reason": self.reason,
             "detail": self.detail or "",
             "spot_checks": json.loads(self.spot_json) if self.spot_json else None,
+            "certificate": json.loads(self.certificate_json) if self.certificate_json else None,
+            "verdict_posted": self.posted_at is not None,
             "figures": json.loads(self.figures_json or "{}"),
             "times": json.loads(self.times_json or "{}"),
             "prover_trainings": self.prover_trainings,
@@ -75,10 +81,27 @@ class Record(_Base):
         return out
 
 
+def _as_url(url: str) -> str:
+    """A bare path means SQLite; a new SQLite file is created 0600 (it holds the secret
+    spot-check sets until each verdict)."""
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass
+    return url
+
+
 class VerifierStore:
     """Session factory over the records table."""
 
     def __init__(self, url: str) -> None:
+        url = _as_url(url)
         kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {}
         self.engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
         _Base.metadata.create_all(self.engine)

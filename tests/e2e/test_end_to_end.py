@@ -1,11 +1,14 @@
 """End to end over real HTTP on loopback: a Prover (uvicorn) honest or cheating, the Verifier's
 ``run_verification``, and the audit of every transcript.
 
-Sizes: planted task N = 20, Z = 2, epsilon = 0.3 (threshold 0.15), 2,000 pairs per level
-(|E| = 12,000), 32 secret spot-checks, gap estimator. Honest err ~0.01 is accepted; every
-attribution cheat has exact err >= 0.25 and is aborted on the estimate; every
-response cheat corrupts >= 10 % of E, so 32 spot-checks miss it with probability <= 0.9^32 =
-0.03 (lie, lazy) or 0 (replay: every value moves). Each case runs with fixed seeds.
+Sizes: planted task N = 20, Z = 2 (B1 = 1), epsilon = 0.6, delta = 0.05, the shared-base
+layout, sizes from the planner (a 32-base local pilot: about 1,800 bases, |E| ~ 7,000 and 10 %
+of it spot-checked). Honest err ~0.01 is certified; every attribution cheat below has exact
+err >= 1.25 (2 epsilon) and is aborted as not certified, while ``scale:0.5`` (err 0.31, below
+epsilon) is rightly accepted; every response cheat corrupts >= 20 % of E and is caught by the
+spot-checks. The certificate's soundness at the boundary is measured in docs/soundness.md.
+A cheat's pilot spread is large, so its plan is cut to the allowance (20,000 here). Each case
+runs with fixed seeds.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from verifier_client.session import Options, _Run, run_verification
 from verifier_client.store import VerifierStore
 
 TASK = "planted:n_train=20,n_targets=2"
+EPSILON = 0.6
 
 
 @contextmanager
@@ -46,10 +50,9 @@ def prover(root: Path, adversary: str | None = None) -> Iterator[str]:
 def _verify(url: str, root: Path, seed: int, **over: object) -> dict:  # type: ignore[type-arg]
     fields: dict[str, object] = dict(
         task=TASK,
-        epsilon=0.3,
-        pairs_per_level=2000,
-        spot_checks=32,
+        epsilon=EPSILON,
         budget=400,
+        max_prover_trainings=20_000,
         poll_s=0.02,
         seed=seed.to_bytes(8, "little"),
     )
@@ -74,18 +77,22 @@ def test_honest_prover_is_accepted_and_audited(tmp_path: Path) -> None:
         for seed in range(3):
             result = _verify(url, tmp_path, seed)
             assert result["verdict"] == "accept", result["figures"]
-            assert result["local_trainings"] == 32 and result["prover_trainings"] == 12000
+            cert, sizes = result["certificate"], result["sizes"]
+            assert result["certified_epsilon"] <= EPSILON and result["aggregate"] == "mean"
+            assert result["prover_trainings"] == 4 * sizes["pairs_per_level"]
+            assert result["local_trainings"] == sizes["spot_checks"] + sizes["pilot_trainings"]
+            assert cert["spot_checks"] == sizes["spot_checks"] and cert["max_corrupted"] > 0
             assert _audit(url, result["session"])
 
 
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
-        ("scale:0.5", "estimate_above_threshold"),
-        ("noise:0.3", "estimate_above_threshold"),
-        ("favor:0.2:0.5", "estimate_above_threshold"),
+        ("scale:0", "not_certified"),
+        ("noise:0.3", "not_certified"),
+        ("favor:0.5:1.0", "not_certified"),
         # Both cheats at once: the spot-checks usually catch the inflated values first.
-        ("scale:0.5,inflate:10%:3.0", "spot_check_mismatch|estimate_above_threshold"),
+        ("scale:0,inflate:10%:3.0", "spot_check_mismatch|not_certified"),
         ("lie:0.2", "spot_check_mismatch"),
         ("lazy:0.3", "spot_check_mismatch"),
     ],
@@ -97,6 +104,14 @@ def test_each_cheat_is_aborted_with_its_reason(tmp_path: Path, spec: str, reason
             assert result["verdict"] == "abort", result["figures"]
             assert result["reason"] in reason.split("|"), result["figures"]
             assert _audit(url, result["session"])
+
+
+def test_a_cheat_below_epsilon_is_accepted(tmp_path: Path) -> None:
+    # Paying half has err 0.31 here: at epsilon = 1 (err <= epsilon / 2, where the planner
+    # promises completeness) it is certified. The guarantee is about epsilon, not intent.
+    with prover(tmp_path / "p", "scale:0.5") as url:
+        result = _verify(url, tmp_path, 41, epsilon=1.0)
+    assert result["verdict"] == "accept" and result["certified_epsilon"] >= 0.31
 
 
 def test_replayed_response_fails_the_spot_checks(tmp_path: Path) -> None:
@@ -146,7 +161,7 @@ def test_a_killed_client_resumes_without_a_new_challenge(
                 ProverClient(http, key=KEY),
                 store,
                 KEY,
-                Options(task=TASK, epsilon=0.3, poll_s=0.02),
+                Options(task=TASK, epsilon=EPSILON, poll_s=0.02),
                 url,
                 resume=row.id,
             )
@@ -161,13 +176,15 @@ def test_baselines_and_the_papers_estimator(tmp_path: Path) -> None:
     # The paper's estimator (with fresh local samples) and the non-interactive baseline reach the
     # same verdicts as the default; the naive MSE-only baseline is fooled by the w/2 cheat.
     with prover(tmp_path / "h") as honest, prover(tmp_path / "c", "scale:0.5") as cheat:
-        paper = dict(estimator="residual", fresh_samples=4000, pairs_per_level=20000)
+        paper = dict(estimator="residual", fresh_samples=4000, pairs_per_level=20000,
+                     spot_checks=32, layout="pairs", epsilon=0.3)  # fmt: skip
         assert _verify(honest, tmp_path, 31, **paper)["verdict"] == "accept"
         assert _verify(cheat, tmp_path, 32, **paper)["verdict"] == "abort"
-        local = _verify(honest, tmp_path, 33, protocol="noninteractive")
+        local = _verify(honest, tmp_path, 33, protocol="noninteractive", pairs_per_level=3000,
+                        spot_checks=0)  # fmt: skip
         assert local["verdict"] == "accept" and local["local_trainings"] == 12000
-        assert local["prover_trainings"] == 0
+        assert local["prover_trainings"] == 0 and local["certificate"]["max_corrupted"] == 0
         naive = dict(protocol="naive", fresh_samples=2000, epsilon=1.0)
         assert _verify(honest, tmp_path, 34, **naive)["verdict"] == "accept"
         fooled = _verify(cheat, tmp_path, 35, **naive)
-        assert fooled["verdict"] == "accept" and "insecure" in fooled["guarantee"]
+        assert fooled["verdict"] == "accept" and fooled["figures"]["insecure_baseline"] == 1.0

@@ -1,0 +1,130 @@
+"""The Verifier's decision, pure: checked results in, :class:`Decision` out.
+
+The session, the audit and any third party call the same functions, so an audit *recomputes*
+the decision from the transcript instead of trusting a recorded threshold.
+
+:func:`decide` (the product, PROTOCOL.md section 7), checks in order, each a reason to abort:
+
+1. the response is malformed (shape, non-finite, outside [-b, b]) -> ``bad_response``;
+2. a spot-check differs from the Verifier's own re-training under CHECKEQUIV ->
+   ``spot_check_mismatch``, with advice (:func:`protocol.checkequiv.explain`);
+3. the certificate (:func:`protocol.certificate.certify`) does not certify epsilon:
+   ``certified_epsilon > epsilon`` -> ``not_certified``. Otherwise accept. Since
+   certified_epsilon is an upper confidence bound on err(g) at level 1 - delta,
+   P(accept | err(g) > epsilon) <= delta.
+
+:func:`decide_threshold` is the baselines' rule (the paper's residual estimator, the
+non-interactive protocol, the insecure naive one): accept iff a statistic <= a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from protocol.certificate import Certificate
+from protocol.checkequiv import EquivReport, explain
+
+__all__ = ["AbortReason", "Decision", "certificate_figures", "decide", "decide_threshold"]
+
+
+class AbortReason(StrEnum):
+    """Why a verification aborted."""
+
+    BAD_RESPONSE = "bad_response"
+    SPOT_CHECK_MISMATCH = "spot_check_mismatch"
+    NOT_CERTIFIED = "not_certified"
+    ESTIMATE_ABOVE_THRESHOLD = "estimate_above_threshold"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """accept or abort, the reason, every figure it rests on (finite floats only: they are
+    signed into the verdict), advice a user can act on, and the certificate when there is one."""
+
+    verdict: str
+    reason: str
+    figures: dict[str, float] = field(default_factory=dict)
+    detail: str = ""
+    certificate: Certificate | None = None
+
+
+def certificate_figures(cert: Certificate) -> dict[str, float]:
+    """The certificate's scalar parts, as signed into a verdict (non-finite ones left out)."""
+    raw = {
+        "certified_epsilon": cert.certified_epsilon,
+        "point": cert.point,
+        "statistical": cert.statistical,
+        "corruption": cert.corruption,
+        "tau_slack": cert.tau_slack,
+        "bias": cert.bias,
+        "max_corrupted": float(cert.max_corrupted),
+        "trim": float(cert.trim),
+    }
+    return {k: float(v) for k, v in raw.items() if math.isfinite(v)}
+
+
+def decide(
+    *,
+    epsilon: float,
+    delta: float,
+    certificate: Certificate | None,
+    spot: EquivReport | None,
+    bad_response: str | None = None,
+    extra: dict[str, float] | None = None,
+) -> Decision:
+    """The product's decision (module doc). ``certificate`` may be None only when the response
+    was bad or a spot-check failed (it is not computed then)."""
+    figures: dict[str, float] = {"epsilon": float(epsilon), "delta": float(delta)}
+    if spot is not None:
+        figures |= {
+            "spot_checks": float(len(spot.match)),
+            "spot_mismatches": float(spot.mismatches),
+            "spot_max_abs_diff": float(spot.max_abs_diff.max(initial=0.0)),
+            "tau": spot.tau,
+        }
+    figures |= {k: float(v) for k, v in (extra or {}).items() if math.isfinite(v)}
+    if bad_response is not None:
+        return Decision("abort", AbortReason.BAD_RESPONSE.value, figures, bad_response)
+    if spot is not None and not spot.all_match:
+        return Decision("abort", AbortReason.SPOT_CHECK_MISMATCH.value, figures, explain(spot))
+    if certificate is None:
+        raise ValueError("decide needs a certificate once the response and spot-checks pass")
+    figures |= certificate_figures(certificate)
+    if certificate.accepts(epsilon):
+        return Decision("accept", "certified", figures, "", certificate)
+    detail = (
+        f"certified err <= {certificate.certified_epsilon:.4g} at confidence 1 - {delta:g}, "
+        f"above epsilon = {epsilon:g}"
+    )
+    return Decision("abort", AbortReason.NOT_CERTIFIED.value, figures, detail, certificate)
+
+
+def decide_threshold(
+    *,
+    threshold: float,
+    statistic: float,
+    spot_mismatches: int = 0,
+    spot_checks: int = 0,
+    bad_response: str | None = None,
+    extra: dict[str, float] | None = None,
+    detail: str = "",
+) -> Decision:
+    """The baselines' rule: accept iff ``statistic <= threshold`` (module doc)."""
+    figures = {
+        "threshold": threshold,
+        "spot_checks": float(spot_checks),
+        "spot_mismatches": float(spot_mismatches),
+        **(extra or {}),
+    }
+    if math.isfinite(statistic):
+        figures["statistic"] = statistic
+    figures = {k: float(v) for k, v in figures.items() if math.isfinite(v)}
+    if bad_response is not None:
+        return Decision("abort", AbortReason.BAD_RESPONSE.value, figures, bad_response)
+    if spot_mismatches > 0:
+        return Decision("abort", AbortReason.SPOT_CHECK_MISMATCH.value, figures, detail)
+    if not statistic <= threshold:
+        return Decision("abort", AbortReason.ESTIMATE_ABOVE_THRESHOLD.value, figures)
+    return Decision("accept", "passed", figures)
