@@ -30,6 +30,7 @@ from protocol.signing import create_key_file, load_private_key
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from verifier_client.audit import audit, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
+from verifier_client.report import summary_lines
 from verifier_client.session import Options, run_verification
 from verifier_client.store import VerifierStore
 
@@ -274,46 +275,6 @@ def parse_epsilon(text: str) -> tuple[float, bool]:
     return value, relative
 
 
-def summary_lines(result: dict[str, Any]) -> list[str]:
-    """What a user reads: the certified bound, the verdict, the parts, both sides' trainings."""
-    verdict = str(result["verdict"]).upper()
-    cert = result.get("certificate")
-    eps_abs = result.get("epsilon_absolute") or result.get("epsilon")
-    lines = []
-    if cert:
-        certified = cert.get("certified_epsilon")
-        bound = "unbounded" if certified is None else f"{certified:.4g}"
-        what = "mean err over targets" if cert["aggregate"] == "mean" else "err of every target"
-        share = ""
-        sizes = result.get("sizes") or {}
-        if certified is not None and sizes.get("variance_lower_bound"):
-            share = f" ({100 * certified / sizes['variance_lower_bound']:.3g} % of Var f)"
-        lines.append(
-            f"certified: {what} <= {bound}{share} at confidence 1 - {cert['delta']:g}; "
-            f"epsilon = {eps_abs:.4g} -> {verdict}"
-        )
-        parts = ", ".join(
-            f"{k} {cert[k]:.3g}" if cert[k] is not None else f"{k} inf"
-            for k in ("point", "statistical", "corruption", "tau_slack", "bias")
-        )
-        lines.append(f"  bound = {parts}; m* = {cert['max_corrupted']} undetected values allowed")
-        predicted = sizes.get("predicted_width")
-        if predicted is not None and certified is not None:
-            lines.append(
-                f"  width: predicted {predicted:.3g} (at err = epsilon/2), "
-                f"measured {certified - cert['point']:.3g}"
-            )
-    else:
-        lines.append(f"{verdict} ({result['reason']}); epsilon = {eps_abs}")
-    if result.get("detail"):
-        lines.append(f"  {result['detail']}")
-    lines.append(
-        f"  session {result['session']}: Prover trained {result['prover_trainings']:,}, "
-        f"this machine {result['local_trainings']:,}"
-    )
-    return lines
-
-
 @app.command()
 def verify(
     prover: Annotated[str, typer.Option(help="The Prover's base URL.")],
@@ -504,9 +465,13 @@ def audit_cmd(
 
 @app.command()
 def demo(
-    pairs: Annotated[int, typer.Option(help="Pairs per noise level.")] = 2000,
+    pairs: Annotated[int, typer.Option(help="Shared bases (4 Prover trainings each).")] = 2000,
+    spot_checks: Annotated[int, typer.Option(help="Secret spot-checks.")] = 800,
     budget: Annotated[int, typer.Option(help="Trainings for the Prover's attribution.")] = 4000,
-    epsilon: Annotated[float, typer.Option(help="Tolerated error gap (every target).")] = 2.5,
+    epsilon: Annotated[float, typer.Option(help="Tolerated mean error gap.")] = 0.2,
+    seed: Annotated[
+        str | None, typer.Option(help="Derive the Verifier's secrets from this (same run).")
+    ] = None,
     keep: Annotated[Path | None, typer.Option(help="Keep keys, databases and logs here.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -514,7 +479,10 @@ def demo(
     from verifier_client.demo import run_demo
 
     try:
-        results = run_demo(Console(stderr=json_out), pairs, budget, epsilon, keep)
+        results = run_demo(
+            Console(stderr=json_out), pairs, budget, epsilon, keep, spot_checks,
+            None if seed is None else seed_from_text(seed),
+        )  # fmt: skip
     except (ProtocolError, TransportError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     if json_out:
