@@ -1,7 +1,8 @@
 """Acceptance rate against epsilon, and the protocol's cost curves. Prints JSON; ``--plot``.
 
-Left panel: the interactive protocol's consistency test (gap estimator, threshold epsilon/2,
-the decision of ``verifier_client.decision``) run ``--reps`` times per point on the planted task
+Left panel: the point-estimate test the protocol used before the certificate (gap estimator,
+threshold epsilon/2; kept as the "before" of docs/soundness.md) run ``--reps`` times per point
+on the planted task
 of the end-to-end tests (N = 20, Z = 2), for an honest ridge attribution and for the "pay half"
 cheat g/2, at two challenge sizes. Right panel: trainings per side against epsilon from the
 planner (``protocol.budget.plan``, Bernstein with a pilot), for the interactive Verifier, the
