@@ -99,3 +99,14 @@ def test_the_verifier_may_raise_tau_but_never_lower_it_below_the_tasks() -> None
     assert Options(task="x", epsilon=1.0, tau=1e-6).tau_for(task) == 1e-6
     with pytest.raises(InvalidParameterError, match="below the tau = 1e-09"):
         Options(task="x", epsilon=1.0, tau=0.0).tau_for(task)
+
+
+def test_the_adapter_example_runs_through_serve_and_verify(tmp_path: Path) -> None:
+    # Your own torch model (examples/wine_mlp.py): served (the start-up check passes), challenged
+    # and spot-checked over HTTP with its declared tau; tiny sizes, so only the plumbing and the
+    # spot-checks are asserted here.
+    wine = f"{Path(__file__).parents[2] / 'examples' / 'wine_mlp.py'}:make_task"
+    with prover(tmp_path / "p", wine) as url:
+        result = _verify(url, tmp_path, wine, pairs_per_level=8, spot_checks=6, budget=40)
+    assert result["status"] == "decided" and result["prover_trainings"] == 32
+    assert result["spot_checks"]["mismatches"] == 0 and result["spot_checks"]["tau"] == 1e-4
