@@ -2,21 +2,29 @@
 
 On a planted task with exact err (N = 20, Z = 4, B0 = 0.2, B1 = 4, B2 = 0.3, B3 = 0.1, seed
 noise 0.2), datamodels g_c = Phi with its slopes scaled so that err = c epsilon exactly, for
-c in (0, 1/4, 1/2, 1, 5/4, 2). Sizes from :func:`protocol.certificate.plan_certificate` with a
-pilot on g_{1/2}; k = ``--spot-fraction`` |E| spot-checks. Each challenge is simulated at the
-level of value arrays (numpy masks with the design's joint law, planted ``evaluate``, no HTTP).
+c in (0, 1/4, 1/2, 1, 5/4, 2). Either layout (``--layout``; the Verifier's default is
+``shared-base``). Sizes from :func:`protocol.certificate.plan_certificate` with a pilot on
+g_{1/2}; k = ``--spot-fraction`` |E| spot-checks (for shared-base the planner, which counts
+6 subsets per pair index, is given spot_fraction x 4/6, so it plans the same k and a larger
+m* than the real one: conservative). Each challenge is simulated at the level of value arrays
+(numpy masks with the design's joint law, planted ``evaluate``, no HTTP).
 
 For c >= 1 the Prover also corrupts ``m`` values with every adversary of
-:mod:`protocol.adversaries` (extreme, quiet) for m in a grid (case c: the best m). The
-spot-check randomness is integrated exactly: P(accept) = mean over challenges of
-P(all k checks miss the m values) x 1[the decision accepts]. "after" is the certificate
-(``clt``), "before" is today's decision (point estimate of the gap <= epsilon / 2, max or mean
-over targets), and ``k_needed_before`` is the smallest k that brings "before" to <= delta.
-``before`` repeats that at today's sizes (|E| = 12,000) with the certificate's width beside.
+:mod:`protocol.adversaries` (extreme; quiet at the mean or max aggregate, moved to the trim
+edge m*) for m in :func:`protocol.adversaries.strategic_counts` (1 .. 2 m* + 2; beyond, the
+spot-checks pass with probability <= delta_spot^2). The spot-check randomness is integrated
+exactly: P(accept) = mean over challenges of P(all k checks miss the m values) x 1[the
+decision accepts]. "after" is the certificate (``clt``); for the pair layout "before" is the
+old decision (point estimate of the gap <= epsilon / 2, max or mean over targets) and
+``k_needed_before`` the smallest k that brings "before" to <= delta. ``before`` repeats that
+at the old sizes (pair layout, |E| = 12,000) with the certificate's width beside.
 
-    OMP_NUM_THREADS=1 python benchmarks/soundness.py --reps 200 --before-reps 0 \
-        --out docs/soundness.json --plot docs/soundness.png
-    OMP_NUM_THREADS=1 python benchmarks/soundness.py --reps 0 --out docs/soundness-before.json
+    OMP_NUM_THREADS=1 python benchmarks/soundness.py --layout shared-base --reps 200 \
+        --before-reps 0 --out docs/soundness-shared.json --plot docs/soundness-shared.png
+    OMP_NUM_THREADS=1 python benchmarks/soundness.py --layout pairs --reps 50 \
+        --before-reps 0 --out docs/soundness.json --plot docs/soundness.png
+    OMP_NUM_THREADS=1 python benchmarks/soundness.py --reps 0 --before-reps 50 \
+        --out docs/soundness-before.json
 """
 
 from __future__ import annotations
@@ -32,9 +40,10 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from protocol.adversaries import corrupt_extreme, corrupt_quiet  # noqa: E402
+from protocol.adversaries import corrupt_extreme, corrupt_quiet, strategic_counts  # noqa: E402
 from protocol.certificate import (  # noqa: E402
     certify,
+    max_undetected,
     pass_probability,
     pilot_figures,
     plan_certificate,
@@ -49,23 +58,34 @@ ADVERSARIES = {"extreme": corrupt_extreme, "quiet": corrupt_quiet}
 
 
 class _Design:
-    def __init__(self, rhos: tuple[float, ...], n: int) -> None:
+    def __init__(self, rhos: tuple[float, ...], n: int, layout: str = "pairs") -> None:
         self.rhos = rhos
         self.pairs_per_level = n
+        self.layout = layout
 
 
-def simulate(rng: np.random.Generator, n_train: int, n: int) -> tuple[_Design, Any, Any]:
-    """Masks (6n, N) in design order (pairs at each level) and independent seeds."""
-    rows = []
-    for rho in RHOS:
+def simulate(
+    rng: np.random.Generator, n_train: int, n: int, layout: str = "pairs"
+) -> tuple[_Design, Any, Any]:
+    """Masks in design order and independent seeds: pairs (6n, N), the pairs at each level in
+    turn; shared-base (4n, N), x_j then x'_{l,j} (one uniform per coordinate, nested keeps)."""
+    if layout == "shared-base":
         x = rng.random((n, n_train)) < 0.5
-        xp = np.where(rng.random((n, n_train)) < rho, x, rng.random((n, n_train)) < 0.5)
-        pair = np.empty((2 * n, n_train), dtype=bool)
-        pair[0::2], pair[1::2] = x, xp
-        rows.append(pair)
-    masks = np.concatenate(rows)
+        u = rng.random((n, n_train))
+        fresh = rng.random((n, n_train)) < 0.5
+        rows = [x] + [np.where(u < rho, x, fresh) for rho in RHOS]
+        masks = np.stack(rows, axis=1).reshape(-1, n_train)
+    else:
+        parts = []
+        for rho in RHOS:
+            x = rng.random((n, n_train)) < 0.5
+            xp = np.where(rng.random((n, n_train)) < rho, x, rng.random((n, n_train)) < 0.5)
+            pair = np.empty((2 * n, n_train), dtype=bool)
+            pair[0::2], pair[1::2] = x, xp
+            parts.append(pair)
+        masks = np.concatenate(parts)
     seeds = rng.integers(0, 2**63, size=len(masks), dtype=np.int64).astype(np.uint64)
-    return _Design(RHOS, n), masks, seeds
+    return _Design(RHOS, n, layout), masks, seeds
 
 
 def with_err(task: PlantedTask, err: float) -> Datamodel:
@@ -90,52 +110,74 @@ def k_needed(m: int, n_subsets: int, p_accept: float, delta: float) -> int:
 
 
 def run(
-    aggregate: str, epsilon: float, delta: float, reps: int, frac: float, seed: int
+    aggregate: str,
+    epsilon: float,
+    delta: float,
+    reps: int,
+    frac: float,
+    seed: int,
+    layout: str = "pairs",
 ) -> dict[str, Any]:
     task = PlantedTask(n_train=20, n_targets=4, b0=0.2, b1=4.0, b2=0.3, b3=0.1, noise=0.2, seed=1)
     rng = np.random.default_rng(seed)
-    design, masks, seeds = simulate(rng, task.n_train, 2000)
+    design, masks, seeds = simulate(rng, task.n_train, 2000, layout)
     pilot_g = with_err(task, epsilon / 2)
     sd, mse = pilot_figures(task.evaluate(masks, seeds), pilot_g.predict(masks), design, aggregate)  # type: ignore[arg-type]
     split = task.n_targets if aggregate == "max" else 1
+    per_j = 4 if layout == "shared-base" else 6
     pl = plan_certificate(
-        epsilon, delta, sd_pair_sum=1.1 * sd, mse=1.1 * mse, rhos=RHOS, spot_fraction=frac,
-        n_targets_split=split,
+        epsilon, delta, sd_pair_sum=1.1 * sd, mse=1.1 * mse, rhos=RHOS,
+        spot_fraction=frac * per_j / 6, n_targets_split=split,
     )  # fmt: skip
-    n, k, m_star = pl.pairs_per_level, pl.spot_checks, pl.max_corrupted
+    n = pl.pairs_per_level
+    n_sub = per_j * n
+    k = pl.spot_checks
+    m_star = max_undetected(n_sub, k, delta / 2)
     models = {c: with_err(task, c * epsilon) for c in MULTIPLIERS}
     truth = {c: float(np.max(task.err(g))) for c, g in models.items()}
-    m_grid = sorted({m_star, 4 * m_star, 12 * n // 1000, 6 * n // 100})  # 0.2 % and 1 % of |E|
+    m_grid = strategic_counts(n_sub, k, delta / 2)
     acc: dict[str, list[float]] = {}
     cert_eps: dict[float, list[float]] = {c: [] for c in MULTIPLIERS}
+    bounds: dict[tuple[str, float, int], list[float]] = {}
 
-    def decide(values: Any, preds: Any) -> tuple[bool, bool]:
-        c = certify(values, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
-                    spot_checks=k, bound=task.bound)  # fmt: skip
+    def certificate(values: Any, preds: Any) -> Any:
+        return certify(values, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
+                       spot_checks=k, bound=task.bound)  # fmt: skip
+
+    def before(values: Any, preds: Any) -> bool | None:
+        if layout != "pairs":
+            return None  # the old decision (estimate_gap) reads the pair layout only
         gap = estimate_gap(values, preds, design).gap
-        before = (gap.max() if aggregate == "max" else gap.mean()) <= epsilon / 2
-        return c.accepts(epsilon), bool(before)
+        return bool((gap.max() if aggregate == "max" else gap.mean()) <= epsilon / 2)
+
+    def corrupt(name: str, f: Any, preds: Any, m: int) -> Any:
+        if name == "quiet":
+            return corrupt_quiet(f, preds, design, m, bound=task.bound, aggregate=aggregate,  # type: ignore[arg-type]
+                                 rank=min(m, m_star))  # fmt: skip
+        return corrupt_extreme(f, preds, design, m, bound=task.bound)
 
     t0 = time.time()
     for _ in range(reps):
-        design, masks, seeds = simulate(rng, task.n_train, n)
+        design, masks, seeds = simulate(rng, task.n_train, n, layout)
         f = task.evaluate(masks, seeds)
         for c, g in models.items():
             preds = g.predict(masks)
-            cert = certify(f, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
-                           spot_checks=k, bound=task.bound)  # fmt: skip
+            cert = certificate(f, preds)
             cert_eps[c].append(cert.certified_epsilon)
             acc.setdefault(f"honest|{c}|0|after", []).append(float(cert.accepts(epsilon)))
             if c < 1.0:
                 continue
-            for name, adv in ADVERSARIES.items():
+            for name in ADVERSARIES:
                 for m in m_grid:
-                    bad = adv(f, preds, design, m, bound=task.bound)
-                    after, before = decide(bad, preds)
+                    bad = corrupt(name, f, preds, m)
+                    seen = certificate(bad, preds)
                     w = pass_probability(len(f), m, k)
-                    acc.setdefault(f"{name}|{c}|{m}|after", []).append(w * after)
-                    acc.setdefault(f"{name}|{c}|{m}|before", []).append(w * before)
-                    acc.setdefault(f"{name}|{c}|{m}|before_unchecked", []).append(float(before))
+                    acc.setdefault(f"{name}|{c}|{m}|after", []).append(w * seen.accepts(epsilon))
+                    bounds.setdefault((name, c, m), []).append(seen.certified_epsilon)
+                    old = before(bad, preds)
+                    if old is not None:
+                        acc.setdefault(f"{name}|{c}|{m}|before", []).append(w * old)
+                        acc.setdefault(f"{name}|{c}|{m}|before_unchecked", []).append(float(old))
     rows = []
     for key, vals in sorted(acc.items()):
         name, c, m, kind = key.split("|")
@@ -146,16 +188,52 @@ def run(
         if row["decision"] == "before_unchecked":
             needed.append({"adversary": row["adversary"], "err_over_eps": row["err_over_eps"],
                            "m": row["m"], "k_needed_before": k_needed(
-                               row["m"], 6 * n, row["p_accept"], delta)})  # fmt: skip
+                               row["m"], n_sub, row["p_accept"], delta)})  # fmt: skip
     return {
-        "aggregate": aggregate, "epsilon": epsilon, "delta": delta, "spot_fraction": frac,
-        "plan": {"pairs_per_level": n, "n_subsets": 6 * n, "spot_checks": k,
-                 "max_corrupted": m_star, "predicted_width": pl.predicted_width,
-                 "parts": pl.parts, "pilot_sd": sd, "pilot_mse": mse},
+        "layout": layout, "aggregate": aggregate, "epsilon": epsilon, "delta": delta,
+        "spot_fraction": frac,
+        "plan": {"pairs_per_level": n, "n_subsets": n_sub, "spot_checks": k,
+                 "max_corrupted": m_star, "planner_max_corrupted": pl.max_corrupted,
+                 "predicted_width": pl.predicted_width, "parts": pl.parts, "pilot_sd": sd,
+                 "pilot_mse": mse},
+        "counts": list(m_grid),
         "exact_err": truth,
         "certified_epsilon_median": {str(c): float(np.median(v)) for c, v in cert_eps.items()},
+        "summary": summarise(rows, cert_eps),
+        "lowest_median_U": lowest_bounds(bounds, m_star),
         "rows": rows, "k_needed_before": needed, "seconds": time.time() - t0,
     }  # fmt: skip
+
+
+def lowest_bounds(bounds: dict[tuple[str, float, int], list[float]], m_star: int) -> list[Any]:
+    """Per adversary and err / epsilon: the count m <= m* whose median U is lowest (how far the
+    adversary pushes the certificate where the spot-checks do not stop it)."""
+    best: dict[tuple[str, float], tuple[int, float]] = {}
+    for (name, c, m), us in bounds.items():
+        med = float(np.median(us))
+        if m <= m_star and med < best.get((name, c), (0, np.inf))[1]:
+            best[(name, c)] = (m, med)
+    return [{"adversary": name, "err_over_eps": c, "m": m, "median_U": med}
+            for (name, c), (m, med) in sorted(best.items())]  # fmt: skip
+
+
+def summarise(rows: list[dict[str, Any]], cert_eps: dict[float, list[float]]) -> list[Any]:
+    """Per err / epsilon: honest P(accept), median U, and the worst adversary (name, m,
+    P(accept)) for each decision: the table of ``docs/soundness.md``."""
+    out = []
+    for c, us in cert_eps.items():
+        line: dict[str, Any] = {"err_over_eps": c, "median_U": float(np.median(us))}
+        for r in rows:
+            if r["err_over_eps"] != c:
+                continue
+            if r["adversary"] == "honest":
+                line["honest_p_accept"] = r["p_accept"]
+                continue
+            kind = r["decision"]
+            if kind not in line or r["p_accept"] > line[kind]["p_accept"]:
+                line[kind] = {"adversary": r["adversary"], "m": r["m"], "p_accept": r["p_accept"]}
+        out.append(line)
+    return out
 
 
 def before_regime(reps: int, seed: int) -> dict[str, Any]:
@@ -176,7 +254,7 @@ def before_regime(reps: int, seed: int) -> dict[str, Any]:
             preds = with_err(task, c * eps).predict(masks)
             for name, adv in ADVERSARIES.items():
                 for m in grid:
-                    bad = adv(f, preds, design, m, bound=task.bound)
+                    bad = adv(f, preds, design, m, bound=task.bound)  # type: ignore[operator]
                     gap = estimate_gap(bad, preds, design).gap.max()
                     acc.setdefault((c, name, m), []).append(bool(gap <= eps / 2))
         preds = with_err(task, eps / 2).predict(masks)
@@ -219,15 +297,17 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
             return sorted(pts.items())
 
         ax.plot(*zip(*worst("after"), strict=True), "s-", label="worst adversary, certificate")
-        ax.plot(*zip(*worst("before"), strict=True), "^--", label="worst adversary, before")
+        if worst("before"):
+            ax.plot(*zip(*worst("before"), strict=True), "^--", label="worst adversary, before")
         ax.axhline(res["delta"], color="grey", lw=0.8, ls=":")
         ax.axhline(1 - res["delta"], color="grey", lw=0.8, ls=":")
         ax.axvline(1.0, color="k", lw=0.6)
         ax.set_xlabel("err / epsilon")
         ax.set_ylabel("P(accept)")
         plan = res["plan"]
-        ax.set_title(f"{res['aggregate']}: eps={res['epsilon']}, n={plan['pairs_per_level']}, "
-                     f"k={plan['spot_checks']}", fontsize=9)  # fmt: skip
+        title = f"{res['layout']}, {res['aggregate']}: eps={res['epsilon']}, "
+        title += f"n={plan['pairs_per_level']}, k={plan['spot_checks']}"
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -236,6 +316,8 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--reps", type=int, default=200, help="0 skips the operating characteristic")
+    ap.add_argument("--layout", choices=("shared-base", "pairs"), default="shared-base")
+    ap.add_argument("--aggregates", default="mean,max", help="comma-separated: mean, max")
     ap.add_argument("--delta", type=float, default=0.05)
     ap.add_argument("--spot-fraction", type=float, default=0.2)
     ap.add_argument("--epsilon-mean", type=float, default=2.0)
@@ -243,17 +325,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--plot", default=None)
     ap.add_argument("--out", default=None, help="also write the JSON here")
-    ap.add_argument("--before-reps", type=int, default=50, help="0 skips the today's-sizes table")
+    ap.add_argument("--before-reps", type=int, default=50, help="0 skips the old-sizes table")
     args = ap.parse_args()
     before = before_regime(args.before_reps, args.seed + 2) if args.before_reps else None
-    results = (
-        [
-            run("mean", args.epsilon_mean, args.delta, args.reps, args.spot_fraction, args.seed),
-            run("max", args.epsilon_max, args.delta, args.reps, args.spot_fraction, args.seed + 1),
-        ]
+    eps = {"mean": args.epsilon_mean, "max": args.epsilon_max}
+    offset = {"mean": 0, "max": 1}
+    results = [
+        run(agg, eps[agg], args.delta, args.reps, args.spot_fraction, args.seed + offset[agg],
+            args.layout)
+        for agg in args.aggregates.split(",")
         if args.reps
-        else []
-    )
+    ]  # fmt: skip
     text = json.dumps({"benchmark": "soundness", "before": before, "results": results}, indent=1)
     print(text)
     if args.out:

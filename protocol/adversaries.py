@@ -117,23 +117,42 @@ def _prepare(
     return f, g, _items(design, len(f)), int(count), b
 
 
-def _corner(
-    items: _Items, r: FloatArray, lo: FloatArray, hi: FloatArray, mask: int
-) -> tuple[FloatArray, FloatArray]:
+@dataclass(frozen=True)
+class _Box:
+    """Every item's rows gathered once: head r, its ends, tail r and the tail ends that
+    minimise / maximise w r, all (I, Z) or (I, M, Z)."""
+
+    rh: FloatArray
+    head_ends: tuple[FloatArray, FloatArray]
+    tail_r: FloatArray
+    tail_low: FloatArray
+    tail_high: FloatArray
+    w: FloatArray
+
+    @classmethod
+    def gather(cls, items: _Items, r: FloatArray, lo: FloatArray, hi: FloatArray) -> _Box:
+        w = items.weights[:, :, None]
+        lo_t, hi_t = lo[items.tails], hi[items.tails]
+        down = w * lo_t <= w * hi_t
+        return cls(
+            r[items.heads],
+            (lo[items.heads], hi[items.heads]),
+            r[items.tails],
+            np.where(down, lo_t, hi_t),
+            np.where(down, hi_t, lo_t),
+            w,
+        )
+
+
+def _corner(box: _Box, mask: int) -> tuple[FloatArray, FloatArray]:
     """Min over the box of every item's v with the rows in ``mask`` free (bit 0 the head, bit
     1 + m tail m): (v_min (I, Z), the new r of every item row (I, 1 + M, Z))."""
-    w = items.weights[:, :, None]
-    rt = r[items.tails]
-    free_t = np.array([(mask >> (1 + m)) & 1 for m in range(items.tails.shape[1])], dtype=bool)
-    at_lo, at_hi = w * lo[items.tails], w * hi[items.tails]
-    low_end = np.where(at_lo <= at_hi, lo[items.tails], hi[items.tails])  # minimises w r
-    high_end = np.where(at_lo <= at_hi, hi[items.tails], lo[items.tails])
-    tail_lo = np.where(free_t[None, :, None], low_end, rt)
-    tail_hi = np.where(free_t[None, :, None], high_end, rt)
-    inner = ((w * tail_lo).sum(axis=1), (w * tail_hi).sum(axis=1))
-    heads = (lo[items.heads], hi[items.heads]) if mask & 1 else (r[items.heads],)
-    corners = [(h, side) for h in range(len(heads)) for side in (0, 1)]
-    prods = np.stack([heads[h] * inner[side] for h, side in corners])  # (corners, I, Z)
+    free = np.array([(mask >> (1 + m)) & 1 for m in range(box.w.shape[1])], dtype=bool)
+    tail_lo = np.where(free[None, :, None], box.tail_low, box.tail_r)
+    tail_hi = np.where(free[None, :, None], box.tail_high, box.tail_r)
+    inner = ((box.w * tail_lo).sum(axis=1), (box.w * tail_hi).sum(axis=1))
+    heads = box.head_ends if mask & 1 else (box.rh,)
+    prods = np.stack([h * side for h in heads for side in inner])  # (corners, I, Z)
     best = np.argmin(prods, axis=0)
     head_new = np.choose(best // 2, heads) if len(heads) == 2 else heads[0]
     tails_new = np.where((best % 2 == 0)[:, None, :], tail_lo, tail_hi)
@@ -193,14 +212,15 @@ def corrupt_extreme(
     f, g, items, count, b = _prepare(values, predictions, design, count, bound)
     r = f - g
     lo, hi = -b - g, b - g
-    honest = r[items.heads] * (items.weights[:, :, None] * r[items.tails]).sum(axis=1)
+    box = _Box.gather(items, r, lo, hi)
+    honest = box.rh * (box.w * box.tail_r).sum(axis=1)
     width = 1 + items.tails.shape[1]
     gain = np.full((len(items.heads), width + 1), -np.inf)
     gain[:, 0] = 0.0
     best_mask = np.zeros((len(items.heads), width + 1), dtype=np.int64)
     for mask in range(1, 2**width):
         size = bin(mask).count("1")
-        v_min, _ = _corner(items, r, lo, hi, mask)
+        v_min, _ = _corner(box, mask)
         gm = (honest - v_min).sum(axis=1)
         better = gm > gain[:, size]
         gain[better, size] = gm[better]
@@ -211,7 +231,7 @@ def corrupt_extreme(
     masks = best_mask[np.arange(len(chosen)), chosen]
     for mask in np.unique(masks[chosen > 0]):
         pick = np.flatnonzero((chosen > 0) & (masks == mask))
-        _, new = _corner(items, r, lo, hi, int(mask))
+        _, new = _corner(box, int(mask))
         for m in range(width):
             if (int(mask) >> m) & 1:
                 hit = rows[pick, m]
