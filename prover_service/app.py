@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.errors import ProtocolError
 from prover_service.api.routes import attributions, info, sessions
+from prover_service.api.routes import log as log_routes
 from prover_service.errors import ServiceError
 from prover_service.service import ProverService
 from prover_service.settings import Settings
@@ -141,6 +142,6 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         log.exception("unexpected error")
         return _error(500, "internal", f"internal error ({type(exc).__name__})")
 
-    for router in (info.router, attributions.router, sessions.router):
+    for router in (info.router, attributions.router, sessions.router, log_routes.router):
         app.include_router(router)
     return app

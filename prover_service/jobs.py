@@ -61,8 +61,12 @@ class Jobs:
         self._fail_ownerless()
 
     # -- admission --------------------------------------------------------------------------
-    def add(self, job: JobRow, extra: list[Any], owner: str, est_bytes: int) -> None:
-        """Write ``job`` (and ``extra`` rows) if the owner and the Prover are within quota."""
+    def add(
+        self, job: JobRow, extra: list[Any], owner: str, est_bytes: int,
+        then: Callable[[Any], object] | None = None,
+    ) -> None:  # fmt: skip
+        """Write ``job`` (and ``extra`` rows) if the owner and the Prover are within quota;
+        ``then(session)`` runs in the same transaction (the transparency log's append)."""
         s_ = self.settings
         with self._admit, self.db.begin() as s:
             queued = s.scalar(select(func.count()).where(JobRow.status.in_(ACTIVE))) or 0
@@ -96,6 +100,8 @@ class Jobs:
                 )
             job.owner = owner
             s.add_all([job, *extra])
+            if then is not None:
+                then(s)
         self._wake[job.kind].set()
 
     # -- state ------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from prover_service.attribution import Method, attribute
 from prover_service.auth import Gate
 from prover_service.errors import Forbidden, Invalid, NotFound, TooLarge, Unauthorized
 from prover_service.jobs import JobCancelled, Jobs
+from prover_service.log import TransparencyLog
 from prover_service.sessions import LOCAL, Sessions, ValuesHook
 from prover_service.settings import Settings
 from prover_service.store import (
@@ -70,6 +71,7 @@ class ProverService:
             self.tasks[spec_hash(task)] = task
         self.engine, self.db = make_engine(settings.db)
         check_database(self.engine)
+        self.log = TransparencyLog(self.db, self.key)
         self.arrays = ArrayStore(settings.resolved_array_dir())
         self.gate = Gate(settings)
         self.jobs = Jobs(settings, self.db, self.arrays)
@@ -245,6 +247,7 @@ class ProverService:
             if s.get(AttributionRow, content_hash) is None:
                 s.add(AttributionRow(content_hash=content_hash, task_hash=task_hash, method=method,
                                      signed_json=signed.model_dump_json()))  # fmt: skip
+                self.log.append(s, signed, content_hash)
         return content_hash
 
     # -- sessions (delegated; ``requester`` is a verified key, None, or LOCAL) ----------------

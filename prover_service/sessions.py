@@ -120,7 +120,8 @@ class Sessions:
         nonce = NonceRow(nonce=challenge.nonce, verifier_key=challenge.verifier_key)
         est = n_subsets * (task.n_targets * 8 + 64) * 2
         try:
-            self.jobs.add(job, [nonce, session], challenge.verifier_key, est)
+            self.jobs.add(job, [nonce, session], challenge.verifier_key, est,
+                          then=lambda s: self.svc.log.append(s, signed, session.id))  # fmt: skip
         except IntegrityError:
             raise Conflict("nonce already used: a challenge is never accepted twice") from None
         return session
@@ -201,6 +202,7 @@ class Sessions:
                       .values(response_json=signed.model_dump_json(), status="ready"))  # fmt: skip
             live.status, live.result, live.done = "done", vref.sha256, live.total
             live.updated_at = now()
+            self.svc.log.append(s, signed, row.id)  # logged in the same transaction
         return True
 
     # -- reads ------------------------------------------------------------------------------
@@ -277,6 +279,8 @@ class Sessions:
                     verdict_json=signed.model_dump_json(), verdict=verdict.verdict, status="decided"
                 )  # fmt: skip
             )
+            if result.rowcount:  # type: ignore[attr-defined]
+                self.svc.log.append(s, signed, session_id)
         if not result.rowcount:  # type: ignore[attr-defined]
             held = self.get(session_id).verdict_json
             if held is None or SignedMessage.model_validate_json(held).digest != signed.digest:

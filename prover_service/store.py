@@ -5,13 +5,17 @@ Tables: ``attributions`` (signed manifests), ``jobs`` (training work with progre
 ``sessions`` (one verification each: challenge, response, verdict), ``chunks`` (the completed
 chunks of a challenge job, which is how a restarted service resumes), ``nonces`` (every
 challenge nonce ever accepted), ``session_arrays`` (which session's response serves which array,
-for read authorisation). Arrays are files named by the SHA-256 of their bytes, written
-atomically (temporary file + rename, mode 0600), so a crash never leaves a half-written array
-behind; every read re-hashes the bytes, so a file damaged afterwards is never served or signed.
+for read authorisation), and the transparency log (:mod:`prover_service.log`): ``log_leaves``
+(one per signed message), ``log_nodes`` (every perfect subtree's hash) and ``log_state`` (its
+size and compact range, one row that serialises appends). Arrays are files named by the SHA-256
+of their bytes, written atomically (temporary file + rename, mode 0600), so a crash never leaves
+a half-written array behind; every read re-hashes the bytes, so a file damaged afterwards is
+never served or signed.
 
 A SQLite database file is created with mode 0600, runs in WAL mode with a busy timeout (so
 concurrent writers wait rather than fail), and columns added since a database was created are
-added on open. Any database failure surfaces as :class:`~prover_service.errors.StoreError`.
+added on open, safely with several Prover processes on one database (:func:`make_engine`).
+Any database failure surfaces as :class:`~prover_service.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -24,8 +28,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, Text, create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -37,6 +52,9 @@ __all__ = [
     "Base",
     "ChunkRow",
     "JobRow",
+    "LogLeafRow",
+    "LogNodeRow",
+    "LogStateRow",
     "NonceRow",
     "SessionArrayRow",
     "SessionRow",
@@ -119,6 +137,35 @@ class SessionArrayRow(Base):
     session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
+class LogLeafRow(Base):
+    """One logged signed message: its index in the log and what it is."""
+
+    __tablename__ = "log_leaves"
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))  # the message type: challenge.v1, ...
+    ref: Mapped[str] = mapped_column(String(64), index=True)  # session id or content hash
+    leaf_hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class LogNodeRow(Base):
+    """The hash of a perfect subtree: leaves ``[idx * 2**level, (idx + 1) * 2**level)``."""
+
+    __tablename__ = "log_nodes"
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class LogStateRow(Base):
+    """The log's one state row: its size and compact range (perfect subtree roots, hex)."""
+
+    __tablename__ = "log_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    frontier: Mapped[str] = mapped_column(Text, default="")
+
+
 def _sqlite_file(url: str) -> Path | None:
     if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
         return None
@@ -148,8 +195,7 @@ def make_engine(url: str) -> tuple[Engine, sessionmaker]:  # type: ignore[type-a
         engine = create_engine(url, **kwargs)
         if path is not None:
             event.listen(engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(engine)
-        _add_missing_columns(engine)
+        _create_schema(engine)
     except SQLAlchemyError as exc:
         raise StoreError(f"database {url!r} cannot be opened: {_one_line(exc)}") from None
     return engine, sessionmaker(engine, expire_on_commit=False)
@@ -162,16 +208,42 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _add_missing_columns(engine: Engine) -> None:
+_SCHEMA_LOCK = 0x56444131  # PostgreSQL advisory lock key for schema changes ("VDA1")
+
+
+def _create_schema(engine: Engine, attempts: int = 5) -> None:
+    """Tables, missing columns and the log's state row; safe with several Provers at once.
+
+    On PostgreSQL it all runs in one transaction under an advisory lock, so two processes never
+    race on ``CREATE TABLE``; on SQLite the file lock serialises writers, and a process that
+    loses a race (a table or the state row just created by another) tries again.
+    """
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+                Base.metadata.create_all(conn)
+                _add_missing_columns(conn)
+                state = conn.execute(select(LogStateRow.id).where(LogStateRow.id == 1)).first()
+                if state is None:
+                    conn.execute(insert(LogStateRow).values(id=1, size=0, frontier=""))
+            return
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _add_missing_columns(conn: Connection) -> None:
     """Columns added since a database was created (nullable ones only): ALTER TABLE ADD."""
-    names = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in names.get_columns(table.name)}
-            for col in table.columns:
-                if col.name not in have and col.nullable:
-                    kind = col.type.compile(engine.dialect)
-                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {kind}"))
+    names = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in names.get_columns(table.name)}
+        for col in table.columns:
+            if col.name not in have and col.nullable:
+                kind = col.type.compile(conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {kind}"))
 
 
 def _one_line(exc: BaseException) -> str:
