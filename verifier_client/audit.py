@@ -14,6 +14,12 @@ the task can run it; no private key is needed. The checks, in order:
    recomputed from the response and the opened spot-checks, and the decision
    (:func:`protocol.decision.decide`) reproduces the recorded verdict and reason.
 
+7. (online, :func:`audit_log`) the Prover's transparency log: its tree head is signed by the
+   Prover, every message of the transcript is included in it, and it is consistent with every
+   earlier head the auditor holds (the Verifier's records keep the last head each audit saw),
+   so a Prover that drops or rewrites a session, an aborted one say, is caught. These checks
+   are added to the report; the decision is recomputed as above, unchanged.
+
 A transcript can be saved to one self-contained JSON file (arrays base64-encoded) and audited
 offline with ``audit --file``; tampering with any byte of it is detected.
 """
@@ -44,10 +50,18 @@ from protocol.messages import (
 )
 from protocol.signing import SignedMessage, open_signed
 from protocol.tasks import Task, spec_hash
+from protocol.transparency import (
+    LogProofError,
+    TreeHead,
+    leaf_hash,
+    log_entry,
+    verify_consistency,
+    verify_inclusion,
+)
 from verifier_client.client import ProverClient
 from verifier_client.session import certify_challenge, train_local
 
-__all__ = ["AuditReport", "audit", "fetch_bundle", "load_bundle", "save_bundle"]
+__all__ = ["AuditReport", "audit", "audit_log", "fetch_bundle", "load_bundle", "save_bundle"]
 
 
 @dataclass
@@ -192,3 +206,50 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
                       spot=report, bad_response=bad)  # fmt: skip
     rep.recomputed = f"{decision.verdict}:{decision.reason}"
     return rep
+
+
+_LOGGED = ("attribution", "challenge", "response", "verdict_message")
+
+
+def audit_log(
+    rep: AuditReport, client: ProverClient, transcript: dict[str, Any], held: list[SignedMessage]
+) -> SignedMessage | None:
+    """Check the transcript against the Prover's log (module doc, 7); the current signed head.
+
+    ``held`` are earlier signed heads (from the Verifier's records); each must be signed by the
+    same Prover and be a prefix of the current log. Adds one check per property to ``rep``, with
+    the failing message or head named in its detail; returns None if no head could be had.
+    """
+    try:
+        client.prover_key = client.prover_key or transcript["prover_key"]
+        signed_head, head = client.log_head()
+    except ProtocolError as exc:
+        rep.add("log: tree head signed by the Prover", False, str(exc))
+        return None
+    rep.add("log: tree head signed by the Prover", True, f"size {head.size}")
+    root = bytes.fromhex(head.root_hash)
+    missing = []
+    for name in _LOGGED:
+        if not transcript.get(name):
+            continue
+        leaf = leaf_hash(log_entry(SignedMessage.model_validate(transcript[name])))
+        try:
+            doc = client.log_inclusion(leaf.hex(), head.size)
+            proof = [bytes.fromhex(p) for p in doc["proof"]]
+            verify_inclusion(leaf, int(doc["index"]), head.size, proof, root)
+        except (ProtocolError, KeyError, ValueError) as exc:
+            missing.append(f"{name.removesuffix('_message')}: {exc}")
+    rep.add("log: every message of the transcript is included", not missing, "; ".join(missing))
+    for earlier_signed in held:
+        try:
+            earlier = open_signed(earlier_signed, TreeHead, signer=client.prover_key)
+            if earlier.size > head.size:
+                raise LogProofError(f"the log shrank from {earlier.size} to {head.size} entries")
+            doc = client.log_consistency(earlier.size, head.size)
+            verify_consistency(earlier.size, head.size, bytes.fromhex(earlier.root_hash), root,
+                               [bytes.fromhex(p) for p in doc["proof"]])  # fmt: skip
+            rep.add(f"log: consistent with the held head of size {earlier.size}", True)
+        except (ProtocolError, KeyError, ValueError) as exc:
+            size = earlier_signed.payload.get("size")
+            rep.add(f"log: consistent with the held head of size {size}", False, str(exc))
+    return signed_head

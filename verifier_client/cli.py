@@ -26,9 +26,9 @@ from protocol.errors import InvalidParameterError, ProtocolError
 from protocol.evaluation import evaluate_design, run_task
 from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
-from protocol.signing import create_key_file, load_private_key
+from protocol.signing import SignedMessage, create_key_file, load_private_key
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
-from verifier_client.audit import audit, fetch_bundle, load_bundle, save_bundle
+from verifier_client.audit import audit, audit_log, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.report import summary_lines
 from verifier_client.session import Options, run_verification
@@ -431,23 +431,38 @@ def audit_cmd(
         str | None, typer.Option(help="Expected Prover public key (hex).")
     ] = None,
     key: Annotated[Path | None, typer.Option(help="Key to sign the transcript request.")] = None,
+    db: Annotated[
+        str | None, typer.Option(help="Verifier records: check the log against their heads.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check every signature and hash of a transcript and recompute its decision; exit 0 if it
-    matches the recorded verdict, 1 if not, 2 on error."""
+    matches the recorded verdict, 1 if not, 2 on error. Online, also check the Prover's
+    transparency log: the transcript's inclusion, and consistency with every tree head held in
+    ``--db`` (the session's record then keeps the new head)."""
     try:
         t = load_task(task)
         if file is not None:
-            bundle = load_bundle(file)
+            report = audit(load_bundle(file), t, prover_key)
         elif prover is not None and session is not None:
             signing_key = load_private_key(key) if key is not None else None
+            store = VerifierStore(db) if db is not None else None
             with httpx.Client(base_url=prover, timeout=120) as http:
-                bundle = fetch_bundle(ProverClient(http, key=signing_key), session, signing_key)
-            if save is not None:
-                save_bundle(bundle, save)
+                client = ProverClient(http, key=signing_key)
+                bundle = fetch_bundle(client, session, signing_key)
+                if save is not None:
+                    save_bundle(bundle, save)
+                report = audit(bundle, t, prover_key)
+                client.prover_key = prover_key or bundle["transcript"]["prover_key"]
+                held = [SignedMessage.model_validate_json(r.log_head_json)
+                        for r in (store.all() if store else [])
+                        if r.log_head_json and r.prover_key == client.prover_key]  # fmt: skip
+                head = audit_log(report, client, bundle["transcript"], held)
+            record = store.get(session) if store is not None else None
+            if store is not None and record is not None and head is not None and report.ok:
+                store.update(record.id, log_head_json=head.model_dump_json())
         else:
             raise _fail("give --prover URL SESSION, or --file TRANSCRIPT")
-        report = audit(bundle, t, prover_key)
     except (ProtocolError, TransportError) as exc:
         raise _fail(str(exc)) from None
     except (KeyError, TypeError) as exc:

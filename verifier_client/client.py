@@ -26,6 +26,7 @@ from protocol.datamodel import Datamodel
 from protocol.errors import ProtocolError, ShapeError
 from protocol.messages import ArrayRef, AttributionManifest, ResponseManifest, array_from_npy
 from protocol.signing import SignedMessage, open_signed, sign_request
+from protocol.transparency import TreeHead
 
 __all__ = ["ProverClient", "ProverRefused", "TransportError"]
 
@@ -180,3 +181,21 @@ class ProverClient:
         """A session's transcript, read as ``key`` (or the client's key)."""
         self._adopt(key)
         return self._json("GET", f"/v1/sessions/{session_id}/transcript")  # type: ignore[no-any-return]
+
+    # -- the transparency log (public reads) ------------------------------------------------
+    def log_head(self) -> tuple[SignedMessage, TreeHead]:
+        """The log's signed tree head, verified against the Prover's key (``info`` first)."""
+        doc = self._json("GET", "/v1/log/head")
+        try:
+            signed = SignedMessage.model_validate(doc)
+        except ValidationError:
+            raise ShapeError("the Prover's tree head is not a signed message") from None
+        return signed, open_signed(signed, TreeHead, signer=self.prover_key)
+
+    def log_inclusion(self, leaf_hex: str, size: int) -> dict[str, Any]:
+        """``{index, size, leaf_hash, root_hash, proof}`` for a leaf in the tree of ``size``."""
+        return self._json("GET", "/v1/log/inclusion", params={"leaf": leaf_hex, "size": size})  # type: ignore[no-any-return]
+
+    def log_consistency(self, first: int, second: int) -> dict[str, Any]:
+        """``{first, second, first_root, second_root, proof}`` between two tree sizes."""
+        return self._json("GET", "/v1/log/consistency", params={"first": first, "second": second})  # type: ignore[no-any-return]

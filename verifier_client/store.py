@@ -50,6 +50,7 @@ class Record(_Base):
     certificate_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     posted_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # verdict delivered
     verdict_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_head_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # signed tree head
     times_json: Mapped[str] = mapped_column(Text, default="{}")
     prover_trainings: Mapped[int] = mapped_column(Integer, default=0)
     local_trainings: Mapped[int] = mapped_column(Integer, default=0)
