@@ -7,11 +7,12 @@ k = 12,000 spot-checks (20 %), so m* = 16 values may be corrupted unseen. The ho
 attribution (err ~0.01) is certified (measured U = 0.18). Every attribution cheat has exact
 err >= 0.31 (scale:0.5, the smallest; favor and noise far more) and is aborted as not
 certified; lie, lazy and inflate corrupt >= 10 % of E and replay every value, so the
-spot-checks catch them. extreme and quiet ride on scale:0.5 and corrupt COUNT = 2 values, an
-eighth of m*: the k checks miss both with probability 0.8^2 = 0.64, and seed 2 is one where
-they do, so what aborts them is the certificate itself (``not_certified``; measured U = 0.63
-and 0.49), not a spot-check. The Verifier's secrets and the Prover's corruption are derived
-from fixed seeds, so every case is reproducible. About 15 s per case.
+spot-checks catch them. extreme and quiet ride on scale:0.5 and corrupt COUNT = 1 value, a
+sixteenth of m*: the k checks miss it with probability 0.8, and the test retries with new
+seeds (at most 6, so P(caught every time) = 0.2^6 = 6e-5) until they do, so what aborts it is
+the certificate itself (``not_certified``; measured U = 0.63 for extreme and 0.49 for quiet at
+COUNT = 2), not a spot-check; every try must abort. The Verifier's secrets come from fixed
+seeds (the Prover's attribution need not be bitwise the same across runs). About 20 s a case.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ EPSILON = 0.25
 BASES = 15000
 K = 12000
 M_STAR = max_undetected(4 * BASES, K, 0.025)
-COUNT = 2
+COUNT = 1
 KEY = generate_key()
 # The strategic modes need the challenge's design: prover_service/service.py's values hook must
 # call ``adversary.tamper_values(..., row.id, design=design)``. Until it does, the Prover's job
@@ -75,7 +76,7 @@ def verify(url: str, root: Path, seed: int) -> dict:  # type: ignore[type-arg]
 
 
 def test_sizes_leave_the_strategic_counts_to_the_certificate() -> None:
-    assert M_STAR == 16 and COUNT <= M_STAR / 8  # far below what the certificate charges for
+    assert M_STAR == 16 and COUNT <= M_STAR / 16  # far below what the certificate charges for
 
 
 def test_honest_prover_is_certified(tmp_path: Path) -> None:
@@ -95,8 +96,6 @@ def test_honest_prover_is_certified(tmp_path: Path) -> None:
         ("scale:0.5,inflate:10%:3.0", {"spot_check_mismatch", "not_certified"}),
         ("lie:0.2", {"spot_check_mismatch"}),
         ("lazy:0.3", {"spot_check_mismatch"}),
-        pytest.param(f"scale:0.5,extreme:{COUNT}", {"not_certified"}, marks=NEEDS_DESIGN),
-        pytest.param(f"scale:0.5,quiet:{COUNT}", {"not_certified"}, marks=NEEDS_DESIGN),
     ],
 )
 def test_each_adversary_is_aborted(tmp_path: Path, spec: str, reasons: set[str]) -> None:
@@ -104,6 +103,23 @@ def test_each_adversary_is_aborted(tmp_path: Path, spec: str, reasons: set[str])
         result = verify(url, tmp_path, 2)
     assert result["verdict"] == "abort", result["figures"]
     assert result["reason"] in reasons, result["figures"]
+
+
+@pytest.mark.parametrize("mode", [pytest.param("extreme", marks=NEEDS_DESIGN),
+                                  pytest.param("quiet", marks=NEEDS_DESIGN)])  # fmt: skip
+def test_strategic_corruption_is_aborted_by_the_certificate(tmp_path: Path, mode: str) -> None:
+    reasons = []
+    with prover(tmp_path / "p", f"scale:0.5,{mode}:{COUNT}") as url:
+        for seed in range(2, 8):
+            result = verify(url, tmp_path, seed)
+            assert result["verdict"] == "abort", result["figures"]
+            reasons.append(result["reason"])
+            if result["reason"] == "not_certified":
+                assert result["certified_epsilon"] > EPSILON
+                assert result["certificate"]["max_corrupted"] == M_STAR
+                break
+    assert reasons[-1] == "not_certified", reasons
+    assert set(reasons[:-1]) <= {"spot_check_mismatch"}
 
 
 def test_replay_is_aborted(tmp_path: Path) -> None:
