@@ -28,6 +28,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prover servi
 _err = Console(stderr=True)
 
 TaskOpt = Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")]
+ExecutorOpt = Annotated[
+    str, typer.Option(help="Where trainings run: local (this process) or ray (pip install .[ray]).")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster to join (HOST:6379 or ray://HOST:10001); default RAY_ADDRESS "
+                 "or a local instance."),
+]  # fmt: skip
 
 
 def _progress_bar(show: bool) -> Progress:
@@ -61,8 +69,17 @@ def train(
     p: Annotated[float, typer.Option(help="Inclusion probability of the random subsets.")] = 0.5,
     masks: Annotated[Path | None, typer.Option(help=".npy (K, N) 0/1 or a train .npz.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """Train K subsets and write masks, seeds and f in one file; reruns give identical bytes."""
+    """Train K subsets and write masks, seeds and f in one file; reruns give identical bytes,
+    on either executor."""
+    from prover_service.executor import ExecutorUnavailable, make_executor, use_executor
+
+    try:
+        runner = make_executor(executor, ray_address)
+    except ExecutorUnavailable as exc:
+        raise _fail(str(exc)) from None
     try:
         t = load_task(task)
         key = seed_from_text(seed)
@@ -74,13 +91,18 @@ def train(
         started = time.perf_counter()
         with _progress_bar(progress) as bar:
             job = bar.add_task(f"training {t.name}", total=len(m))
-            summary = train_to_file(
-                t, m, seeds, out, progress=lambda done, _n: bar.update(job, completed=done)
-            )
+            with use_executor(runner):
+                summary = train_to_file(
+                    t, m, seeds, out, progress=lambda done, _n: bar.update(job, completed=done)
+                )
     except ProtocolError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot write {str(out)!r}: {exc.strerror}") from None
+    except RuntimeError as exc:  # the executor's: ChunkLost, a cluster that went away
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        runner.close()
     seconds = time.perf_counter() - started
     summary |= {"task": t.name, "seconds": round(seconds, 3),
                 "models_per_second": round(len(m) / max(seconds, 1e-9), 2)}  # fmt: skip
@@ -171,6 +193,8 @@ def serve(
     ] = None,
     max_budget: Annotated[int, typer.Option(help="Largest attribution budget.")] = 100_000,
     max_subsets: Annotated[int, typer.Option(help="Largest challenge |E|.")] = 250_000,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Run the Prover service (FastAPI on uvicorn); checks its database and every stored array
     first (one line and exit 2 if damaged), then resumes unfinished jobs. More settings (quotas,
@@ -180,13 +204,15 @@ def serve(
 
     from prover_service.app import create_app
     from prover_service.errors import ServiceError
+    from prover_service.executor import ExecutorUnavailable
     from prover_service.settings import Settings
 
     try:
         settings = Settings(db=db, key_file=key, key_env=key_env, tasks=task, adversary=adversary,
                             public_transcripts=public_transcripts, check_tasks=check_tasks,
                             verifier_keys_file=verifier_keys, max_budget=max_budget,
-                            max_subsets=max_subsets)  # fmt: skip
+                            max_subsets=max_subsets, executor=executor,
+                            ray_address=ray_address)  # fmt: skip
         application = create_app(settings)
         started = time.perf_counter()
         bad = application.state.service.check_integrity()
@@ -205,6 +231,8 @@ def serve(
         raise _fail(f"bad setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     except OSError as exc:
         raise _fail(f"cannot start: {exc}") from None
+    except ExecutorUnavailable as exc:
+        raise _fail(str(exc)) from None
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 

@@ -16,6 +16,11 @@ after a restart; a chunk whose arrays are damaged is trained again. An attributi
 from the beginning (its method is deterministic in its seed, so the result is the same). Jobs
 without an owner (from before authentication) are never resumed: they are marked failed.
 
+**Where.** Trainings run on :attr:`Jobs.executor` (``settings.executor``, local or Ray): a
+challenge step hands it up to ``executor.slots`` missing chunks at once and persists each as it
+arrives, in any order; an attribution job runs with it as the current executor
+(:func:`prover_service.executor.use_executor`). Progress counts the trainings of finished chunks.
+
 **Cancel.** :meth:`Jobs.cancel` marks a job ``cancelled``; a challenge stops before its next chunk
 and an attribution at its next progress report.
 """
@@ -30,6 +35,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
 from prover_service.errors import InsufficientStorage, NotFound, TooManyRequests
+from prover_service.executor import Executor, executor_from_settings, use_executor
 from prover_service.settings import Settings
 from prover_service.store import ArrayStore, JobRow, SessionRow, now
 
@@ -58,6 +64,7 @@ class Jobs:
         self._threads: list[threading.Thread] = []
         self.step_challenge: StepFn | None = None
         self.run_attribution: RunFn | None = None
+        self.executor: Executor = executor_from_settings(settings)
         self._fail_ownerless()
 
     # -- admission --------------------------------------------------------------------------
@@ -177,7 +184,8 @@ class Jobs:
             else:
                 assert self.run_attribution is not None  # noqa: S101
                 self.set(job.id, status="running")
-                self.run_attribution(job)
+                with use_executor(self.executor):
+                    self.run_attribution(job)
         except JobCancelled:
             pass
         except Exception as exc:  # noqa: BLE001 - a failed job is recorded, not fatal
@@ -219,6 +227,7 @@ class Jobs:
             event.set()
         for t in self._threads:
             t.join(timeout=60)
+        self.executor.close()
 
     @property
     def stopping(self) -> bool:

@@ -29,7 +29,6 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from protocol.errors import ProtocolError
-from protocol.evaluation import run_task
 from protocol.messages import (
     Challenge,
     ResponseManifest,
@@ -39,7 +38,7 @@ from protocol.messages import (
 )
 from protocol.sampling import ChallengeDesign
 from protocol.signing import BadSignatureError, SignedMessage, open_signed, sign_message
-from protocol.tasks import TaskBase
+from protocol.tasks import TaskBase, TrainingOutputs
 from prover_service.errors import (
     Conflict,
     CorruptArray,
@@ -49,6 +48,7 @@ from prover_service.errors import (
     TooLarge,
     Unauthorized,
 )
+from prover_service.executor import Chunk
 from prover_service.jobs import JobCancelled, Jobs
 from prover_service.store import ChunkRow, JobRow, NonceRow, SessionArrayRow, SessionRow, now
 
@@ -140,16 +140,23 @@ class Sessions:
         todo = [(a, b) for a, b in design.chunks(step) if a not in done]
         if todo:
             self.jobs.check_cancelled(job.id)
-            start, stop = todo[0]
-            out = run_task(task, design.masks(start, stop), design.seeds(start, stop))
-            vsha = self.svc.arrays.put(array_to_npy("values", out.values)[1])
-            psha = self.svc.arrays.put(array_to_npy("probes", out.probes)[1])
-            with self.svc.db.begin() as s:
-                s.add(ChunkRow(job_id=job.id, start=start, stop=stop, values_sha=vsha,
-                               probes_sha=psha))  # fmt: skip
-            trained = sum(b - a for a, b in design.chunks(step) if a in done) + stop - start
-            self.jobs.set(job.id, done=trained)
-            if len(todo) > 1:
+            executor = self.jobs.executor
+            wave = [Chunk(a, b, design.masks(a, b), design.seeds(a, b))
+                    for a, b in todo[: executor.slots]]  # fmt: skip
+            trained = [sum(b - a for a, b in design.chunks(step) if a in done)]
+
+            def persist(chunk: Chunk, out: TrainingOutputs) -> None:  # as each one arrives
+                vsha = self.svc.arrays.put(array_to_npy("values", out.values)[1])
+                psha = self.svc.arrays.put(array_to_npy("probes", out.probes)[1])
+                with self.svc.db.begin() as s:
+                    s.add(ChunkRow(job_id=job.id, start=chunk.start, stop=chunk.stop,
+                                   values_sha=vsha, probes_sha=psha))  # fmt: skip
+                trained[0] += chunk.stop - chunk.start
+                if not self.jobs.set(job.id, done=trained[0]):
+                    raise JobCancelled(job.id)
+
+            executor.map_chunks(task, wave, persist)
+            if len(todo) > len(wave):
                 return False
         self.jobs.check_cancelled(job.id)
         return self._finish(job, row, task, design)

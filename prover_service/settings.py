@@ -13,11 +13,18 @@ expensive requests, ``max_active_jobs_per_key`` unfinished jobs and ``trainings_
 with ``Retry-After``), the whole Prover to ``max_queued_jobs`` unfinished jobs (429) and
 ``max_disk_bytes`` of arrays (507), and each job to ``max_subsets`` |E| and ``max_budget``
 trainings (413).
+
+**Where trainings run** (``executor``): ``local`` (default) trains in this process; ``ray`` sends
+chunks to Ray (``ray_address``: a cluster to join, else ``RAY_ADDRESS`` or a local instance;
+``ray_workers`` chunks in flight, 0 for as many as the cluster's CPUs; each chunk asks for
+``ray_num_cpus`` / ``ray_num_gpus`` and is retried ``ray_max_retries`` times if its worker dies).
+See :mod:`prover_service.executor` and docs/scale-out.md.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +60,13 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(default=64, ge=1)
     max_disk_bytes: int = Field(default=50 * 2**30, ge=0)
     require_prover_key: bool = False  # refuse challenges that do not name this Prover's key
+    # where trainings run (module doc)
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_workers: int = Field(default=0, ge=0)
+    ray_num_cpus: float = Field(default=1.0, ge=0)
+    ray_num_gpus: float = Field(default=0.0, ge=0)
+    ray_max_retries: int = Field(default=3, ge=0)
 
     @field_validator("db")
     @classmethod

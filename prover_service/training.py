@@ -20,9 +20,9 @@ from protocol.checkequiv import fingerprint
 from protocol.checks import as_mask_matrix
 from protocol.codec import canonical_json
 from protocol.errors import InvalidParameterError, ShapeError
-from protocol.evaluation import run_task
 from protocol.sampling import pack_masks, sample_masks, training_seeds, unpack_masks
 from protocol.tasks import Task, spec_hash
+from prover_service.executor import current_executor
 
 __all__ = ["draw_training_set", "read_masks", "train_to_file", "write_npz"]
 
@@ -73,8 +73,9 @@ def train_to_file(
     out: Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, object]:
-    """Train one model per row, write the file (module doc), return a short summary."""
-    outputs = run_task(task, masks, seeds, progress)
+    """Train one model per row on the current executor, write the file (module doc), return a
+    short summary."""
+    outputs = current_executor().run(task, masks, seeds, progress)
     values, probes = outputs.values, outputs.probes
     prints = np.array([fingerprint(values[i], probes[i]) for i in range(len(values))])
     write_npz(

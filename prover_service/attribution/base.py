@@ -1,4 +1,8 @@
-"""What every attribution method shares: the result type and the training of sampled subsets."""
+"""What every attribution method shares: the result type and the training of sampled subsets.
+
+Trainings run on the current executor (:func:`prover_service.executor.current_executor`: the
+job's, set by the job lane, else local), with the same rows, seeds and chunks on every executor.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ from numpy.typing import NDArray
 from protocol.checks import check_probability
 from protocol.datamodel import Datamodel
 from protocol.evaluation import Progress as Progress
-from protocol.evaluation import run_task
 from protocol.sampling import sample_masks, training_seeds
 from protocol.tasks import Task
+from prover_service.executor import current_executor
 
 __all__ = ["AttributionResult", "Progress", "train_samples"]
 
@@ -45,5 +49,6 @@ def train_samples(
     check_probability("p", p)
     masks = sample_masks(seed, task.n_train, p, range(count), domain=domain)
     seeds = training_seeds(seed, range(count), domain=f"{domain}-seed")
-    values = run_task(task, masks, seeds, progress, offset=offset, total=total).values
+    run = current_executor().run
+    values = run(task, masks, seeds, progress, offset=offset, total=total).values
     return masks, values

@@ -25,10 +25,10 @@ from numpy.typing import NDArray
 
 from protocol.datamodel import Datamodel
 from protocol.errors import BudgetError
-from protocol.evaluation import run_task
 from protocol.sampling import training_seeds
 from protocol.tasks import Task
 from prover_service.attribution.base import AttributionResult, Progress, train_samples
+from prover_service.executor import current_executor
 
 __all__ = ["influence", "lasso", "loo", "ridge"]
 
@@ -144,7 +144,7 @@ def loo(
     masks = np.ones((n + 1, n), dtype=bool)
     masks[np.arange(1, n + 1), np.arange(n)] = False
     seeds = np.repeat(training_seeds(seed, range(1), domain="loo-seed"), n + 1)
-    f = run_task(task, masks, seeds, progress).values
+    f = current_executor().run(task, masks, seeds, progress).values
     w = (f[0][None, :] - f[1:]).T
     return AttributionResult(
         "loo", Datamodel(f[0] - w.sum(1), w), n + 1,
