@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.errors import ProtocolError
-from prover_service.api.routes import attributions, info, sessions
+from prover_service.api.routes import attributions, audit, info, sessions
 from prover_service.api.routes import log as log_routes
 from prover_service.errors import ServiceError
 from prover_service.service import ProverService
@@ -142,6 +142,12 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         log.exception("unexpected error")
         return _error(500, "internal", f"internal error ({type(exc).__name__})")
 
-    for router in (info.router, attributions.router, sessions.router, log_routes.router):
+    for router in (
+        info.router,
+        attributions.router,
+        sessions.router,
+        log_routes.router,
+        audit.router,
+    ):
         app.include_router(router)
     return app

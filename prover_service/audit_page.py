@@ -1,0 +1,212 @@
+"""What the ``/audit`` page shows: each session's checks recomputed here, and its charts as SVG.
+
+The recomputation uses the protocol only (the service never imports the Verifier's client):
+signatures (:func:`protocol.signing.open_signed`), hashes, the spot-check commitment, the
+opened spot-checks re-trained (:func:`protocol.evaluation.run_task`,
+:func:`protocol.checkequiv.check_equiv`), the certificate (:func:`protocol.certificate.certify`,
+the same call as the Verifier's ``certify_challenge``), the decision
+(:func:`protocol.decision.decide`), and each message's inclusion in the transparency log.
+A transcript altered in the database fails here, visibly, whatever its stored verdict says.
+
+Charts are drawn as inline SVG strings on the server: no JavaScript, no build step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+import numpy as np
+
+from protocol.certificate import Certificate, certify
+from protocol.checkequiv import check_equiv
+from protocol.datamodel import Datamodel
+from protocol.decision import decide
+from protocol.errors import ProtocolError
+from protocol.evaluation import run_task
+from protocol.messages import (
+    AttributionManifest,
+    Challenge,
+    ResponseManifest,
+    Verdict,
+    array_from_npy,
+    commit_spot_checks,
+)
+from protocol.signing import SignedMessage, open_signed
+from protocol.transparency import leaf_hash, log_entry, verify_inclusion
+from prover_service.errors import ServiceError
+from prover_service.store import SessionRow
+
+__all__ = ["SessionAudit", "audit_session", "bounds_chart", "summary"]
+
+
+@dataclass
+class SessionAudit:
+    """The recomputed checks of one session, its figures and its log proofs."""
+
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    recorded: str | None = None
+    recomputed: str | None = None
+    certificate: Certificate | None = None
+    proofs: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        return ok
+
+    @property
+    def ok(self) -> bool:
+        return all(c["ok"] for c in self.checks) and self.recorded == self.recomputed
+
+
+def summary(row: SessionRow, n_train: int | None = None) -> dict[str, Any]:
+    """One line of the sessions table: verdict, epsilon, certified err, delta, trainings, time.
+
+    The Prover's trainings are the challenge design's size (|E|) when the task is known."""
+    challenge = json.loads(row.challenge_json)["payload"]
+    n_subsets = 6 * challenge["pairs_per_level"]
+    if n_train is not None:
+        n_subsets = len(Challenge.model_validate(challenge).design(n_train))
+    verdict = json.loads(row.verdict_json)["payload"] if row.verdict_json else {}
+    figures = verdict.get("figures", {})
+    return {
+        "id": row.id, "status": row.status, "verdict": row.verdict or "-",
+        "reason": verdict.get("reason", ""), "epsilon": challenge["epsilon"],
+        "certified": figures.get("certified_epsilon"), "delta": challenge["delta"],
+        "prover_trainings": n_subsets,
+        "verifier_trainings": len(verdict.get("spot_check_indices", ())),
+        "created_at": row.created_at,
+    }  # fmt: skip
+
+
+def _log_checks(rep: SessionAudit, svc: Any, messages: dict[str, SignedMessage]) -> None:
+    size, root = svc.log.size_and_root()
+    missing = []
+    for name, signed in messages.items():
+        leaf = leaf_hash(log_entry(signed))
+        try:
+            doc = svc.log.inclusion(leaf.hex(), size)
+            proof = [bytes.fromhex(p) for p in doc["proof"]]
+            verify_inclusion(leaf, doc["index"], size, proof, root)
+            rep.proofs.append({"message": name, "index": doc["index"], "size": size,
+                               "leaf": leaf.hex(), "proof": doc["proof"]})  # fmt: skip
+        except (ServiceError, ProtocolError) as exc:
+            missing.append(f"{name}: {exc}")
+    rep.add("every message is in the transparency log", not missing, "; ".join(missing))
+
+
+def audit_session(svc: Any, row: SessionRow) -> SessionAudit:
+    """Every check of the audit, recomputed from what the database holds (module doc)."""
+    rep = SessionAudit()
+    key = svc.public_key
+    task = svc.tasks.get(row.task_hash)
+    messages: dict[str, SignedMessage] = {}
+    try:
+        a_signed, dm_bytes = svc.attribution(row.attribution_hash)
+        messages["attribution"] = a_signed
+        attribution = open_signed(a_signed, AttributionManifest, signer=key)
+        model = Datamodel.from_bytes(dm_bytes)
+        rep.add("attribution signed by the Prover; datamodel matches its hash",
+                model.content_hash == attribution.content_hash)  # fmt: skip
+        c_signed = SignedMessage.model_validate_json(row.challenge_json)
+        messages["challenge"] = c_signed
+        challenge = open_signed(c_signed, Challenge)
+        rep.add("challenge signed by the key it names", c_signed.signer == challenge.verifier_key)
+        rep.add("challenge names this attribution and task",
+                challenge.attribution_hash == attribution.content_hash
+                and challenge.task_hash == attribution.task_hash == row.task_hash)  # fmt: skip
+        if row.response_json is None or row.verdict_json is None or task is None:
+            rep.add("transcript complete (response and verdict)", False, "missing messages")
+            _log_checks(rep, svc, messages)
+            return rep
+        r_signed = SignedMessage.model_validate_json(row.response_json)
+        messages["response"] = r_signed
+        response = open_signed(r_signed, ResponseManifest, signer=key)
+        rep.add("response answers this challenge", response.challenge_digest == c_signed.digest)
+        values = array_from_npy(response.values, svc.arrays.get(response.values.sha256))
+        probes = array_from_npy(response.probes, svc.arrays.get(response.probes.sha256))
+        rep.add("response arrays match their signed hashes", True)
+        v_signed = SignedMessage.model_validate_json(row.verdict_json)
+        messages["verdict"] = v_signed
+        verdict = open_signed(v_signed, Verdict, signer=challenge.verifier_key)
+        rep.recorded = f"{verdict.verdict}:{verdict.reason}"
+        rep.add("verdict names this challenge and response",
+                (verdict.challenge_digest, verdict.response_digest)
+                == (c_signed.digest, r_signed.digest))  # fmt: skip
+        opened = commit_spot_checks(verdict.spot_check_indices, bytes.fromhex(verdict.salt))
+        rep.add("spot-check commitment opens", opened == challenge.spot_check_commitment)
+    except (ProtocolError, ServiceError, KeyError, ValueError) as exc:
+        rep.add("signatures, hashes and formats", False, str(exc))
+        _log_checks(rep, svc, messages)
+        return rep
+
+    design = challenge.design(task.n_train)
+    values = values.astype(np.float64)
+    idx = np.array(verdict.spot_check_indices, dtype=np.int64)
+    masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx]) if len(idx) else \
+        np.zeros((0, task.n_train), dtype=bool)  # fmt: skip
+    seeds = design.seeds()[idx] if len(idx) else np.zeros(0, dtype=np.uint64)
+    local = run_task(task, masks, seeds)
+    spot = check_equiv(values[idx], probes[idx].astype(np.float32), local.values, local.probes,
+                       challenge.tau)  # fmt: skip
+    rep.add("spot-checks re-trained here agree with the verdict's count",
+            spot.mismatches == int(verdict.figures.get("spot_mismatches", 0)),
+            f"{spot.mismatches} mismatches here")  # fmt: skip
+    cert = None
+    if spot.all_match and challenge.estimator != "residual":
+        cert = certify(values, model.predict(design.masks()), design, delta=challenge.delta,
+                       aggregate=challenge.aggregate, spot_checks=len(idx), tau=challenge.tau,
+                       validity=challenge.validity, bound=task.bound)  # fmt: skip
+        rep.certificate = cert
+        recorded = verdict.figures.get("certified_epsilon", math.inf)
+        here = cert.certified_epsilon
+        rep.add("certificate recomputed from the transcript",
+                math.isclose(here, recorded, rel_tol=1e-9, abs_tol=1e-12),
+                f"certified err {here:.6g} here, {recorded:.6g} recorded")  # fmt: skip
+    decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert,
+                      spot=spot)  # fmt: skip
+    rep.recomputed = f"{decision.verdict}:{decision.reason}"
+    rep.add("decision reproduces the recorded verdict", rep.recomputed == rep.recorded,
+            f"recomputed {rep.recomputed}, recorded {rep.recorded}")  # fmt: skip
+    _log_checks(rep, svc, messages)
+    return rep
+
+
+def bounds_chart(cert: Certificate, epsilon: float, width: int = 640, height: int = 240) -> str:
+    """Inline SVG: per target, the point estimate (dot) and the upper bound (bar), and epsilon."""
+    upper = np.asarray(cert.per_target, dtype=np.float64)
+    point = np.asarray(cert.per_target_point, dtype=np.float64)
+    finite = [v for v in [*upper, *point, epsilon, cert.certified_epsilon] if np.isfinite(v)]
+    top = max(finite) * 1.1 if finite else 1.0
+    n = max(len(upper), 1)
+    pad, plot_h = 40, height - 50
+    step = (width - pad - 10) / n
+
+    def y(v: float) -> float:
+        return 10 + plot_h * (1 - min(max(v, 0.0), top) / top) if np.isfinite(v) else 10
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+             f"<title>Per-target upper bounds (bars) and point estimates (dots); "
+             f"epsilon {epsilon:g}</title>"]  # fmt: skip
+    for j in range(len(upper)):
+        x = pad + j * step
+        parts.append(f'<rect class="bound" x="{x + step * 0.15:.1f}" y="{y(upper[j]):.1f}" '
+                     f'width="{step * 0.7:.1f}" height="{10 + plot_h - y(upper[j]):.1f}" '
+                     f'fill="#9ecae1"><title>{j}: {upper[j]:.4g}</title></rect>')  # fmt: skip
+        parts.append(f'<circle cx="{x + step / 2:.1f}" cy="{y(point[j]):.1f}" r="3" '
+                     f'fill="#08519c"/>')  # fmt: skip
+    ye = y(epsilon)
+    parts.append(f'<line x1="{pad}" x2="{width - 10}" y1="{ye:.1f}" y2="{ye:.1f}" '
+                 f'stroke="#d62728" stroke-dasharray="4 3"/>')  # fmt: skip
+    parts.append(f'<text x="{width - 12}" y="{ye - 4:.1f}" text-anchor="end" font-size="11" '
+                 f'fill="#d62728">epsilon {escape(f"{epsilon:g}")}</text>')  # fmt: skip
+    parts.append(f'<line x1="{pad}" x2="{pad}" y1="10" y2="{10 + plot_h}" stroke="#333"/>')
+    parts.append(f'<text x="4" y="16" font-size="11">{top:.3g}</text>')
+    parts.append(f'<text x="4" y="{10 + plot_h}" font-size="11">0</text>')
+    parts.append(f'<text x="{pad}" y="{height - 8}" font-size="11">targets 0..{n - 1}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,99 @@
+"""The /audit page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
+driven by selenium): it loads, shows the signed head and the sessions, draws the per-target
+bounds chart for an accepted and an aborted session, and shows a tampered transcript as failed.
+A screenshot of the accepted session's page is written to ``$VDA_AUDIT_SCREENSHOT`` if set."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from protocol.signing import generate_key, save_private_key
+from prover_service.app import create_app
+from prover_service.settings import Settings
+from prover_service.store import SessionRow
+from tests.serving import serve
+from verifier_client.client import ProverClient
+from verifier_client.session import Options, run_verification
+from verifier_client.store import VerifierStore
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+TASK = "planted:n_train=20,n_targets=2"
+KEY = generate_key()
+
+
+def _browser():  # type: ignore[no-untyped-def]
+    from selenium.webdriver.chrome.options import Options as ChromeOptions
+    from selenium.webdriver.chrome.service import Service
+
+    opts = ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1100,1400"):  # fmt: skip
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
+
+
+def _verify(url: str, root: Path, epsilon: float, seed: int) -> dict:  # type: ignore[type-arg]
+    opts = Options(task=TASK, epsilon=epsilon, budget=400, max_prover_trainings=20_000,
+                   poll_s=0.02, seed=seed.to_bytes(8, "little"))  # fmt: skip
+    with httpx.Client(base_url=url, timeout=60) as http:
+        store = VerifierStore(f"sqlite:///{root}/v.db")
+        return run_verification(ProverClient(http, key=KEY), store, KEY, opts, url)
+
+
+def test_audit_page_in_chromium(tmp_path: Path) -> None:
+    save_private_key(generate_key(), tmp_path / "p.pem")
+    settings = Settings(db=f"sqlite:///{tmp_path}/p.db", key_file=tmp_path / "p.pem",
+                        tasks=[TASK], public_transcripts=True)  # fmt: skip
+    app = create_app(settings)
+    with serve(app) as url:
+        accepted = _verify(url, tmp_path, 0.6, 1)
+        aborted = _verify(url, tmp_path, 0.001, 2)
+        assert (accepted["verdict"], aborted["verdict"]) == ("accept", "abort"), aborted["reason"]
+        driver = _browser()
+        try:
+            t0 = time.perf_counter()
+            driver.get(f"{url}/audit")
+            load_s = time.perf_counter() - t0
+            size = int(driver.find_element("id", "log-size").text)
+            assert size == 7  # attribution + 2 x (challenge, response, verdict)
+            links = driver.find_elements("css selector", "#sessions a")
+            assert len(links) == 2
+            for result in (accepted, aborted):
+                driver.get(f"{url}/audit/sessions/{result['session']}")
+                assert driver.find_element("id", "outcome").text == "PASSED"
+                bars = driver.find_elements("css selector", "svg.chart rect.bound")
+                assert len(bars) == 2 and all(b.size["height"] > 0 for b in bars)
+                assert len(driver.find_elements("css selector", "#proofs tr")) == 1 + 4
+            driver.get(f"{url}/audit/sessions/{accepted['session']}")
+            shot = os.environ.get("VDA_AUDIT_SCREENSHOT")
+            if shot:
+                driver.save_screenshot(shot)
+            # tamper with the stored response: the page recomputes and shows it failed
+            svc = app.state.service
+            row = svc.session(accepted["session"])
+            assert row.response_json is not None
+            forged = row.response_json.replace('"device_class":"', '"device_class":"x')
+            with svc.db.begin() as s:
+                s.execute(update(SessionRow).where(SessionRow.id == row.id)
+                          .values(response_json=forged))  # fmt: skip
+            driver.get(f"{url}/audit/sessions/{accepted['session']}")
+            assert driver.find_element("id", "outcome").text == "FAILED"
+            failed = driver.find_elements("css selector", "#checks td.failed")
+            assert failed, "a tampered transcript shows a failed check"
+        finally:
+            driver.quit()
+    print(f"audit page load {load_s:.3f} s")  # noqa: T201
