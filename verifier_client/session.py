@@ -463,16 +463,24 @@ class _Run:
 def post_verdict(
     client: ProverClient, store: VerifierStore, record_id: str, sid: str, verdict_json: str
 ) -> None:
-    """Deliver a recorded verdict and mark it delivered. The Prover answers 200 to the same
-    signed verdict posted again; 409 means it holds a *different* verdict for the session,
-    which is an error to report, not a delivery."""
+    """Deliver a recorded verdict and mark it delivered, with the log's signed tree head as it
+    stands after the verdict (kept so that a later audit can check the log never forgot this
+    session; a Prover without a log answers 404 and nothing is kept). The Prover answers 200
+    to the same signed verdict posted again; 409 means it holds a *different* verdict for the
+    session, which is an error to report, not a delivery."""
     try:
         client.post_verdict(sid, SignedMessage.model_validate_json(verdict_json))
     except ProverRefused as exc:
         if exc.status == 409:
             raise ProverRefused(409, f"the Prover holds another verdict for {sid}: {exc}") from None
         raise
-    store.update(record_id, posted_at=time.time())
+    head: str | None = None
+    try:
+        head = client.log_head()[0].model_dump_json()
+    except ProverRefused as exc:
+        if exc.status != 404:
+            raise
+    store.update(record_id, posted_at=time.time(), log_head_json=head)
 
 
 def certify_challenge(

@@ -82,6 +82,9 @@ def test_honest_prover_is_accepted_and_audited(tmp_path: Path) -> None:
             assert result["prover_trainings"] == 4 * sizes["pairs_per_level"]
             assert result["local_trainings"] == sizes["spot_checks"] + sizes["pilot_trainings"]
             assert cert["spot_checks"] == sizes["spot_checks"] and cert["max_corrupted"] > 0
+            assert result["verdict_posted"]
+            row = VerifierStore(f"sqlite:///{tmp_path}/v.db").get(result["record"])
+            assert row is not None and row.log_head_json is not None  # the head after the verdict
             assert _audit(url, result["session"])
 
 
