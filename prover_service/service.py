@@ -91,7 +91,9 @@ class ProverService:
             _, dm_bytes = self.attribution(row.attribution_hash)
             predictions = Datamodel.from_bytes(dm_bytes).predict(design.masks())
             earlier = self._earlier_values(row.id) if adversary.has("replay") else None
-            return adversary.tamper_values(v, task.bound, predictions, earlier, row.id)
+            aggregate = json.loads(row.challenge_json)["payload"].get("aggregate", "mean")
+            return adversary.tamper_values(v, task.bound, predictions, earlier, row.id,
+                                           design=design, aggregate=aggregate)  # fmt: skip
 
         return adversary.tamper_attribution, values
 

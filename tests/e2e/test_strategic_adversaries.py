@@ -40,12 +40,6 @@ K = 12000
 M_STAR = max_undetected(4 * BASES, K, 0.025)
 COUNT = 1
 KEY = generate_key()
-# The strategic modes need the challenge's design: prover_service/service.py's values hook must
-# call ``adversary.tamper_values(..., row.id, design=design)``. Until it does, the Prover's job
-# fails and these cases cannot run (passing with that one-line change, checked on a copy).
-NEEDS_DESIGN = pytest.mark.xfail(
-    strict=True, reason="service.py does not yet pass design= to Adversary.tamper_values"
-)
 
 
 @contextmanager
@@ -105,8 +99,7 @@ def test_each_adversary_is_aborted(tmp_path: Path, spec: str, reasons: set[str])
     assert result["reason"] in reasons, result["figures"]
 
 
-@pytest.mark.parametrize("mode", [pytest.param("extreme", marks=NEEDS_DESIGN),
-                                  pytest.param("quiet", marks=NEEDS_DESIGN)])  # fmt: skip
+@pytest.mark.parametrize("mode", ["extreme", "quiet"])
 def test_strategic_corruption_is_aborted_by_the_certificate(tmp_path: Path, mode: str) -> None:
     reasons = []
     with prover(tmp_path / "p", f"scale:0.5,{mode}:{COUNT}") as url:
