@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from protocol.errors import TaskError
 from protocol.evaluation import Progress, run_task
 from protocol.tasks import Task, TaskBase, TrainingOutputs, declared
+from prover_service.ledger import current_ledger
 
 if TYPE_CHECKING:
     from prover_service.settings import Settings
@@ -130,14 +131,24 @@ class Executor(ABC):
         ]
         parts: dict[int, TrainingOutputs] = {}
         finished = [0]
+        ledger = current_ledger()
 
-        def collect(chunk: Chunk, out: TrainingOutputs) -> None:
+        def collect(chunk: Chunk, out: TrainingOutputs, keep: bool = True) -> None:
+            if ledger is not None and keep:
+                ledger.put(offset + chunk.start, offset + chunk.stop, out)
             parts[chunk.start] = out
             finished[0] += chunk.stop - chunk.start
             if progress is not None:
                 progress(offset + finished[0], total)
 
-        self.map_chunks(t, chunks, collect)
+        todo = []
+        for chunk in chunks:
+            held = None if ledger is None else ledger.get(offset + chunk.start, offset + chunk.stop)
+            if held is None:
+                todo.append(chunk)
+            else:
+                collect(chunk, held, keep=False)
+        self.map_chunks(t, todo, collect)
         return _assemble(t, [parts[c.start] for c in chunks], rows)
 
     @abstractmethod
@@ -184,6 +195,8 @@ class LocalExecutor(Executor):
         offset: int = 0,
         total: int | None = None,
     ) -> TrainingOutputs:
+        if current_ledger() is not None:  # chunks kept and reused: the general path
+            return super().run(task, masks, seeds, progress, offset=offset, total=total)
         return run_task(task, masks, seeds, progress, offset=offset, total=total)
 
 

@@ -12,8 +12,9 @@ section, so a burst cannot slip past them, and writes it; a refused request writ
 - *attributions* run one at a time on their own lane, so a large budget never blocks a challenge.
 
 **Resume.** A challenge job records every completed chunk (``chunks``) and continues from there
-after a restart; a chunk whose arrays are damaged is trained again. An attribution job restarts
-from the beginning (its method is deterministic in its seed, so the result is the same). Jobs
+after a restart; a chunk whose arrays are damaged is trained again. An attribution job keeps
+its trained chunks the same way (:mod:`prover_service.ledger`) and re-trains only the missing
+ones (its method is deterministic in its seed, so the result is the same). Jobs
 without an owner (from before authentication) are never resumed: they are marked failed.
 
 **Where.** Trainings run on :attr:`Jobs.executor` (``settings.executor``, local or Ray): a
@@ -36,6 +37,7 @@ from sqlalchemy.orm import sessionmaker
 
 from prover_service.errors import InsufficientStorage, NotFound, TooManyRequests
 from prover_service.executor import Executor, executor_from_settings, use_executor
+from prover_service.ledger import JobLedger, use_ledger
 from prover_service.settings import Settings
 from prover_service.store import ArrayStore, JobRow, SessionRow, now
 
@@ -184,7 +186,8 @@ class Jobs:
             else:
                 assert self.run_attribution is not None  # noqa: S101
                 self.set(job.id, status="running")
-                with use_executor(self.executor):
+                kept = JobLedger(self.db, self.arrays, job.id)
+                with use_executor(self.executor), use_ledger(kept):
                     self.run_attribution(job)
         except JobCancelled:
             pass

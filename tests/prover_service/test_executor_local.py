@@ -1,10 +1,12 @@
 """The executor interface without Ray: the local executor is run_task, Ray stays unimported
-(Verifier, ``--help``, the local executor), and a missing Ray is one clear error."""
+(Verifier, ``--help``, the local executor), a missing Ray is one clear error, and an
+attribution job resumes from the chunks it kept."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +24,16 @@ from prover_service.executor import (
     make_executor,
     use_executor,
 )
+from prover_service.ledger import JobLedger
+from prover_service.service import ProverService
 from prover_service.training import draw_training_set
+from tests.prover_service.conftest import make_settings
 
 TASK = "planted:n_train=20,n_targets=2"
+
+
+class Killed(BaseException):
+    """A simulated SIGKILL: escapes the job lane's ``except Exception``."""
 
 
 def test_local_executor_is_run_task_and_map_chunks_in_order() -> None:
@@ -79,3 +88,43 @@ def test_verifier_help_and_local_executor_never_import_ray() -> None:
     )  # fmt: skip
     assert helped.returncode == 0, helped.stderr
     assert "--executor" in helped.stdout and "--ray-address" in helped.stdout
+
+
+def test_attribution_job_resumes_from_its_kept_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after its first chunk, an attribution job re-trains only the other two on restart
+    and publishes the same datamodel as an uninterrupted run."""
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "live").mkdir()
+    ref = ProverService(make_settings(tmp_path / "ref", tasks=[TASK]))
+    task_hash = next(iter(ref.tasks))
+    want = ref.submit_attribution(task_hash, "ridge", 3000, 0.5, "")  # 3 chunks of 1024
+    ref.run_pending()
+    assert ref.job(want.id).status == "done"
+
+    live = tmp_path / "live"
+    first = ProverService(make_settings(live, tasks=[TASK]))
+    job = first.submit_attribution(task_hash, "ridge", 3000, 0.5, "")
+    put = JobLedger.put
+
+    def put_then_die(self: JobLedger, start: int, stop: int, out: Any) -> None:
+        put(self, start, stop, out)
+        raise Killed  # the process dies here: nothing else is written
+
+    monkeypatch.setattr(JobLedger, "put", put_then_die)
+    with pytest.raises(Killed):
+        first.run_pending()
+    assert first.job(job.id).status == "running"
+    monkeypatch.setattr(JobLedger, "put", put)
+
+    trained: list[int] = []
+    run_chunks = LocalExecutor.map_chunks
+    monkeypatch.setattr(LocalExecutor, "map_chunks",
+                        lambda self, t, chunks, cb: (trained.extend(c.start for c in chunks),
+                                                     run_chunks(self, t, chunks, cb)))  # fmt: skip
+    second = ProverService(make_settings(live, tasks=[TASK]))
+    second.run_pending()
+    done = second.job(job.id)
+    assert done.status == "done" and done.result == ref.job(want.id).result
+    assert trained == [1024, 2048]
