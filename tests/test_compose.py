@@ -25,10 +25,18 @@ def _flags(app: object, command: str) -> set[str]:
 
 def test_compose_commands_use_real_cli_flags() -> None:
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert set(doc["services"]) == {"prover", "verifier"}
+    default = {n: s for n, s in doc["services"].items() if "profiles" not in s}
+    assert set(default) == {"prover", "verifier"}
+    assert {n for n, s in doc["services"].items() if "ray" in s.get("profiles", [])} == {
+        "ray-head",
+        "ray-worker",
+        "prover-ray",
+    }
     apps = {"verifier_client": verifier_app, "prover_service": prover_app}
     for name, service in doc["services"].items():
-        assert service["image"] == "vda:latest", name
+        if service.get("entrypoint") == ["ray"]:
+            continue  # Ray's own CLI
+        assert service["image"] in ("vda:latest", "vda-ray:latest"), name
         module, command, *rest = service["command"]
         flags = _flags(apps[module], command)
         used = {arg for arg in rest if arg.startswith("--")}
@@ -42,8 +50,8 @@ def test_compose_demands_secrets_and_waits_for_a_healthy_prover() -> None:
     assert doc["services"]["prover"]["build"]["dockerfile"] == "docker/Dockerfile"
     assert "healthcheck" in doc["services"]["prover"]
     assert doc["services"]["verifier"]["depends_on"]["prover"]["condition"] == "service_healthy"
-    for service in doc["services"].values():
-        assert any(v.endswith(":/data") for v in service["volumes"])
+    for name in ("prover", "verifier", "prover-ray"):
+        assert any(v.endswith(":/data") for v in doc["services"][name]["volumes"])
 
 
 def test_image_installs_through_the_tests_install_script() -> None:
