@@ -57,7 +57,8 @@ def test_a_damaged_chunk_is_trained_again_not_signed(tmp_path: Path) -> None:
     assert job is not None
     svc.sessions.step(job)  # trains the only chunk and signs; then damage the chunk, re-finish
     with svc.db() as s:
-        (chunk,) = list(s.query(ChunkRow))
+        # the attribution's kept chunks live in the same table: take the challenge's
+        (chunk,) = list(s.query(ChunkRow).filter_by(job_id=session.job_id))
         s.query(SessionRow).filter_by(id=session.id).update({"response_json": None})
         s.commit()
     _flip(svc.arrays.root / chunk.values_sha[:2] / chunk.values_sha)
