@@ -273,18 +273,11 @@ class ChallengeDesign:
 
     def seeds(self, start: int = 0, stop: int | None = None) -> NDArray[np.uint64]:
         """Training seeds of subsets ``start .. stop-1``, uint64."""
-        stop = len(self) if stop is None else stop
-        if not 0 <= start <= stop <= len(self):
-            raise InvalidParameterError(f"subset range [{start}, {stop}) outside [0, {len(self)})")
-        return training_seeds(self.seed, range(start, stop))
+        return _seeds(self.seed, len(self), start, stop)
 
     def chunks(self, size: int) -> Iterator[tuple[int, int]]:
         """Yield ``(start, stop)`` ranges of at most ``size`` subsets, aligned to pairs."""
-        if size < 2:
-            raise InvalidParameterError("chunk size must be at least 2 subsets")
-        size -= size % 2
-        for start in range(0, len(self), size):
-            yield start, min(start + size, len(self))
+        return _aligned_chunks(len(self), size, 2)
 
 
 @dataclass(frozen=True)
@@ -351,19 +344,11 @@ class SharedBaseDesign:
 
     def seeds(self, start: int = 0, stop: int | None = None) -> NDArray[np.uint64]:
         """Training seeds of subsets ``start .. stop-1``, uint64 (one per subset)."""
-        stop = len(self) if stop is None else stop
-        if not 0 <= start <= stop <= len(self):
-            raise InvalidParameterError(f"subset range [{start}, {stop}) outside [0, {len(self)})")
-        return training_seeds(self.seed, range(start, stop))
+        return _seeds(self.seed, len(self), start, stop)
 
     def chunks(self, size: int) -> Iterator[tuple[int, int]]:
         """Yield ``(start, stop)`` ranges of at most ``size`` subsets, aligned to bases."""
-        group = 1 + len(self.rhos)
-        if size < group:
-            raise InvalidParameterError(f"chunk size must be at least {group} subsets")
-        size -= size % group
-        for start in range(0, len(self), size):
-            yield start, min(start + size, len(self))
+        return _aligned_chunks(len(self), size, 1 + len(self.rhos))
 
     @classmethod
     def saunshi(
@@ -374,6 +359,22 @@ class SharedBaseDesign:
         if not 0.0 < rho0 <= 0.5:
             raise InvalidParameterError(f"rho0 must lie in (0, 1/2]; got {rho0!r}")
         return cls(seed, n_train, p, (0.0, rho0, 2.0 * rho0), bases)
+
+
+def _seeds(seed: bytes, n: int, start: int, stop: int | None) -> NDArray[np.uint64]:
+    """Training seeds of subsets ``start .. stop-1`` of a design of ``n`` subsets."""
+    stop = n if stop is None else stop
+    if not 0 <= start <= stop <= n:
+        raise InvalidParameterError(f"subset range [{start}, {stop}) outside [0, {n})")
+    return training_seeds(seed, range(start, stop))
+
+
+def _aligned_chunks(n: int, size: int, group: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` ranges of at most ``size`` of ``n`` subsets, in whole groups."""
+    if size < group:
+        raise InvalidParameterError(f"chunk size must be at least {group} subsets")
+    size -= size % group
+    return ((start, min(start + size, n)) for start in range(0, n, size))
 
 
 def pack_masks(masks: NDArray[np.bool_]) -> NDArray[np.uint8]:

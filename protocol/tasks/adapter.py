@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from protocol.checks import as_mask_matrix
 from protocol.errors import InvalidParameterError, TaskError
 from protocol.tasks.base import TaskBase, TrainingOutputs
-from protocol.tasks.trained import pick_device
+from protocol.tasks.trained import pick_device, torch_device_class
 
 __all__ = ["TorchTask"]
 
@@ -101,14 +101,8 @@ class TorchTask(TaskBase):
 
     @property
     def device_class(self) -> str:
-        """As for the built-in trained tasks (:class:`protocol.tasks.trained.TrainedTask`)."""
-        from protocol.tasks.base import _forced_isa
-
-        version = torch.__version__.split("+")[0]
-        if self.device.type == "cuda":
-            return f"cuda:{torch.cuda.get_device_name(self.device)}:torch={version}"
-        isa = torch.backends.cpu.get_cpu_capability().lower()
-        return f"cpu:{isa}{_forced_isa()}:threads={torch.get_num_threads()}:torch={version}"
+        """As for the built-in trained tasks (:func:`protocol.tasks.trained.torch_device_class`)."""
+        return torch_device_class(self.device)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:

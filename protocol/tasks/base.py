@@ -53,6 +53,7 @@ __all__ = [
     "cpu_instruction_set",
     "declared",
     "evaluate_checked",
+    "forced_switches",
     "spec_hash",
 ]
 
@@ -119,7 +120,7 @@ def cpu_instruction_set() -> str:
     return machine
 
 
-def _forced_isa() -> str:
+def forced_switches() -> str:
     """Environment switches that force another code path, as recorded in the device class."""
     keys = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
     forced = [f"{k}={os.environ[k]}" for k in keys if os.environ.get(k)]
@@ -161,7 +162,7 @@ class TaskBase:
     def device_class(self) -> str:
         """CPU, instruction set, library versions and BLAS threads (numpy tasks)."""
         return (
-            f"cpu:{platform.machine()}:{cpu_instruction_set()}{_forced_isa()}"
+            f"cpu:{platform.machine()}:{cpu_instruction_set()}{forced_switches()}"
             f":numpy={np.__version__}:threads={os.environ.get('OMP_NUM_THREADS', 'default')}"
         )
 

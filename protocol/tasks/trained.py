@@ -34,9 +34,16 @@ from numpy.typing import NDArray
 
 from protocol.checks import as_mask_matrix
 from protocol.errors import InvalidParameterError, ShapeError
-from protocol.tasks.base import TaskBase, TrainingOutputs, _forced_isa
+from protocol.tasks.base import TaskBase, TrainingOutputs, forced_switches
 
-__all__ = ["TrainedTask", "TrainingOutputs", "correct_class_margin", "pick_device", "splitmix64"]
+__all__ = [
+    "TrainedTask",
+    "TrainingOutputs",
+    "correct_class_margin",
+    "pick_device",
+    "splitmix64",
+    "torch_device_class",
+]
 
 Progress = Callable[[int, int], None]
 
@@ -68,6 +75,21 @@ def correct_class_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return true - others.amax(-1)
 
 
+def torch_device_class(device: torch.device) -> str:
+    """What changes a torch task's bits: the GPU model and CUDA version, or the CPU's
+    architecture, the instruction set torch dispatches to (and any forced switch), the thread
+    count; torch's version."""
+    version = torch.__version__.split("+")[0]
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"cuda:{name}:cuda={torch.version.cuda}:torch={version}"
+    isa = torch.backends.cpu.get_cpu_capability().lower()
+    return (
+        f"cpu:{platform.machine()}:{isa}{forced_switches()}:threads={torch.get_num_threads()}"
+        f":torch={version}"
+    )
+
+
 class TrainedTask(TaskBase):
     """Base class of trained tasks; subclasses implement :meth:`train_chunk` and ``_spec``."""
 
@@ -84,17 +106,8 @@ class TrainedTask(TaskBase):
 
     @property
     def device_class(self) -> str:
-        """What changes bits here: the GPU model, or the CPU's architecture, the instruction set
-        torch dispatches to (``ATEN_CPU_CAPABILITY``) and the thread count; torch's version."""
-        version = torch.__version__.split("+")[0]
-        if self.device.type == "cuda":
-            name = torch.cuda.get_device_name(self.device)
-            return f"cuda:{name}:cuda={torch.version.cuda}:torch={version}"
-        isa = torch.backends.cpu.get_cpu_capability().lower()
-        return (
-            f"cpu:{platform.machine()}:{isa}{_forced_isa()}:threads={torch.get_num_threads()}"
-            f":torch={version}"
-        )
+        """What changes bits here (:func:`torch_device_class`)."""
+        return torch_device_class(self.device)
 
     def train_chunk(
         self, masks: torch.Tensor, seeds: NDArray[np.uint64]
