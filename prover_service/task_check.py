@@ -10,8 +10,8 @@ then again
   kernels (``ATEN_CPU_CAPABILITY=default``), MKL's and oneDNN's SSE4 paths
   (``MKL_ENABLE_INSTRUCTIONS=SSE4_2``, ``ONEDNN_MAX_CPU_ISA=SSE41``), OpenBLAS's SSE3 kernels
   for numpy (``OPENBLAS_CORETYPE=Prescott``) and MKL's
-  conditional-numerical-reproducibility mode (``MKL_CBWR=COMPATIBLE``). An AVX-512 machine
-  runs its native AVX-512 path in the other runs, so both paths are covered there too.
+  conditional-numerical-reproducibility mode (``MKL_CBWR=COMPATIBLE``); on an AVX-512 machine
+  also the AVX2 path (its native path runs in the other variants).
 
 Every variant's values and probe outputs are compared with the reference. The report gives the
 largest difference, what to declare (tau = 0 when every variant is bit-identical; otherwise the
@@ -41,6 +41,7 @@ from protocol.errors import TaskError
 from protocol.evaluation import run_task
 from protocol.sampling import sample_masks, training_seeds
 from protocol.tasks import TaskBase, load_task
+from protocol.tasks.base import cpu_instruction_set
 
 __all__ = ["SAFETY", "TaskCheck", "check_task", "quick_check", "recommend_tau"]
 
@@ -53,6 +54,12 @@ BASELINE_ISA = {
     "ONEDNN_MAX_CPU_ISA": "SSE41",
     "MKL_CBWR": "COMPATIBLE",
     "OPENBLAS_CORETYPE": "Prescott",
+}
+AVX2_ISA = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",
 }
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -233,6 +240,8 @@ def check_task(
             "2 threads": {k: "2" for k in _THREAD_VARS},
             "baseline instruction set": {**BASELINE_ISA, **{k: "1" for k in _THREAD_VARS}},
         }
+        if cpu_instruction_set() == "avx512":  # the other vector path of this CPU
+            variants["AVX2 instruction set"] = {**AVX2_ISA, **{k: "1" for k in _THREAD_VARS}}
         for name, env in variants.items():
             say(name)
             v, p, device = _run_worker(task_ref, masks, seeds, env)

@@ -2,9 +2,10 @@
 
 The exact tasks (``digits-mlp``, ``planted``) must give the same bytes whatever the batch, the
 position in it, the thread count and the instruction set torch, MKL and oneDNN dispatch to.
-This machine may be AVX2 or AVX-512; each run here is compared with a fresh process forced onto
+This machine may be AVX2 or AVX-512; each run here is compared with fresh processes forced onto
 the baseline path (``ATEN_CPU_CAPABILITY=default``, ``MKL_ENABLE_INSTRUCTIONS=SSE4_2``, ...)
-and with one at two threads, so both instruction paths are exercised on any CI machine.
+and onto the AVX2 path (on an AVX-512 machine, the other path), and with one at two threads on
+the native path, so every instruction path is exercised on any CI machine.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ BASELINE = {
     "MKL_CBWR": "COMPATIBLE",
     "OPENBLAS_CORETYPE": "Prescott",
 }
+AVX2 = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",
+}
 _SCRIPT = """
 import hashlib, sys
 import numpy as np, torch
@@ -49,6 +56,14 @@ e = exp_nonpositive(-torch.arange(100_003, dtype=torch.float64) / 1024.0)
 h = hashlib.sha256(out.values[::-1].tobytes() + out.probes[::-1].tobytes() + e.numpy().tobytes())
 print(torch.backends.cpu.get_cpu_capability(), h.hexdigest())
 """
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            return set(next((ln for ln in fh if ln.startswith("flags")), "").split())
+    except OSError:
+        return set()
 
 
 def _digest_here(ref: str) -> str:
@@ -78,6 +93,10 @@ def test_exact_tasks_give_the_same_bytes_on_both_instruction_paths_and_thread_co
     capability, baseline = _digest_in_process(ref, 1, BASELINE)  # reversed batch, baseline path
     assert capability == "DEFAULT"
     assert baseline == here
+    if "avx2" in _cpu_flags():
+        capability, avx2 = _digest_in_process(ref, 1, AVX2)  # reversed batch, AVX2 path
+        assert capability == "AVX2"
+        assert avx2 == here
     native_caps = {"AVX2", "AVX512"} & {torch.backends.cpu.get_cpu_capability()}
     capability, two = _digest_in_process(ref, 2, {})  # reversed batch, native path, 2 threads
     assert two == here
