@@ -203,6 +203,17 @@ def _check_n_train(n_train: int) -> None:
         )
 
 
+def _check_design(seed: bytes, n_train: int, p: float, rhos: tuple[float, ...]) -> None:
+    """What every design checks: the seed, N, p and at least one valid noise level."""
+    _check_seed(seed)
+    _check_n_train(n_train)
+    check_probability("p", p)
+    if len(rhos) == 0:
+        raise InvalidParameterError("a design needs at least one noise level")
+    for r in rhos:
+        check_rho("rho", r)
+
+
 @dataclass(frozen=True)
 class ChallengeDesign:
     """The challenge subsets E of the residual estimator, derived from a 32-byte seed.
@@ -219,13 +230,7 @@ class ChallengeDesign:
     pairs_per_level: int
 
     def __post_init__(self) -> None:
-        _check_seed(self.seed)
-        _check_n_train(self.n_train)
-        check_probability("p", self.p)
-        if len(self.rhos) == 0:
-            raise InvalidParameterError("a design needs at least one noise level")
-        for r in self.rhos:
-            check_rho("rho", r)
+        _check_design(self.seed, self.n_train, self.p, self.rhos)
         if not isinstance(self.pairs_per_level, int) or self.pairs_per_level < 1:
             raise InvalidParameterError(
                 f"pairs per level must be a positive integer; got {self.pairs_per_level!r}"
@@ -299,13 +304,7 @@ class SharedBaseDesign:
     layout: ClassVar[str] = "shared-base"
 
     def __post_init__(self) -> None:
-        _check_seed(self.seed)
-        _check_n_train(self.n_train)
-        check_probability("p", self.p)
-        if len(self.rhos) == 0:
-            raise InvalidParameterError("a design needs at least one noise level")
-        for r in self.rhos:
-            check_rho("rho", r)
+        _check_design(self.seed, self.n_train, self.p, self.rhos)
         if not isinstance(self.bases, int) or self.bases < 1:
             raise InvalidParameterError(f"bases must be a positive integer; got {self.bases!r}")
 
