@@ -37,3 +37,20 @@ def serve(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextmanager
+def serve_prover(
+    root: Any, task: str, adversary: str | None = None, **settings: Any
+) -> Iterator[str]:
+    """A Prover (its own key, SQLite in ``root``) serving ``task`` on loopback; its base URL."""
+    from protocol.signing import generate_key, save_private_key
+    from prover_service.app import create_app
+    from prover_service.settings import Settings
+
+    root.mkdir(parents=True, exist_ok=True)
+    save_private_key(generate_key(), root / "p.pem", overwrite=True)
+    config = Settings(db=f"sqlite:///{root}/p.db", key_file=root / "p.pem", tasks=[task],
+                      adversary=adversary, **settings)  # fmt: skip
+    with serve(create_app(config)) as url:
+        yield url

@@ -22,11 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from protocol.signing import generate_key, save_private_key
+from protocol.signing import generate_key
 from protocol.tasks import load_task
-from prover_service.app import create_app
-from prover_service.settings import Settings
-from tests.serving import serve
+from tests.serving import serve_prover
 from verifier_client.audit import audit, fetch_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.session import Options, _Run, run_verification
@@ -38,12 +36,7 @@ EPSILON = 0.6
 
 @contextmanager
 def prover(root: Path, adversary: str | None = None) -> Iterator[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    save_private_key(generate_key(), root / "p.pem", overwrite=True)
-    settings = Settings(
-        db=f"sqlite:///{root}/p.db", key_file=root / "p.pem", tasks=[TASK], adversary=adversary
-    )
-    with serve(create_app(settings)) as url:
+    with serve_prover(root, TASK, adversary) as url:
         yield url
 
 

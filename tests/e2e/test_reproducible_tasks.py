@@ -17,10 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from protocol.signing import generate_key, save_private_key
-from prover_service.app import create_app
-from prover_service.settings import Settings
-from tests.serving import serve
+from protocol.signing import generate_key
+from tests.serving import serve_prover
 from verifier_client.client import ProverClient
 from verifier_client.session import Options, run_verification
 from verifier_client.store import VerifierStore
@@ -34,11 +32,7 @@ KEY = generate_key()
 def prover(
     root: Path, task: str, adversary: str | None = None, check: bool = True
 ) -> Iterator[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    save_private_key(generate_key(), root / "p.pem", overwrite=True)
-    settings = Settings(db=f"sqlite:///{root}/p.db", key_file=root / "p.pem", tasks=[task],
-                        adversary=adversary, check_tasks=check)  # fmt: skip
-    with serve(create_app(settings)) as url:
+    with serve_prover(root, task, adversary, check_tasks=check) as url:
         yield url
 
 

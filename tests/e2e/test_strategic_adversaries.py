@@ -25,10 +25,8 @@ import httpx
 import pytest
 
 from protocol.certificate import max_undetected
-from protocol.signing import generate_key, save_private_key
-from prover_service.app import create_app
-from prover_service.settings import Settings
-from tests.serving import serve
+from protocol.signing import generate_key
+from tests.serving import serve_prover
 from verifier_client.client import ProverClient
 from verifier_client.session import Options, run_verification
 from verifier_client.store import VerifierStore
@@ -44,12 +42,7 @@ KEY = generate_key()
 
 @contextmanager
 def prover(root: Path, adversary: str | None = None) -> Iterator[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    save_private_key(generate_key(), root / "p.pem", overwrite=True)
-    settings = Settings(
-        db=f"sqlite:///{root}/p.db", key_file=root / "p.pem", tasks=[TASK], adversary=adversary
-    )
-    with serve(create_app(settings)) as url:
+    with serve_prover(root, TASK, adversary) as url:
         yield url
 
 
