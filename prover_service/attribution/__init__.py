@@ -19,12 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
-from pathlib import Path
 
 from protocol.errors import InvalidParameterError
 from protocol.tasks import Task
 from prover_service.attribution.base import AttributionResult, Progress
-from prover_service.attribution.calibration import calibrate, import_scores, load_scores
+from prover_service.attribution.calibration import (
+    LoadedScores,
+    ScoreSource,
+    calibrate,
+    import_scores,
+    load_scores,
+    read_scores,
+)
 from prover_service.attribution.daunce import daunce, daunce_blackbox
 from prover_service.attribution.regression import influence, lasso, loo, ridge
 
@@ -72,10 +78,14 @@ def attribute(
     budget: int,
     p: float = 0.5,
     seed: bytes = bytes(32),
-    scores: Path | None = None,
+    scores: ScoreSource | LoadedScores | None = None,
     progress: Progress | None = None,
+    orientation: str | None = None,
+    key: str | None = None,
 ) -> AttributionResult:
-    """Run ``method`` on ``task`` with at most ``budget`` trainings (``scores`` for import)."""
+    """Run ``method`` on ``task`` with at most ``budget`` trainings. For ``import``: ``scores``
+    (a file or an array, :func:`read_scores`; ``orientation`` and the ``.npz``/``.pt`` ``key``),
+    checked before any training."""
     try:
         m = Method(method)
     except ValueError:
@@ -87,8 +97,12 @@ def attribute(
         )
     if m is Method.IMPORT:
         if scores is None:
-            raise InvalidParameterError("method 'import' needs --scores FILE (.npy or .csv)")
-        return import_scores(task, load_scores(scores, task), budget, p, seed, progress)
+            raise InvalidParameterError(
+                "method 'import' needs --scores FILE (.npy, .npz, .pt, .mmap or .csv)"
+            )
+        if not isinstance(scores, LoadedScores):
+            scores = read_scores(scores, task, orientation, key)
+        return import_scores(task, scores, budget, p, seed, progress)
     if scores is not None:
         raise InvalidParameterError("--scores is only for method 'import'")
     return _SAMPLED[m](task, budget, p, seed, progress)
