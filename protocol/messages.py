@@ -38,6 +38,7 @@ __all__ = [
     "Challenge",
     "LIMITS",
     "PROTOCOL_VERSION",
+    "Provenance",
     "ResponseManifest",
     "Verdict",
     "array_from_npy",
@@ -73,8 +74,37 @@ class ArrayRef(BaseModel):
     shape: tuple[int, ...] = Field(max_length=3)
 
 
+SettingValue = str | int | float | bool
+
+
+class Provenance(BaseModel):
+    """Where an imported attribution came from: the outside tool, its version and settings, the
+    trainings it spent outside this Prover (its checkpoints), and the calibration done here.
+
+    ``scores_sha256`` is the SHA-256 of the ``.npy`` bytes of the (Z, N) float64 scores that were
+    calibrated (absent for a complete datamodel); ``calibration`` holds the figures of
+    ``prover_service.attribution.calibration.CalibrationQuality`` (median R^2, negative scales).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    tool: str = Field(min_length=1, max_length=64)
+    tool_version: str = Field(default="", max_length=64)
+    settings: dict[str, SettingValue] = Field(default_factory=dict, max_length=64)
+    outside_trainings: int = Field(default=0, ge=0)
+    calibration_trainings: int = Field(default=0, ge=0)
+    orientation: Literal["target-by-train", "train-by-target", ""] = ""
+    scores_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    calibration: dict[str, float] = Field(default_factory=dict, max_length=16)
+    uploader: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class AttributionManifest(_Message):
-    """P publishes g before any challenge: the challenge names ``content_hash``."""
+    """P publishes g before any challenge: the challenge names ``content_hash``.
+
+    ``trainings`` counts every training the attribution cost, an outside tool's included
+    (``provenance.outside_trainings``). ``provenance`` (imported attributions) is left out of the
+    payload when absent, so earlier manifests keep their signed bytes.
+    """
 
     type: Literal["attribution.v1"] = "attribution.v1"
     task_hash: str = Hex32
@@ -84,6 +114,14 @@ class AttributionManifest(_Message):
     n_targets: int = Field(ge=1, le=LIMITS["n_targets"])
     content_hash: str = Hex32  # SHA-256 of Datamodel.to_bytes()
     created_at: int = Field(ge=0)
+    provenance: Provenance | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_provenance(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("provenance", 0) is None:
+            data.pop("provenance")
+        return data
 
 
 class Challenge(_Message):
