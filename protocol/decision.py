@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from protocol.certificate import Certificate
 from protocol.checkequiv import EquivReport, explain
+from protocol.errors import AbortReason, VerificationError
 
-__all__ = ["AbortReason", "Decision", "certificate_figures", "decide", "decide_threshold"]
-
-
-class AbortReason(StrEnum):
-    """Why a verification aborted."""
-
-    BAD_RESPONSE = "bad_response"
-    SPOT_CHECK_MISMATCH = "spot_check_mismatch"
-    NOT_CERTIFIED = "not_certified"
-    ESTIMATE_ABOVE_THRESHOLD = "estimate_above_threshold"
+__all__ = [
+    "AbortReason",
+    "Decision",
+    "abort_decision",
+    "certificate_figures",
+    "decide",
+    "decide_threshold",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,16 @@ def certificate_figures(cert: Certificate) -> dict[str, float]:
         "trim": float(cert.trim),
     }
     return {k: float(v) for k, v in raw.items() if math.isfinite(v)}
+
+
+def abort_decision(
+    error: VerificationError, *, epsilon: float, delta: float, extra: dict[str, float] | None = None
+) -> Decision:
+    """The abort a peer's misbehaviour earns: ``error.reason`` (an :class:`AbortReason`) with
+    the error's sentence as the detail, and only finite figures (the verdict is signed)."""
+    figures = {"epsilon": float(epsilon), "delta": float(delta)}
+    figures |= {k: float(v) for k, v in (extra or {}).items() if math.isfinite(v)}
+    return Decision("abort", AbortReason(error.reason).value, figures, str(error))
 
 
 def decide(

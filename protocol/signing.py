@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.codec import canonical_json
-from protocol.errors import ProtocolError
+from protocol.errors import BadSignatureError, ProtocolError
 
 __all__ = [
     "BadSignatureError",
@@ -59,10 +59,6 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class BadSignatureError(ProtocolError):
-    """A signature does not verify, or a signed message is malformed."""
 
 
 class KeyFileError(ProtocolError):

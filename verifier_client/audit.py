@@ -91,7 +91,7 @@ class AuditReport:
 
 def fetch_bundle(client: ProverClient, session_id: str, key: Any) -> dict[str, Any]:
     """The transcript and every blob it names, fetched over REST."""
-    transcript = client.transcript(session_id, key)
+    transcript = client.transcript(session_id, key).model_dump(mode="json")
     blobs: dict[str, str] = {}
     content = transcript["attribution"]["payload"]["content_hash"]
     raw = client._call("GET", f"/v1/attributions/{content}/datamodel").content
@@ -235,8 +235,8 @@ def audit_log(
         leaf = leaf_hash(log_entry(SignedMessage.model_validate(transcript[name])))
         try:
             doc = client.log_inclusion(leaf.hex(), head.size)
-            proof = [bytes.fromhex(p) for p in doc["proof"]]
-            verify_inclusion(leaf, int(doc["index"]), head.size, proof, root)
+            proof = [bytes.fromhex(p) for p in doc.proof]
+            verify_inclusion(leaf, doc.index, head.size, proof, root)
         except (ProtocolError, KeyError, ValueError) as exc:
             missing.append(f"{name.removesuffix('_message')}: {exc}")
     rep.add("log: every message of the transcript is included", not missing, "; ".join(missing))
@@ -247,7 +247,7 @@ def audit_log(
                 raise LogProofError(f"the log shrank from {earlier.size} to {head.size} entries")
             doc = client.log_consistency(earlier.size, head.size)
             verify_consistency(earlier.size, head.size, bytes.fromhex(earlier.root_hash), root,
-                               [bytes.fromhex(p) for p in doc["proof"]])  # fmt: skip
+                               [bytes.fromhex(p) for p in doc.proof])  # fmt: skip
             rep.add(f"log: consistent with the held head of size {earlier.size}", True)
         except (ProtocolError, KeyError, ValueError) as exc:
             size = earlier_signed.payload.get("size")

@@ -1,20 +1,29 @@
-"""HTTP client of a Prover (httpx), checking every signature and hash on the way in.
+"""HTTP client of a Prover (httpx): every reply parsed into its wire model, every signature and
+hash checked on the way in.
 
 Takes an ``httpx.Client`` (inject a ``MockTransport`` in tests) and, optionally, the Verifier's
 key: with it every request is signed (``X-VDA-*`` headers over method, path and query, time,
 nonce and body hash: :func:`protocol.signing.sign_request`), which a Prover needs before it
 starts an attribution job or shows a session, its response or its arrays.
 
-Infrastructure failures (connection refused, timeouts, 5xx) raise :class:`TransportError`; a
-Prover that answers with something that does not verify or does not parse raises
-:class:`protocol.signing.BadSignatureError` or :class:`protocol.errors.ShapeError` (a bad array
-included: wrong hash, not finite, outside [-b, b]) -- misbehaviour, which the session turns into an
-abort, never a traceback or NaN figures.
+Three outcomes besides success, never mixed:
+
+- the network or the Prover's infrastructure failed (connection refused, time-out, 5xx):
+  :class:`TransportError` -- retry or exit, **never** an abort;
+- the Prover refused the request (4xx, its ``{code, detail}``): :class:`ProverRefused`;
+- the Prover misbehaved: a :class:`protocol.errors.VerificationError` --
+  :class:`~protocol.errors.MalformedResponseError` for a JSON reply that is not its
+  :mod:`protocol.wire` model (not JSON, another content type, wrong types, missing or extra
+  fields), :class:`~protocol.errors.BadSignatureError` for a signed message that does not
+  verify, :class:`~protocol.errors.BadResponseError` for arrays and datamodels that do not match
+  their signed hashes or values that are the wrong shape, not finite or outside [-b, b]. The
+  session turns these into an abort verdict with the error's ``reason``, never a traceback or
+  NaN figures.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -23,12 +32,27 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from protocol.datamodel import Datamodel
-from protocol.errors import ProtocolError, ShapeError
+from protocol.errors import BadResponseError, MalformedResponseError, ProtocolError, ShapeError
 from protocol.messages import ArrayRef, AttributionManifest, ResponseManifest, array_from_npy
 from protocol.signing import SignedMessage, open_signed, sign_request
 from protocol.transparency import TreeHead
+from protocol.wire import (
+    AttributionOut,
+    ConsistencyProofOut,
+    ErrorResponse,
+    InclusionProofOut,
+    InfoOut,
+    JobOut,
+    SessionCreated,
+    SessionOut,
+    TaskInfo,
+    TranscriptOut,
+    parse_reply,
+)
 
 __all__ = ["ProverClient", "ProverRefused", "TransportError"]
+
+T = TypeVar("T")
 
 
 class TransportError(Exception):
@@ -36,16 +60,24 @@ class TransportError(Exception):
 
 
 class ProverRefused(ProtocolError):
-    """The Prover answered a request with an error status (4xx): its code and detail."""
+    """The Prover answered a request with an error status (4xx): its code and detail.
 
-    def __init__(self, status: int, detail: str, retry_after: float | None = None) -> None:
+    Neither misbehaviour nor a transport failure: the request was refused (a quota, an unknown
+    name, a key the Prover does not admit). ``retry_after`` is the seconds of a 429's
+    ``Retry-After``."""
+
+    def __init__(
+        self, status: int, detail: str, retry_after: float | None = None, code: str = ""
+    ) -> None:
         super().__init__(f"Prover refused ({status}): {detail}")
         self.status = status
-        self.retry_after = retry_after  # seconds, from Retry-After on a 429
+        self.code = code
+        self.retry_after = retry_after
 
 
 class ProverClient:
-    """The Verifier's view of one Prover."""
+    """The Verifier's view of one Prover: one method per endpoint, each returning its
+    :mod:`protocol.wire` model (module doc for the errors)."""
 
     def __init__(self, http: httpx.Client, key: Ed25519PrivateKey | None = None) -> None:
         self.http = http
@@ -57,6 +89,8 @@ class ProverClient:
     def _call(
         self, method: str, path: str, key: Ed25519PrivateKey | None = None, **kwargs: Any
     ) -> httpx.Response:
+        """Send (signed if there is a key); :class:`TransportError` on a network failure or a
+        5xx, :class:`ProverRefused` on a 4xx."""
         try:
             request = self.http.build_request(method, path, **kwargs)
             signer = key or self.key
@@ -71,131 +105,143 @@ class ProverClient:
         if resp.status_code >= 500:
             raise TransportError(f"{method} {path}: Prover error {resp.status_code}")
         if resp.status_code >= 400:
+            retry = resp.headers.get("retry-after", "")
+            wait = float(retry) if retry.isdigit() else None
             try:
-                detail = str(resp.json().get("detail", resp.text))
-            except (ValueError, AttributeError):
-                detail = resp.text[:200]
-            retry = resp.headers.get("retry-after")
-            wait = float(retry) if retry and retry.isdigit() else None
-            raise ProverRefused(resp.status_code, detail, wait)
+                error = ErrorResponse.model_validate_json(resp.content)
+                code, detail = error.code, error.detail
+            except ValidationError:  # not the documented shape: keep what a person can read
+                code, detail = "", resp.text[:200]
+            raise ProverRefused(resp.status_code, detail, wait, code)
         return resp
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _parse(self, model: type[T], method: str, path: str, **kwargs: Any) -> T:
+        """The JSON reply of ``method path`` as ``model`` (MalformedResponseError otherwise)."""
         resp = self._call(method, path, **kwargs)
-        try:
-            return resp.json()
-        except ValueError:
-            raise ShapeError(f"{method} {path}: the Prover's answer is not JSON") from None
+        what = f"{method} {path}"
+        kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise MalformedResponseError(f"{what}: a reply of type {kind or 'none'!r}, not JSON")
+        return parse_reply(model, resp.content, what)
 
-    def info(self) -> dict[str, Any]:
-        doc = self._json("GET", "/v1/info")
-        self.prover_key = str(doc["public_key"])
-        return doc  # type: ignore[no-any-return]
+    def info(self) -> InfoOut:
+        """``GET /v1/info``; remembers the Prover's public key (every later signature's signer)."""
+        doc = self._parse(InfoOut, "GET", "/v1/info")
+        self.prover_key = doc.public_key
+        return doc
 
-    def task_entry(self, name_or_hash: str) -> dict[str, Any]:
-        for t in self.info()["tasks"]:
-            if name_or_hash in (t["name"], t["task_hash"]):
-                return t  # type: ignore[no-any-return]
+    def task_entry(self, name_or_hash: str) -> TaskInfo:
+        """The Prover's entry for a task (by name or spec hash); 404 ProverRefused if none."""
+        for t in self.info().tasks:
+            if name_or_hash in (t.name, t.task_hash):
+                return t
         raise ProverRefused(404, f"the Prover does not serve task {name_or_hash!r}")
 
-    def request_attribution(self, task_hash: str, method: str, budget: int) -> dict[str, Any]:
+    def request_attribution(self, task_hash: str, method: str, budget: int) -> JobOut:
+        """Ask for an attribution (a signed request); its job."""
         body = {"task_hash": task_hash, "method": method, "budget": budget}
-        return self._json("POST", "/v1/attributions", json=body)  # type: ignore[no-any-return]
+        return self._parse(JobOut, "POST", "/v1/attributions", json=body)
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+    def job(self, job_id: str) -> JobOut:
+        """A job's status and progress."""
+        return self._parse(JobOut, "GET", f"/v1/jobs/{job_id}")
 
     def latest_attribution(self, task_hash: str) -> str | None:
+        """The content hash of the task's latest attribution, None if it has none yet."""
         try:
-            return str(
-                self._json("GET", "/v1/attributions", params={"task": task_hash})["content_hash"]
-            )
+            out = self._parse(AttributionOut, "GET", "/v1/attributions", params={"task": task_hash})
         except ProverRefused as exc:
             if exc.status == 404:
                 return None
             raise
+        return out.content_hash
 
     def attribution(self, content_hash: str) -> tuple[SignedMessage, Datamodel]:
         """The signed manifest and the datamodel, both checked against each other."""
-        doc = self._json("GET", f"/v1/attributions/{content_hash}")
-        signed = SignedMessage.model_validate(doc["manifest"])
-        manifest = open_signed(signed, AttributionManifest, signer=self.prover_key)
+        doc = self._parse(AttributionOut, "GET", f"/v1/attributions/{content_hash}")
+        manifest = open_signed(doc.manifest, AttributionManifest, signer=self.prover_key)
         raw = self._call("GET", f"/v1/attributions/{content_hash}/datamodel").content
-        model = Datamodel.from_bytes(raw)
+        try:
+            model = Datamodel.from_bytes(raw)
+        except ShapeError as exc:
+            raise BadResponseError(f"the datamodel does not parse: {exc}") from None
         if model.content_hash != manifest.content_hash or manifest.content_hash != content_hash:
-            raise ShapeError("the datamodel's bytes do not match its signed content hash")
-        return signed, model
+            raise BadResponseError("the datamodel's bytes do not match its signed content hash")
+        return doc.manifest, model
 
-    def post_challenge(self, challenge: SignedMessage) -> dict[str, Any]:
-        return self._json("POST", "/v1/challenges", json=challenge.model_dump())  # type: ignore[no-any-return]
+    def post_challenge(self, challenge: SignedMessage) -> SessionCreated:
+        """Send a signed challenge; the session it opened."""
+        return self._parse(SessionCreated, "POST", "/v1/challenges", json=challenge.model_dump())
 
-    def session(self, session_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/sessions/{session_id}")  # type: ignore[no-any-return]
+    def session(self, session_id: str) -> SessionOut:
+        """A session's state and its job's progress."""
+        return self._parse(SessionOut, "GET", f"/v1/sessions/{session_id}")
 
     def response(self, session_id: str) -> tuple[SignedMessage, ResponseManifest]:
-        doc = self._json("GET", f"/v1/sessions/{session_id}/response")
-        try:
-            signed = SignedMessage.model_validate(doc)
-        except ValidationError:
-            raise ShapeError("the Prover's response is not a signed message") from None
+        """The session's signed response, verified against the Prover's key."""
+        signed = self._parse(SignedMessage, "GET", f"/v1/sessions/{session_id}/response")
         return signed, open_signed(signed, ResponseManifest, signer=self.prover_key)
 
     def array(self, ref: ArrayRef) -> NDArray[np.generic]:
-        """The array bound by ``ref``; :class:`ShapeError` unless its bytes hash to it."""
-        return array_from_npy(ref, self._call("GET", f"/v1/arrays/{ref.sha256}").content)
+        """The array bound by ``ref``; :class:`BadResponseError` unless its bytes hash to it."""
+        data = self._call("GET", f"/v1/arrays/{ref.sha256}").content
+        try:
+            return array_from_npy(ref, data)
+        except ShapeError as exc:
+            raise BadResponseError(str(exc)) from None
 
     def values(self, ref: ArrayRef, shape: tuple[int, ...], bound: float) -> NDArray[np.float64]:
         """A response's values, shape ``shape``, float64, each finite and in [-bound, bound].
 
-        Anything else is the Prover's misbehaviour: :class:`ShapeError` with the reason, so the
-        session aborts with a signable verdict instead of carrying NaN into its figures.
+        Anything else is the Prover's misbehaviour: :class:`BadResponseError` with the reason, so
+        the session aborts with a signable verdict instead of carrying NaN into its figures.
         """
         values = np.asarray(self.array(ref), dtype=np.float64)
         if values.shape != shape:
-            raise ShapeError(f"values of shape {values.shape}, expected {shape}")
+            raise BadResponseError(f"values of shape {values.shape}, expected {shape}")
         finite = np.isfinite(values)
         if not finite.all():
-            raise ShapeError(f"{int((~finite).sum())} values are NaN or infinite")
+            raise BadResponseError(f"{int((~finite).sum())} values are NaN or infinite")
         if values.size and float(np.abs(values).max()) > bound:
-            raise ShapeError(f"values lie outside [-{bound:g}, {bound:g}]")
+            raise BadResponseError(f"values lie outside [-{bound:g}, {bound:g}]")
         return values
 
-    def post_verdict(self, session_id: str, verdict: SignedMessage) -> dict[str, Any]:
-        return self._json("POST", f"/v1/sessions/{session_id}/verdict", json=verdict.model_dump())  # type: ignore[no-any-return]
+    def post_verdict(self, session_id: str, verdict: SignedMessage) -> SessionOut:
+        """Post the signed verdict; the session as the Prover now holds it."""
+        path = f"/v1/sessions/{session_id}/verdict"
+        return self._parse(SessionOut, "POST", path, json=verdict.model_dump())
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> JobOut:
         """Cancel one of this key's unfinished jobs."""
-        return self._json("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
+        return self._parse(JobOut, "POST", f"/v1/jobs/{job_id}/cancel")
 
     def _adopt(self, key: Ed25519PrivateKey | None) -> None:
         """A key given for one read signs the later ones too (an audit's array downloads)."""
         if key is not None and self.key is None:
             self.key = key
 
-    def sessions(self, key: Ed25519PrivateKey | None = None) -> list[dict[str, Any]]:
+    def sessions(self, key: Ed25519PrivateKey | None = None) -> list[SessionOut]:
         """The sessions the Prover shows this key (its own, or all if public)."""
         self._adopt(key)
-        return self._json("GET", "/v1/sessions")  # type: ignore[no-any-return]
+        return self._parse(list[SessionOut], "GET", "/v1/sessions")
 
-    def transcript(self, session_id: str, key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+    def transcript(self, session_id: str, key: Ed25519PrivateKey | None = None) -> TranscriptOut:
         """A session's transcript, read as ``key`` (or the client's key)."""
         self._adopt(key)
-        return self._json("GET", f"/v1/sessions/{session_id}/transcript")  # type: ignore[no-any-return]
+        return self._parse(TranscriptOut, "GET", f"/v1/sessions/{session_id}/transcript")
 
     # -- the transparency log (public reads) ------------------------------------------------
     def log_head(self) -> tuple[SignedMessage, TreeHead]:
         """The log's signed tree head, verified against the Prover's key (``info`` first)."""
-        doc = self._json("GET", "/v1/log/head")
-        try:
-            signed = SignedMessage.model_validate(doc)
-        except ValidationError:
-            raise ShapeError("the Prover's tree head is not a signed message") from None
+        signed = self._parse(SignedMessage, "GET", "/v1/log/head")
         return signed, open_signed(signed, TreeHead, signer=self.prover_key)
 
-    def log_inclusion(self, leaf_hex: str, size: int) -> dict[str, Any]:
-        """``{index, size, leaf_hash, root_hash, proof}`` for a leaf in the tree of ``size``."""
-        return self._json("GET", "/v1/log/inclusion", params={"leaf": leaf_hex, "size": size})  # type: ignore[no-any-return]
+    def log_inclusion(self, leaf_hex: str, size: int) -> InclusionProofOut:
+        """The inclusion proof of a leaf in the tree of ``size`` entries."""
+        params = {"leaf": leaf_hex, "size": size}
+        return self._parse(InclusionProofOut, "GET", "/v1/log/inclusion", params=params)
 
-    def log_consistency(self, first: int, second: int) -> dict[str, Any]:
-        """``{first, second, first_root, second_root, proof}`` between two tree sizes."""
-        return self._json("GET", "/v1/log/consistency", params={"first": first, "second": second})  # type: ignore[no-any-return]
+    def log_consistency(self, first: int, second: int) -> ConsistencyProofOut:
+        """The consistency proof between two tree sizes."""
+        params = {"first": first, "second": second}
+        return self._parse(ConsistencyProofOut, "GET", "/v1/log/consistency", params=params)

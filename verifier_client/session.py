@@ -53,12 +53,12 @@ from protocol.certificate import (
 )
 from protocol.checkequiv import EquivReport, check_equiv
 from protocol.datamodel import Datamodel
-from protocol.decision import Decision, decide
-from protocol.errors import InvalidParameterError, ShapeError
+from protocol.decision import Decision, abort_decision, decide
+from protocol.errors import BadResponseError, InvalidParameterError, VerificationError
 from protocol.evaluation import evaluate_with_probes
 from protocol.messages import LIMITS, Challenge, Verdict, commit_spot_checks
 from protocol.sampling import ChallengeDesign, SharedBaseDesign
-from protocol.signing import BadSignatureError, SignedMessage, public_key_hex, sign_message
+from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.store import Record, VerifierStore
@@ -220,13 +220,13 @@ class _Run:
             content = self.client.latest_attribution(task_hash)
         if content is None:
             job = self.client.request_attribution(task_hash, self.opts.method, self.opts.budget)
-            while job["status"] not in ("done", "failed", "cancelled"):
-                self.progress("attribution", job["done"], job["total"])
+            while job.status not in ("done", "failed", "cancelled"):
+                self.progress("attribution", job.done, job.total)
                 time.sleep(self.opts.poll_s)
-                job = self.client.job(job["id"])
-            if job["status"] != "done":
-                raise ProverRefused(500, f"the Prover's attribution job failed: {job['error']}")
-            content = str(job["result"])
+                job = self.client.job(job.id)
+            if job.status != "done":
+                raise ProverRefused(500, f"the Prover's attribution job failed: {job.error}")
+            content = str(job.result)
         _, model = self.client.attribution(content)
         self.tick("attribution", t0)
         return content, model
@@ -339,7 +339,7 @@ class _Run:
     def send(self, record: Record) -> str:
         signed = SignedMessage.model_validate_json(record.challenge_json)
         try:
-            sid = str(self.client.post_challenge(signed)["session_id"])
+            sid = self.client.post_challenge(signed).session_id
         except ProverRefused as exc:
             if exc.status != 409:
                 raise
@@ -349,8 +349,8 @@ class _Run:
 
     def _find_session(self, digest: str) -> str:
         for row in self.client.sessions(self.key):
-            if row["challenge_digest"] == digest:
-                return str(row["session_id"])
+            if row.challenge_digest == digest:
+                return row.session_id
         raise ProverRefused(409, "the challenge's nonce was used but no session carries it")
 
     def wait(self, sid: str) -> None:
@@ -358,11 +358,11 @@ class _Run:
         deadline = time.time() + self.opts.timeout_s
         while True:
             doc = self.client.session(sid)
-            self.progress("prover training", doc["job"]["done"], doc["job"]["total"])
-            if doc["status"] in ("ready", "decided"):
+            self.progress("prover training", doc.job.done, doc.job.total)
+            if doc.status in ("ready", "decided"):
                 break
-            if doc["status"] == "failed" or doc["job"]["status"] == "failed":
-                raise ProverRefused(500, f"the Prover's training failed: {doc['job']['error']}")
+            if doc.status == "failed" or doc.job.status == "failed":
+                raise ProverRefused(500, f"the Prover's training failed: {doc.job.error}")
             if time.time() > deadline:
                 raise ProverRefused(504, "the Prover did not finish within the timeout")
             time.sleep(self.opts.poll_s)
@@ -371,7 +371,9 @@ class _Run:
     # 4. response ----------------------------------------------------------------------------
     def check_response(
         self, task: Task, design: Design, sid: str, record: Record
-    ) -> tuple[SignedMessage | None, NDArray[np.float64], NDArray[np.float32], str | None]:
+    ) -> tuple[
+        SignedMessage | None, NDArray[np.float64], NDArray[np.float32], VerificationError | None
+    ]:
         """Download and check the response; the last item is why it is bad (None if good)."""
         t0 = time.perf_counter()
         signed: SignedMessage | None = None
@@ -380,14 +382,14 @@ class _Run:
             signed, manifest = self.client.response(sid)
             want = SignedMessage.model_validate_json(record.challenge_json).digest
             if manifest.challenge_digest != want:
-                raise ShapeError("the response answers another challenge")
+                raise BadResponseError("the response answers another challenge")
             values = self.client.values(manifest.values, (len(design), task.n_targets),
                                         task.bound)  # fmt: skip
             probes = self.client.array(manifest.probes).astype(np.float32)
             if probes.ndim != 2 or len(probes) != len(design) or not np.isfinite(probes).all():
-                raise ShapeError(f"probes of shape {probes.shape} (or not finite)")
-        except (BadSignatureError, ShapeError) as exc:
-            return signed, *empty, str(exc)
+                raise BadResponseError(f"probes of shape {probes.shape} (or not finite)")
+        except VerificationError as exc:  # the Prover misbehaved: an abort with its reason
+            return signed, *empty, exc
         finally:
             self.tick("download", t0)
         hashes = {"values": manifest.values.sha256, "probes": manifest.probes.sha256}
@@ -565,7 +567,7 @@ def run_verification(
         return baselines.run(run, task, task_hash, content, model, record)
     # 2-3. size and challenge
     if record is None:
-        cap = int(client.info().get("limits", {}).get("max_subsets", LIMITS["n_subsets"]))
+        cap = client.info().limits.max_subsets
         record, challenge = run.start(task, task_hash, content, run.sizes(task, model, cap))
     else:
         challenge = Challenge.model_validate(
@@ -573,13 +575,18 @@ def run_verification(
         )
     design = challenge.design(task.n_train)
     spots = list(json.loads(record.secret_json)["spot_checks"])
-    # 4. response
-    sid = record.prover_session or run.send(record)
-    run.wait(sid)
+    # 4. response (a misbehaving Prover is aborted with the reason; a transport error leaves
+    # the record incomplete for --resume)
+    sid = record.prover_session
+    try:
+        sid = sid or run.send(record)
+        run.wait(sid)
+    except VerificationError as exc:
+        decision = abort_decision(exc, epsilon=challenge.epsilon, delta=challenge.delta)
+        return run.finish(record, decision, sid, None)
     response, values, probes, bad = run.check_response(task, design, sid, record)
     if bad is not None:
-        decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=None,
-                          spot=None, bad_response=bad)  # fmt: skip
+        decision = abort_decision(bad, epsilon=challenge.epsilon, delta=challenge.delta)
         return run.finish(record, decision, sid, response)
     # 5. spot-checks
     report = run.spot_check(task, design, spots, values, probes, challenge.tau)

@@ -1,95 +1,66 @@
-"""Request and response bodies of the HTTP API (one schema per use)."""
+"""The routes' bodies, from :mod:`protocol.wire` (both sides share them), and the error replies
+each route documents in OpenAPI.
+
+Every error is :class:`~protocol.wire.ErrorResponse` ``{code, detail}`` (``app.py`` maps the
+domain's errors and FastAPI's and Starlette's own to it). ``READ_ERRORS`` are what any route can
+answer: 401/403 (a bad or refused signed request), 404, 405 (a known path with another method),
+413 (a body over the limit), 422 (a request that does not parse), 500 (a bug, without a
+traceback) and 503 (the store is damaged or unreachable); ``WRITE_ERRORS`` add 409 (state),
+429 (a quota, with ``Retry-After``) and 507 (the disk quota).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
-from protocol.signing import SignedMessage
+from protocol.wire import (
+    AttributionOut,
+    AttributionRequest,
+    ConsistencyProofOut,
+    ErrorResponse,
+    ImportAccepted,
+    InclusionProofOut,
+    InfoOut,
+    JobOut,
+    SessionCreated,
+    SessionOut,
+    TranscriptOut,
+)
 
 __all__ = [
+    "BINARY",
+    "READ_ERRORS",
+    "WRITE_ERRORS",
     "AttributionOut",
     "AttributionRequest",
+    "ConsistencyProofOut",
     "ErrorResponse",
+    "ImportAccepted",
+    "InclusionProofOut",
+    "InfoOut",
     "JobOut",
-    "READ_ERRORS",
     "SessionCreated",
     "SessionOut",
     "TranscriptOut",
-    "WRITE_ERRORS",
 ]
 
-
-class ErrorResponse(BaseModel):
-    """Every error: a stable code and a sentence for a person (codes: prover_service.errors)."""
-
-    code: str
-    detail: str
-
-
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+}
 _READ = (401, 403, 404, 405, 413, 422, 500, 503)
 _WRITE = (*_READ, 409, 429, 507)
-READ_ERRORS: dict[int | str, dict[str, object]] = {c: {"model": ErrorResponse} for c in _READ}
-WRITE_ERRORS: dict[int | str, dict[str, object]] = {c: {"model": ErrorResponse} for c in _WRITE}
 
 
-class AttributionRequest(BaseModel):
-    """Ask the Prover to compute and publish an attribution."""
-
-    model_config = ConfigDict(extra="forbid")
-    task_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
-    method: str = Field(max_length=32)
-    budget: int = Field(ge=1, strict=True)  # the operator's cap is settings.max_budget (413)
-    p: float = Field(default=0.5, gt=0, lt=1, strict=True)
-    seed: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+def _errors(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in codes}
+    if 429 in out:
+        out[429]["headers"] = _RETRY_AFTER
+    return out
 
 
-class JobOut(BaseModel):
-    """A training job and its progress."""
-
-    id: str
-    kind: str
-    status: str
-    done: int
-    total: int
-    result: str | None
-    error: str | None
-
-
-class AttributionOut(BaseModel):
-    """A published attribution: its signed manifest (the datamodel bytes are a separate GET)."""
-
-    content_hash: str
-    manifest: SignedMessage
-
-
-class SessionCreated(BaseModel):
-    """A challenge was accepted: follow the session and its job."""
-
-    session_id: str
-    job_id: str
-
-
-class SessionOut(BaseModel):
-    """A verification session's state."""
-
-    session_id: str
-    task_hash: str
-    attribution_hash: str
-    challenge_digest: str
-    status: str
-    verdict: str | None
-    job: JobOut
-    created_at: float
-
-
-class TranscriptOut(BaseModel):
-    """Every signed message of a session; arrays are fetched by hash from /v1/arrays/{sha}."""
-
-    session_id: str
-    status: str
-    verdict: str | None
-    prover_key: str
-    attribution: SignedMessage
-    challenge: SignedMessage
-    response: SignedMessage | None
-    verdict_message: SignedMessage | None
+READ_ERRORS = _errors(_READ)
+WRITE_ERRORS = _errors(_WRITE)
+BINARY: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                              "format": "binary"}}}},
+}  # fmt: skip

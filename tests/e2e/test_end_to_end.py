@@ -164,7 +164,7 @@ def test_a_killed_client_resumes_without_a_new_challenge(
             assert done["status"] == "decided" and done["session"] == row.prover_session
             # the verdict reached the Prover, on the one session the first attempt created
             held = ProverClient(http, key=KEY).session(row.prover_session)  # a signed read
-            assert held["status"] == "decided"
+            assert held.status == "decided"
         assert len(store.all()) == 1
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from protocol.errors import ShapeError
+from protocol.errors import BadResponseError
 from tests.e2e.test_end_to_end import KEY, TASK, _verify, prover
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.session import Options, run_verification
@@ -19,7 +19,7 @@ def test_a_bad_array_is_aborted_and_its_verdict_posted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def corrupted(self: ProverClient, *_: object) -> object:
-        raise ShapeError("3 values are NaN or infinite")
+        raise BadResponseError("3 values are NaN or infinite")
 
     monkeypatch.setattr(ProverClient, "values", corrupted)
     with prover(tmp_path / "p") as url:
@@ -28,7 +28,7 @@ def test_a_bad_array_is_aborted_and_its_verdict_posted(
         assert "NaN" in result["detail"] and result["verdict_posted"]
         assert all(v == v for v in result["figures"].values())  # no NaN: the verdict is signable
         with httpx.Client(base_url=url, timeout=60) as http:
-            assert ProverClient(http, key=KEY).session(result["session"])["status"] == "decided"
+            assert ProverClient(http, key=KEY).session(result["session"]).status == "decided"
 
 
 def test_a_lost_verdict_is_reposted_on_resume(
@@ -48,13 +48,13 @@ def test_a_lost_verdict_is_reposted_on_resume(
         assert row.status == "decided" and row.verdict_json and row.posted_at is None
         with httpx.Client(base_url=url, timeout=60) as http:
             held = ProverClient(http, key=KEY).session(row.prover_session or "")
-            assert held["status"] == "ready"  # the Prover never got it
+            assert held.status == "ready"  # the Prover never got it
             monkeypatch.setattr(ProverClient, "post_verdict", real_post)
             again = Options(task=TASK, epsilon=0.6)
             done = run_verification(
                 ProverClient(http, key=KEY), store, KEY, again, url, resume=row.id
             )
             assert done["verdict_posted"] and done["verdict"] == row.verdict
-            assert ProverClient(http, key=KEY).session(row.prover_session or "")["status"] == (
+            assert ProverClient(http, key=KEY).session(row.prover_session or "").status == (
                 "decided"
             )

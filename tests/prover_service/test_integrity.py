@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from protocol.errors import ShapeError
+from protocol.errors import BadResponseError
 from protocol.messages import ResponseManifest, array_to_npy
 from protocol.signing import KeyFileError, generate_key, load_private_key, save_private_key
 from prover_service.app import create_app
@@ -87,14 +87,14 @@ def _serving(data: bytes) -> ProverClient:
 
 def test_the_client_turns_a_bad_array_into_a_clear_error() -> None:
     nan_ref, nan = array_to_npy("values", np.array([[0.5, np.nan]]))
-    with pytest.raises(ShapeError, match="NaN"):
+    with pytest.raises(BadResponseError, match="NaN"):
         _serving(nan).values(nan_ref, (1, 2), bound=1.0)
     big_ref, big = array_to_npy("values", np.array([[0.5, 2.0]]))
-    with pytest.raises(ShapeError, match="outside"):
+    with pytest.raises(BadResponseError, match="outside"):
         _serving(big).values(big_ref, (1, 2), bound=1.0)
-    with pytest.raises(ShapeError, match="SHA-256"):
+    with pytest.raises(BadResponseError, match="SHA-256"):
         _serving(big).values(nan_ref, (1, 2), bound=1.0)  # bytes other than the signed ones
-    with pytest.raises(ShapeError, match="shape"):
+    with pytest.raises(BadResponseError, match="shape"):
         _serving(big).values(big_ref, (2, 1), bound=3.0)
 
 

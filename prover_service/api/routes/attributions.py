@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from prover_service.api.deps import RequesterDep, ServiceDep, SignerDep
 from prover_service.api.schemas import (
+    BINARY,
     READ_ERRORS,
     WRITE_ERRORS,
     AttributionOut,
@@ -60,7 +61,7 @@ def get_attribution(content_hash: str, service: ServiceDep) -> AttributionOut:
     return AttributionOut(content_hash=content_hash, manifest=service.attribution(content_hash)[0])
 
 
-@router.get("/attributions/{content_hash}/datamodel", responses=READ_ERRORS,
+@router.get("/attributions/{content_hash}/datamodel", responses=READ_ERRORS | BINARY,
             response_class=Response, summary="A published datamodel's binary form")  # fmt: skip
 def get_datamodel(content_hash: str, service: ServiceDep) -> Response:
     """``Datamodel.to_bytes()``; its SHA-256 is the content hash."""

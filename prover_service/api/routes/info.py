@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from prover_service.api.deps import ServiceDep
-from prover_service.api.schemas import READ_ERRORS
+from prover_service.api.schemas import READ_ERRORS, InfoOut
 
 router = APIRouter(prefix="/v1", tags=["info"])
 
@@ -17,6 +15,6 @@ router = APIRouter(prefix="/v1", tags=["info"])
     responses=READ_ERRORS,
     summary="Public key, protocol version, tasks and device of this Prover",
 )
-def info(service: ServiceDep) -> dict[str, Any]:
+def info(service: ServiceDep) -> InfoOut:
     """What a Verifier needs before it challenges: keys, tasks (with spec hashes), limits."""
-    return service.info()
+    return InfoOut.model_validate(service.info())

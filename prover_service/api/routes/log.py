@@ -8,13 +8,13 @@ signed head; anyone holding an earlier head can ask for a consistency proof to t
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from protocol.signing import SignedMessage
 from prover_service.api.deps import ServiceDep
-from prover_service.api.schemas import READ_ERRORS
+from prover_service.api.schemas import READ_ERRORS, ConsistencyProofOut, InclusionProofOut
 
 router = APIRouter(prefix="/v1/log", tags=["log"])
 
@@ -29,16 +29,16 @@ def get_head(service: ServiceDep) -> SignedMessage:
 
 
 @router.get("/inclusion", responses=READ_ERRORS, summary="Inclusion proof of one leaf")
-def get_inclusion(leaf: Hex64, service: ServiceDep, size: Size = None) -> dict[str, Any]:
+def get_inclusion(leaf: Hex64, service: ServiceDep, size: Size = None) -> InclusionProofOut:
     """``{index, size, leaf_hash, root_hash, proof}``: RFC 9162 ``PATH`` for the leaf in the
     tree of ``size`` entries (404 if the log does not hold the leaf)."""
-    return service.log.inclusion(leaf, size)
+    return InclusionProofOut.model_validate(service.log.inclusion(leaf, size))
 
 
 @router.get("/consistency", responses=READ_ERRORS, summary="Consistency proof of two sizes")
 def get_consistency(
     first: Annotated[int, Query(ge=0)], service: ServiceDep, second: Size = None
-) -> dict[str, Any]:
+) -> ConsistencyProofOut:
     """``{first, second, first_root, second_root, proof}``: RFC 9162 ``PROOF`` that the tree of
     ``first`` entries is a prefix of the tree of ``second`` (the current one if left out)."""
-    return service.log.consistency(first, second)
+    return ConsistencyProofOut.model_validate(service.log.consistency(first, second))

@@ -12,6 +12,7 @@ from protocol.signing import SignedMessage
 from prover_service.api.deps import RequesterDep, ServiceDep
 from prover_service.api.routes.attributions import job_out
 from prover_service.api.schemas import (
+    BINARY,
     READ_ERRORS,
     WRITE_ERRORS,
     SessionCreated,
@@ -66,7 +67,7 @@ def get_response(session_id: str, service: ServiceDep, requester: RequesterDep) 
     return service.response(session_id, requester)
 
 
-@router.get("/arrays/{sha}", responses=READ_ERRORS, response_class=Response,
+@router.get("/arrays/{sha}", responses=READ_ERRORS | BINARY, response_class=Response,
             summary="A response's binary array (.npy bytes) by its SHA-256")  # fmt: skip
 def get_array(sha: str, service: ServiceDep, requester: RequesterDep) -> Response:
     """Content-addressed and re-hashed on every read; for the Verifier of a session it answers."""
