@@ -16,13 +16,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from protocol.errors import ProtocolError
+from protocol.errors import InvalidParameterError, ProtocolError
 from protocol.sampling import seed_from_text, training_seeds
 from protocol.signing import (
     create_key_file,
 )
 from protocol.tasks import load_task, spec_hash
-from prover_service.attribution import attribute as run_attribution
+from prover_service.attribution.calibration import RECOMMENDED_CALIBRATION, read_scores
+from prover_service.errors import ServiceError
+from prover_service.publishing import attribute as api_attribute
+from prover_service.publishing import publish as api_publish
 from prover_service.training import draw_training_set, read_masks, train_to_file, write_npz
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prover service.")
@@ -37,6 +40,29 @@ RayAddressOpt = Annotated[
     typer.Option(help="Ray cluster to join (HOST:6379 or ray://HOST:10001); default RAY_ADDRESS "
                  "or a local instance."),
 ]  # fmt: skip
+
+
+ScoresOpt = Annotated[
+    Path | None,
+    typer.Option(help="Outside scores: .npy, .npz, .pt, TRAK's scores/*.mmap or .csv; (Z, N) or "
+                 "(N, Z) (see --orientation)."),
+]  # fmt: skip
+OrientationOpt = Annotated[
+    str | None,
+    typer.Option(help="train-by-target ((N, Z), as TRAK and dattri write) or target-by-train "
+                 "((Z, N)); inferred from the shape when N != Z, required when N = Z."),
+]  # fmt: skip
+KeyOpt = Annotated[
+    str | None, typer.Option(help="The array to read from an .npz or a .pt dict of several.")
+]
+
+
+def _warn(message: str) -> None:
+    _err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _note(message: str) -> None:
+    _err.print(f"note: {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _progress_bar(show: bool) -> Progress:
@@ -121,23 +147,32 @@ def attribute(
     seed: Annotated[
         str, typer.Option(help="Seed of every subset and perturbation (int or hex).")
     ] = "0",
-    scores: Annotated[
-        Path | None, typer.Option(help="Outside scores (Z, N) for --method import.")
-    ] = None,
+    scores: ScoresOpt = None,
+    orientation: OrientationOpt = None,
+    key: KeyOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the datamodel .npz here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
-    """Compute an attribution (a datamodel) and print a summary as JSON."""
+    """Compute an attribution (a datamodel) and print a summary as JSON. With --method import,
+    the scores' format, shape and orientation are checked before any training, and the
+    calibration's quality is reported (warnings on stderr)."""
     try:
         t = load_task(task)
-        key = seed_from_text(seed)
         started = time.perf_counter()
+        loaded = None
+        if scores is not None and method == "import":
+            loaded = read_scores(scores, t, orientation, key)
+            if loaded.inferred:
+                _note(loaded.note())
         with _progress_bar(progress) as bar:
             job = bar.add_task(f"{method} on {t.name}", total=budget)
-            result = run_attribution(
-                t, method, budget, p=p, seed=key, scores=scores,
+            result = api_attribute(
+                t, method, budget, p=p, seed=seed, scores=loaded if loaded else scores,
+                orientation=orientation, key=key,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
             )  # fmt: skip
+        for warning in result.details.get("warnings", []):
+            _warn(warning)
         dm = result.datamodel
         if out is not None:
             write_npz(out, {
@@ -159,6 +194,92 @@ def attribute(
         "file": None if out is None else str(out),
     }  # fmt: skip
     typer.echo(json.dumps(summary))
+
+
+@app.command()
+def publish(
+    task: TaskOpt,
+    datamodel: Annotated[
+        Path | None,
+        typer.Option(
+            help="A complete outside datamodel: .npz with intercept (Z,) and weights, "
+            "published as it is (no training)."
+        ),
+    ] = None,
+    scores: ScoresOpt = None,
+    budget: Annotated[
+        int, typer.Option(help="Calibration trainings for --scores (64 or more advised).")
+    ] = RECOMMENDED_CALIBRATION,
+    orientation: OrientationOpt = None,
+    key: KeyOpt = None,
+    p: Annotated[
+        float, typer.Option(help="Inclusion probability of the calibration subsets.")
+    ] = 0.5,
+    seed: Annotated[str, typer.Option(help="Seed of the calibration subsets (int or hex).")] = "0",
+    tool: Annotated[str, typer.Option(help="The outside tool (traker, dattri, ...).")] = "unknown",
+    tool_version: Annotated[str, typer.Option(help="Its version.")] = "",
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(help="A setting of the tool, NAME=VALUE (repeatable), signed as provenance."),
+    ] = None,
+    outside_trainings: Annotated[
+        int,
+        typer.Option(
+            help="Trainings the tool spent (its checkpoints); counted in the manifest's trainings."
+        ),
+    ] = 0,
+    db: Annotated[
+        str, typer.Option(help="The Prover's database (as serve --db).")
+    ] = "sqlite:///prover.db",
+    prover_key: Annotated[
+        Path | None, typer.Option(help="The Prover's signing key (keygen).")
+    ] = None,
+    prover_key_env: Annotated[
+        str | None, typer.Option(help="Env variable holding the PEM key.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Publish an outside attribution into the Prover's database, signed, with its provenance
+    (tool, version, settings, outside trainings) in the manifest; serve --db then serves it.
+    Prints the content hash and the calibration's figures as JSON; warnings go to stderr."""
+    try:
+        settings = _parse_settings(setting or [])
+        started = time.perf_counter()
+        with _progress_bar(progress and scores is not None) as bar:
+            job = bar.add_task(f"calibrating on {task}", total=budget)
+            result = api_publish(
+                task, datamodel=datamodel, scores=scores, budget=budget, p=p, seed=seed,
+                orientation=orientation, key=key, tool=tool, tool_version=tool_version,
+                settings=settings, outside_trainings=outside_trainings, db=db,
+                prover_key=prover_key, prover_key_env=prover_key_env,
+                progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )  # fmt: skip
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    except ServiceError as exc:
+        raise _fail(exc.detail) from None
+    except OSError as exc:
+        raise _fail(f"cannot publish: {exc}") from None
+    for note in result.notes:
+        _note(note)
+    for warning in result.warnings:
+        _warn(warning)
+    typer.echo(json.dumps(result.as_dict() | {"seconds": round(time.perf_counter() - started, 3)}))
+
+
+def _parse_settings(items: list[str]) -> dict[str, object]:
+    """NAME=VALUE pairs; a VALUE that parses as JSON (a number, true/false) keeps its type."""
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidParameterError(f"--setting must be NAME=VALUE; got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out[name] = parsed if isinstance(parsed, str | int | float | bool) else value
+    return out
 
 
 @app.command()

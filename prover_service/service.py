@@ -15,6 +15,7 @@ calls the identity and never branches on it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
@@ -22,16 +23,34 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ValidationError
 from sqlalchemy import select
 
+from protocol.codec import sha256_hex
 from protocol.datamodel import Datamodel
 from protocol.errors import TaskError
-from protocol.messages import LIMITS, AttributionManifest, ResponseManifest, array_from_npy
+from protocol.messages import (
+    LIMITS,
+    AttributionManifest,
+    Provenance,
+    ResponseManifest,
+    array_from_npy,
+    array_to_npy,
+)
 from protocol.sampling import ChallengeDesign
 from protocol.signing import SignedMessage, load_private_key, public_key_hex, sign_message
 from protocol.tasks import TaskBase, load_task, spec_hash
 from prover_service.adversary import parse_adversary
-from prover_service.attribution import Method, attribute
+from prover_service.attribution import AttributionResult, Method, attribute
+from prover_service.attribution.calibration import (
+    MIN_CALIBRATION,
+    RECOMMENDED_CALIBRATION,
+    LoadedScores,
+    Orientation,
+    import_scores,
+    orient_scores,
+    scores_from_npy_bytes,
+)
 from prover_service.auth import Gate
 from prover_service.errors import Forbidden, Invalid, NotFound, TooLarge, Unauthorized
 from prover_service.jobs import JobCancelled, Jobs
@@ -52,6 +71,8 @@ from prover_service.task_check import quick_check
 __all__ = ["LOCAL", "ProverService"]
 
 ModelHook = Callable[[Datamodel, str], Datamodel]
+#: The calibration figures signed into an imported attribution's provenance.
+CALIBRATION_FIGURES = ("median_r2", "r2_p10", "r2_p90", "negative_scales", "sign_disagreements")
 
 
 class ProverService:
@@ -155,14 +176,15 @@ class ProverService:
     ) -> JobRow:
         """Queue an attribution job for ``owner`` (a Verifier key, or the operator)."""
         task = self.task(task_hash)  # 404 for an unknown task
-        if method not in {m.value for m in Method} - {Method.IMPORT.value}:
+        if method == Method.IMPORT.value:
+            raise Invalid(
+                "method 'import' takes the scores themselves: POST them as .npy bytes "
+                "(application/octet-stream) to /v1/attributions/import?task_hash=...&budget=..., "
+                "or a complete datamodel to /v1/attributions/datamodel"
+            )
+        if method not in {m.value for m in Method}:
             raise Invalid(f"unknown method {method!r}")
-        if not 1 <= budget:
-            raise Invalid("budget must be at least 1 training")
-        if budget > self.settings.max_budget:
-            raise TooLarge(f"budget {budget} exceeds this Prover's {self.settings.max_budget}")
-        if not 0 < p < 1:
-            raise Invalid("p must lie in (0, 1)")
+        self._check_budget(budget, p)
         if owner != LOCAL:
             self.gate.admit(owner)
         params = {"task_hash": task_hash, "method": method, "budget": budget, "p": p, "seed": seed}
@@ -170,6 +192,96 @@ class ProverService:
                      params_json=json.dumps(params))  # fmt: skip
         self.jobs.add(job, [], owner, task.n_train * task.n_targets * 8 + 4096)
         return job
+
+    # -- imported attributions (an outside tool's scores or datamodel) -------------------------
+    def provenance(self, fields: dict[str, Any] | None, owner: str = LOCAL) -> Provenance:
+        """Validate the caller's provenance (tool, tool_version, settings, outside_trainings);
+        the uploader is the signing key. 422 with the first bad field."""
+        data = dict(fields or {})
+        if not data.get("tool"):
+            data["tool"] = "unknown"
+        if owner != LOCAL:
+            data["uploader"] = owner
+        try:
+            return Provenance.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "provenance"
+            raise Invalid(f"bad provenance {where}: {first['msg']}") from None
+
+    def submit_import(
+        self, task_hash: str, body: bytes, budget: int, p: float = 0.5, seed: str = "",
+        orientation: str | None = None, provenance: dict[str, Any] | None = None,
+        owner: str = LOCAL,
+    ) -> tuple[JobRow, LoadedScores, list[str]]:  # fmt: skip
+        """Queue the calibration of uploaded scores (``.npy`` bytes, (Z, N) or (N, Z)) with
+        ``budget`` trainings. Format, shape, orientation, finite values and provenance are all
+        checked here, before any training; returns the job, the scores read and the notes
+        known now (the inferred orientation, a small budget)."""
+        task = self.task(task_hash)
+        self._check_budget(budget, p, MIN_CALIBRATION)
+        loaded = orient_scores(scores_from_npy_bytes(body), task.n_targets, task.n_train,
+                               orientation, "the upload")  # fmt: skip
+        prov = self.provenance(provenance, owner)
+        if owner != LOCAL:
+            self.gate.admit(owner)
+        notes = [loaded.note()] if loaded.inferred else []
+        if budget < RECOMMENDED_CALIBRATION:
+            notes.append(f"small calibration budget: {budget} trainings (recommended: at least "
+                         f"{RECOMMENDED_CALIBRATION})")  # fmt: skip
+        sha = self.arrays.put(array_to_npy("scores", loaded.scores)[1])
+        params = {"task_hash": task_hash, "method": Method.IMPORT.value, "budget": budget, "p": p,
+                  "seed": seed, "scores": sha, "orientation": loaded.orientation.value,
+                  "orientation_inferred": loaded.inferred,
+                  "provenance": prov.model_dump(mode="json", exclude_none=True)}  # fmt: skip
+        job = JobRow(id=os.urandom(16).hex(), kind="attribution", total=budget,
+                     params_json=json.dumps(params))  # fmt: skip
+        self.jobs.add(job, [], owner, task.n_train * task.n_targets * 8 + 4096)
+        return job, loaded, notes
+
+    def publish_datamodel(
+        self, task_hash: str, model: Datamodel, provenance: dict[str, Any] | Provenance | None,
+        owner: str = LOCAL,
+    ) -> str:  # fmt: skip
+        """Publish a complete outside datamodel as it is (no training here); its content hash."""
+        task = self.task(task_hash)
+        if (model.n_targets, model.n_train) != (task.n_targets, task.n_train):
+            raise Invalid(
+                f"the datamodel is (Z, N) = ({model.n_targets}, {model.n_train}); this task "
+                f"needs ({task.n_targets}, {task.n_train})"
+            )
+        prov = (
+            provenance if isinstance(provenance, Provenance) else self.provenance(provenance, owner)
+        )
+        if owner != LOCAL:
+            self.gate.admit(owner)
+        model = self.tamper_attribution(model, f"{task_hash}:{Method.IMPORT.value}")
+        return self._publish(task_hash, Method.IMPORT.value, prov.outside_trainings, model, prov)
+
+    def publish_scores(
+        self, task_hash: str, scores: LoadedScores, budget: int, p: float, seed: bytes,
+        provenance: Provenance, progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[str, AttributionResult]:  # fmt: skip
+        """Calibrate ``scores`` with ``budget`` trainings here and publish them with their
+        provenance (the CLI's ``publish --scores`` and the job of an upload)."""
+        task = self.task(task_hash)
+        result = import_scores(task, scores, budget, p, seed, progress)
+        prov = provenance.model_copy(update={
+            "calibration_trainings": budget, "orientation": scores.orientation.value,
+            "calibration": {k: float(result.details[k]) for k in CALIBRATION_FIGURES},
+            "scores_sha256": sha256_hex(array_to_npy("scores", scores.scores)[1]),
+        })  # fmt: skip
+        model = self.tamper_attribution(result.datamodel, f"{task_hash}:{Method.IMPORT.value}")
+        trainings = result.trainings + prov.outside_trainings
+        return self._publish(task_hash, Method.IMPORT.value, trainings, model, prov), result
+
+    def _check_budget(self, budget: int, p: float, least: int = 1) -> None:
+        if not least <= budget:
+            raise Invalid(f"budget must be at least {least} training(s)")
+        if budget > self.settings.max_budget:
+            raise TooLarge(f"budget {budget} exceeds this Prover's {self.settings.max_budget}")
+        if not 0 < p < 1:
+            raise Invalid("p must lie in (0, 1)")
 
     def job(self, job_id: str, requester: str | None = LOCAL) -> JobRow:
         """A job, for its owner (or anyone if transcripts are public)."""
@@ -230,6 +342,17 @@ class ProverService:
                 if not self.jobs.set(job.id, done=done, total=total):
                     raise JobCancelled(job.id)
 
+        if params["method"] == Method.IMPORT.value:
+            raw = np.load(io.BytesIO(self.arrays.get(params["scores"])), allow_pickle=False)
+            inferred = bool(params.get("orientation_inferred"))
+            how = Orientation(params["orientation"])
+            loaded = LoadedScores(np.asarray(raw, dtype=np.float64), how, inferred, "the upload")
+            prov = Provenance.model_validate(params["provenance"])
+            content_hash, _ = self.publish_scores(
+                params["task_hash"], loaded, params["budget"], params["p"], seed, prov, progress
+            )
+            self.jobs.set(job.id, status="done", result=content_hash, done=job.total)
+            return
         result = attribute(
             task, params["method"], params["budget"], params["p"], seed, progress=progress
         )
@@ -238,11 +361,15 @@ class ProverService:
         content_hash = self._publish(params["task_hash"], params["method"], result.trainings, model)
         self.jobs.set(job.id, status="done", result=content_hash, done=job.total)
 
-    def _publish(self, task_hash: str, method: str, trainings: int, model: Datamodel) -> str:
+    def _publish(
+        self, task_hash: str, method: str, trainings: int, model: Datamodel,
+        provenance: Provenance | None = None,
+    ) -> str:  # fmt: skip
         content_hash = self.arrays.put(model.to_bytes())
         manifest = AttributionManifest(
             task_hash=task_hash, method=method, trainings=trainings, n_train=model.n_train,
             n_targets=model.n_targets, content_hash=content_hash, created_at=int(now()),
+            provenance=provenance,
         )  # fmt: skip
         signed = sign_message(self.key, manifest)
         with self.db.begin() as s:

@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from protocol.checks import as_finite_matrix
 from protocol.datamodel import Datamodel
-from protocol.errors import BudgetError, InvalidParameterError, ShapeError
+from protocol.errors import BudgetError, InvalidParameterError, ProtocolError, ShapeError
 from protocol.tasks import Task
 from prover_service.attribution.base import AttributionResult, Progress, train_samples
 
@@ -50,8 +50,10 @@ __all__ = [
     "import_scores",
     "load_scores",
     "orient_scores",
+    "quality_warnings",
     "read_array",
     "read_scores",
+    "scores_from_npy_bytes",
 ]
 
 MIN_CALIBRATION = 3
@@ -168,6 +170,8 @@ def read_array(source: ScoreSource, key: str | None = None) -> tuple[NDArray[Any
                 what = f"cannot read {str(path)!r} as a tensor: {first}"
                 raise InvalidParameterError(what) from None
             return _from_torch(obj, repr(str(path)), key), str(path)
+    except ProtocolError:
+        raise
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise ShapeError(f"cannot read scores from {str(path)!r}: {exc}") from None
     raise InvalidParameterError(
@@ -283,6 +287,11 @@ class CalibrationQuality:
         """Targets whose fitted scale is negative."""
         return int(np.sum(self.scales < 0))
 
+    @property
+    def sign_disagreements(self) -> int:
+        """Targets whose scale has the minority's sign (0 when all agree, whatever the sign)."""
+        return min(self.negative_scales, int(np.sum(self.scales > 0)))
+
     def summary(self) -> dict[str, Any]:
         """The figures as plain JSON values (for details, the CLI and the manifest)."""
         q = np.quantile(self.r2, [0.1, 0.5, 0.9]) if self.r2.size else np.zeros(3)
@@ -292,9 +301,36 @@ class CalibrationQuality:
             "r2_p10": round(float(q[0]), 4),
             "r2_p90": round(float(q[2]), 4),
             "negative_scales": self.negative_scales,
+            "sign_disagreements": self.sign_disagreements,
             "n_targets": int(self.r2.size),
             "warnings": list(self.warnings),
         }
+
+
+def quality_warnings(
+    median_r2: float, sign_disagreements: int, n_targets: int, trainings: int
+) -> list[str]:
+    """The warnings :func:`calibration_quality` gives for these figures (also recomputed from a
+    signed manifest's ``provenance.calibration``)."""
+    warnings: list[str] = []
+    if median_r2 < MIN_MEDIAN_R2:
+        warnings.append(
+            f"poor calibration: the median R^2 of the scores on the {trainings} calibration "
+            f"trainings is {median_r2:.3f} (< {MIN_MEDIAN_R2}); these scores barely predict the "
+            "trainings, so the datamodel will be close to constant and its certified error large"
+        )
+    if n_targets and sign_disagreements > MAX_SIGN_DISAGREEMENT * n_targets:
+        warnings.append(
+            f"unstable signs: {sign_disagreements} of {n_targets} targets got a scale of the "
+            "minority's sign; the scores or the calibration are too noisy for those targets"
+        )
+    if trainings < RECOMMENDED_CALIBRATION:
+        warnings.append(
+            f"small calibration budget: {trainings} trainings (recommended: at least "
+            f"{RECOMMENDED_CALIBRATION}); with few trainings the fitted scales are noisy, weak "
+            "targets flip sign, and poor scores look better than they are"
+        )
+    return warnings
 
 
 def calibration_quality(
@@ -317,27 +353,9 @@ def calibration_quality(
     ok = (suu > 0) & (sff > 0)
     r2 = np.where(ok, suf**2 / np.where(ok, suu * sff, 1.0), 0.0)
     scales = np.where(suu > 0, suf / np.where(suu > 0, suu, 1.0), 0.0)
-    warnings: list[str] = []
     median = float(np.median(r2)) if r2.size else 0.0
-    if median < MIN_MEDIAN_R2:
-        warnings.append(
-            f"poor calibration: the median R^2 of the scores on the {m} calibration trainings "
-            f"is {median:.3f} (< {MIN_MEDIAN_R2}); these scores barely predict the trainings, so "
-            "the datamodel will be close to constant and its certified error large"
-        )
-    neg = int(np.sum(scales < 0))
-    minority = min(neg, int(np.sum(scales > 0)))
-    if r2.size and minority > MAX_SIGN_DISAGREEMENT * r2.size:
-        warnings.append(
-            f"unstable signs: {minority} of {r2.size} targets got a scale of the minority's sign "
-            f"({neg} negative); the scores or the calibration are too noisy for those targets"
-        )
-    if m < RECOMMENDED_CALIBRATION:
-        warnings.append(
-            f"small calibration budget: {m} trainings (recommended: at least "
-            f"{RECOMMENDED_CALIBRATION}); with few trainings the fitted scales are noisy, weak "
-            "targets flip sign, and poor scores look better than they are"
-        )
+    minority = min(int(np.sum(scales < 0)), int(np.sum(scales > 0)))
+    warnings = quality_warnings(median, minority, int(r2.size), m)
     return CalibrationQuality(r2, scales, m, tuple(warnings))
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+import json
+from typing import Annotated, Any
 
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from protocol.datamodel import Datamodel
 from prover_service.api.deps import RequesterDep, ServiceDep, SignerDep
 from prover_service.api.schemas import (
     BINARY,
@@ -11,8 +15,10 @@ from prover_service.api.schemas import (
     WRITE_ERRORS,
     AttributionOut,
     AttributionRequest,
+    ImportAccepted,
     JobOut,
 )
+from prover_service.errors import Malformed
 from prover_service.store import JobRow
 
 router = APIRouter(prefix="/v1", tags=["attributions"])
@@ -31,6 +37,96 @@ def create_attribution(body: AttributionRequest, service: ServiceDep, signer: Si
     quota, 413 over the operator's maximum budget."""
     return job_out(service.submit_attribution(body.task_hash, body.method, body.budget, body.p,
                                               body.seed, owner=signer))  # fmt: skip
+
+
+_BINARY_BODY: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+}  # fmt: skip
+_HEX64 = r"^[0-9a-f]{64}$"
+
+
+async def raw_body(request: Request) -> bytes:
+    """The request body as bytes; it must be ``application/octet-stream`` (not a JSON list)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/octet-stream":
+        raise Malformed(
+            f"send the array as binary .npy bytes with Content-Type application/octet-stream "
+            f"(numpy.save to a buffer), not {kind or 'no content type'}"
+        )
+    return await request.body()
+
+
+RawBodyDep = Annotated[bytes, Depends(raw_body)]
+
+
+def provenance_query(
+    tool: Annotated[
+        str, Query(max_length=64, description="The outside tool (traker, dattri...)")
+    ] = "unknown",
+    tool_version: Annotated[str, Query(max_length=64)] = "",
+    outside_trainings: Annotated[
+        int, Query(ge=0, description="Trainings (checkpoints) spent by the tool")
+    ] = 0,
+    settings: Annotated[
+        str, Query(max_length=4096, description="The tool's settings as a JSON object")
+    ] = "{}",
+) -> dict[str, Any]:
+    """The provenance fields of an upload, from the (signed) query string."""
+    try:
+        parsed = json.loads(settings)
+    except ValueError:
+        raise Malformed("settings must be a JSON object") from None
+    if not isinstance(parsed, dict):
+        raise Malformed("settings must be a JSON object")
+    return {"tool": tool, "tool_version": tool_version, "outside_trainings": outside_trainings,
+            "settings": parsed}  # fmt: skip
+
+
+ProvenanceDep = Annotated[dict[str, Any], Depends(provenance_query)]
+
+
+@router.post("/attributions/import", status_code=status.HTTP_202_ACCEPTED,
+             responses=WRITE_ERRORS, openapi_extra=_BINARY_BODY,
+             summary="Upload scores to calibrate and publish (signed; a job)")  # fmt: skip
+def import_attribution(
+    service: ServiceDep, signer: SignerDep, body: RawBodyDep, provenance: ProvenanceDep,
+    task_hash: Annotated[str, Query(pattern=_HEX64)],
+    budget: Annotated[int, Query(ge=1, description="Calibration trainings (64 or more advised)")],
+    p: Annotated[float, Query(gt=0, lt=1)] = 0.5,
+    seed: Annotated[str, Query(pattern=r"^([0-9a-f]{64})?$")] = "",
+    orientation: Annotated[str | None, Query(
+        description="train-by-target (TRAK, dattri: (N, Z)) or target-by-train ((Z, N)); "
+                    "inferred from the shape when N != Z, required when N = Z")] = None,
+) -> ImportAccepted:  # fmt: skip
+    """The body is the scores as ``.npy`` bytes (``numpy.save``), (Z, N) or (N, Z); the
+    parameters and the tool's provenance (``tool``, ``tool_version``, ``outside_trainings``,
+    ``settings`` as JSON) are in the query string, which the request signature covers. Shape,
+    orientation and finite values are checked before the job is queued; the job trains
+    ``budget`` subsets, fits each target's scale and publishes the datamodel with its
+    provenance and calibration figures in the signed manifest. The body is limited like every
+    request (``max_body_bytes``, 413 past it)."""
+    job, loaded, notes = service.submit_import(task_hash, body, budget, p, seed, orientation,
+                                               provenance, owner=signer)  # fmt: skip
+    return ImportAccepted(job=job_out(job), orientation=loaded.orientation.value,
+                          orientation_inferred=loaded.inferred, notes=notes)  # fmt: skip
+
+
+@router.post("/attributions/datamodel", status_code=status.HTTP_201_CREATED,
+             responses=WRITE_ERRORS, openapi_extra=_BINARY_BODY,
+             summary="Publish a complete outside datamodel as it is (signed)")  # fmt: skip
+def publish_datamodel(
+    service: ServiceDep,
+    signer: SignerDep,
+    body: RawBodyDep,
+    provenance: ProvenanceDep,
+    task_hash: Annotated[str, Query(pattern=_HEX64)],
+) -> AttributionOut:
+    """The body is ``Datamodel.to_bytes()`` (intercept (Z,) and weights (Z, N)); nothing is
+    trained. The signed manifest records the provenance; its ``trainings`` are the tool's."""
+    content_hash = service.publish_datamodel(task_hash, Datamodel.from_bytes(body), provenance,
+                                             owner=signer)  # fmt: skip
+    return AttributionOut(content_hash=content_hash, manifest=service.attribution(content_hash)[0])
 
 
 @router.get("/jobs/{job_id}", responses=READ_ERRORS, summary="A job's status and progress")
