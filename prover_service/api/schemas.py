@@ -6,7 +6,9 @@ domain's errors and FastAPI's and Starlette's own to it). ``READ_ERRORS`` are wh
 answer: 401/403 (a bad or refused signed request), 404, 405 (a known path with another method),
 413 (a body over the limit), 422 (a request that does not parse), 500 (a bug, without a
 traceback) and 503 (the store is damaged or unreachable); ``WRITE_ERRORS`` add 409 (state),
-429 (a quota, with ``Retry-After``) and 507 (the disk quota).
+429 (a quota, with ``Retry-After``) and 507 (the disk quota); ``HTML_READ_ERRORS`` are
+``READ_ERRORS`` of an HTML page (still JSON). ``BINARY`` documents an ``.npy`` or datamodel
+body.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from protocol.wire import (
 
 __all__ = [
     "BINARY",
+    "HTML_READ_ERRORS",
     "READ_ERRORS",
     "WRITE_ERRORS",
     "AttributionOut",
@@ -60,6 +63,11 @@ def _errors(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
 
 READ_ERRORS = _errors(_READ)
 WRITE_ERRORS = _errors(_WRITE)
+# An HTML page's errors are JSON too; FastAPI would document them as the page's text/html.
+HTML_READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    c: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for c in _READ
+}
 BINARY: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {"schema": {"type": "string",
                                                               "format": "binary"}}}},

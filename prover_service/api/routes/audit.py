@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from prover_service.api.deps import ServiceDep
-from prover_service.api.schemas import READ_ERRORS
+from prover_service.api.schemas import HTML_READ_ERRORS
 from prover_service.audit_page import audit_session, bounds_chart, summary
 from prover_service.errors import NotFound
 
@@ -34,7 +34,7 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
 
-@router.get("/audit", response_class=HTMLResponse, responses=READ_ERRORS,
+@router.get("/audit", response_class=HTMLResponse, responses=HTML_READ_ERRORS,
             summary="The audit page: tree head, log size, sessions")  # fmt: skip
 def audit_index(request: Request, service: ServiceDep) -> HTMLResponse:
     """Server-rendered HTML; the sessions are listed only where transcripts are public."""
@@ -48,7 +48,7 @@ def audit_index(request: Request, service: ServiceDep) -> HTMLResponse:
     })  # fmt: skip
 
 
-@router.get("/audit/sessions/{session_id}", response_class=HTMLResponse, responses=READ_ERRORS,
+@router.get("/audit/sessions/{session_id}", response_class=HTMLResponse, responses=HTML_READ_ERRORS,
             summary="One session's audit, every check recomputed")  # fmt: skip
 def audit_session_page(session_id: str, request: Request, service: ServiceDep) -> HTMLResponse:
     """Checks, per-target bounds chart, inclusion proofs and links to the raw messages."""
