@@ -178,6 +178,11 @@ def publish(
     """
     if (datamodel is None) == (scores is None):
         raise InvalidParameterError("publish needs exactly one of --datamodel or --scores")
+    if service is None and prover_key is None and prover_key_env is None:
+        raise InvalidParameterError(
+            "publish signs with the Prover's key: give --prover-key FILE (see keygen) or "
+            "--prover-key-env VAR"
+        )
     t = _task(task)
     task_hash = spec_hash(t)
     # Every check before a database is opened or a training spent.
@@ -215,11 +220,6 @@ def _open_service(
     from prover_service.service import ProverService
     from prover_service.settings import Settings
 
-    if key_file is None and key_env is None:
-        raise InvalidParameterError(
-            "publish signs with the Prover's key: give --prover-key FILE (see keygen) or "
-            "--prover-key-env VAR"
-        )
     settings = Settings(db=db, key_file=None if key_file is None else Path(key_file),
                         key_env=key_env, tasks=[ref] if isinstance(ref, str) else [],
                         run_worker=False, check_tasks=False)  # fmt: skip
