@@ -1,0 +1,94 @@
+"""The client's three outcomes besides success, with ``httpx.MockTransport`` replies: a refusal
+(4xx, its ``{code, detail}``), a transport failure (network, 5xx), the Prover's misbehaviour
+(a reply that is not its wire model)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from protocol.errors import MalformedResponseError, VerificationError
+from verifier_client.client import ProverClient, ProverRefused, TransportError
+
+
+def _client(reply: httpx.Response | type[httpx.TransportError]) -> ProverClient:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if isinstance(reply, httpx.Response):
+            return reply
+        raise reply("down", request=request)
+
+    return ProverClient(httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p"))
+
+
+def test_a_refusal_carries_its_code_detail_and_retry_after() -> None:
+    body = {"code": "too_many_requests", "detail": "30 requests a minute"}
+    client = _client(httpx.Response(429, json=body, headers={"Retry-After": "7"}))
+    with pytest.raises(ProverRefused) as caught:
+        client.job("a" * 32)
+    assert (caught.value.status, caught.value.code, caught.value.retry_after) == (
+        429,
+        body["code"],
+        7,
+    )
+    assert "30 requests a minute" in str(caught.value)
+    assert not isinstance(caught.value, VerificationError)
+
+
+def test_a_refusal_in_another_shape_is_still_a_refusal() -> None:
+    with pytest.raises(ProverRefused, match="no such page") as caught:
+        _client(httpx.Response(404, text="<h1>no such page</h1>")).job("a" * 32)
+    assert caught.value.code == ""
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [httpx.ConnectError, httpx.ReadTimeout, httpx.Response(502, text="bad gateway"),
+     httpx.Response(503, json={"code": "store_unavailable", "detail": "later"})],
+)  # fmt: skip
+def test_network_and_server_failures_are_transport_errors(
+    reply: httpx.Response | type[httpx.TransportError],
+) -> None:
+    with pytest.raises(TransportError):
+        _client(reply).info()
+
+
+INFO_TASK = {"task_hash": "0" * 64, "name": "planted", "n_train": 20, "n_targets": 2,
+             "bound": 1.0, "tau": 0.0, "spec": {"name": "planted"}}  # fmt: skip
+LIMITS = {"n_train": 10, "n_targets": 10, "n_subsets": 10, "spot_checks": 10,
+          "array_bytes": 10, "json_bytes": 10, "max_subsets": 10, "max_budget": 10,
+          "rate_per_minute": 1, "max_active_jobs_per_key": 1, "trainings_per_day": 1}  # fmt: skip
+INFO = {"protocol_version": 1, "public_key": "1" * 64, "tasks": [INFO_TASK], "device": "cpu",
+        "device_class": "x", "limits": LIMITS, "access": "open registration",
+        "public_transcripts": False}  # fmt: skip
+
+
+def test_a_well_formed_info_is_parsed_and_remembers_the_key() -> None:
+    client = _client(httpx.Response(200, json=INFO))
+    assert client.info().tasks[0].n_train == 20 and client.prover_key == "1" * 64
+    assert client.task_entry("planted").task_hash == "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (httpx.Response(200, text="<html>hello</html>"), "not JSON"),
+        (httpx.Response(200, content=json.dumps(INFO), headers={"content-type": "text/html"}),
+         "not JSON"),
+        (httpx.Response(200, content=b"{", headers={"content-type": "application/json"}),
+         "malformed reply: body"),
+        (httpx.Response(200, json=INFO | {"public_key": 5}), "public_key"),
+        (httpx.Response(200, json={k: v for k, v in INFO.items() if k != "tasks"}), "tasks"),
+        (httpx.Response(200, json=INFO | {"admin_url": "x"}), "admin_url"),
+        (httpx.Response(200, json=INFO | {"limits": LIMITS | {"max_budget": "10"}}),
+         "limits.max_budget"),
+        (httpx.Response(200, json=INFO | {"tasks": [INFO_TASK | {"n_train": 0}]}),
+         "tasks.0.n_train"),
+    ],
+)  # fmt: skip
+def test_a_reply_that_is_not_its_model_is_misbehaviour(reply: httpx.Response, match: str) -> None:
+    with pytest.raises(MalformedResponseError, match=match) as caught:
+        _client(reply).info()
+    assert caught.value.reason == "malformed_response"
+    assert str(caught.value).startswith("GET /v1/info: ")
