@@ -5,7 +5,9 @@ Every state change is a conditional write, so concurrent requests race safely:
 - a challenge's nonce is inserted in the transaction that creates its session; a second insert
   of the nonce fails on the primary key and the request gets 409 (never 500). The nonce is
   looked up *before* the time stamp is checked, so a Verifier resuming after the time window
-  still learns that its challenge is held (409 naming the session) rather than "stale";
+  still learns that its challenge is held (409 naming the session) rather than "stale". While
+  a challenge is being admitted its nonce is held in memory too, so copies racing it get 409
+  at once and never spend the key's rate quota (429) on a replay;
 - a verdict is recorded by ``UPDATE ... WHERE verdict_json IS NULL``: of two racing verdicts
   exactly one changes the row; the other gets 409, or 200 if it is the very same signed verdict
   (an idempotent re-post after a lost reply).
@@ -20,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -73,12 +76,13 @@ class Sessions:
     def __init__(self, service: Any, jobs: Jobs, values_hook: ValuesHook | None = None) -> None:
         self.svc, self.jobs = service, jobs
         self.values_hook: ValuesHook = values_hook or _identity
+        self._pending: set[str] = set()  # nonces of challenges being admitted right now
+        self._pending_lock = threading.Lock()
         jobs.step_challenge = self.step
 
     # -- challenges -------------------------------------------------------------------------
     def submit(self, signed: SignedMessage) -> SessionRow:
         """Accept a signed challenge and queue its training job (module doc for the order)."""
-        settings = self.svc.settings
         try:
             challenge = open_signed(signed, Challenge)
         except BadSignatureError as exc:
@@ -87,6 +91,18 @@ class Sessions:
             raise Unauthorized("the challenge must be signed by the key it names")
         if challenge.prover_key is not None and challenge.prover_key != self.svc.public_key:
             raise Forbidden("this challenge names another Prover's key")
+        with self._pending_lock:  # a copy racing the first gets 409 before it spends any quota
+            if challenge.nonce in self._pending:
+                raise Conflict("nonce already used: a challenge is never accepted twice")
+            self._pending.add(challenge.nonce)
+        try:
+            return self._submit(signed, challenge)
+        finally:
+            with self._pending_lock:
+                self._pending.discard(challenge.nonce)
+
+    def _submit(self, signed: SignedMessage, challenge: Challenge) -> SessionRow:
+        settings = self.svc.settings
         with self.svc.db() as s:
             held = s.get(NonceRow, challenge.nonce)
             if held is not None:

@@ -1,13 +1,21 @@
-"""Test configuration: pinned thread pools, and skip hooks for the ``gpu`` marker."""
+"""Test configuration: pinned thread pools, skip hooks for the ``gpu`` marker, and the database
+backend of each test (SQLite by default; PostgreSQL for the tests parametrised over
+``db_backend``, on a server this session starts itself: tests/databases.py)."""
 
 from __future__ import annotations
 
 import os
+import weakref
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+from tests.databases import Databases, PostgresServer, use  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -21,3 +29,60 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (skipped, with the reason, where it cannot run)."""
+    server = PostgresServer()
+    reason = server.unavailable()
+    if reason:
+        pytest.skip(reason)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's database backend, installed as ``tests.databases.current()``.
+
+    ``sqlite`` unless parametrised (``tests.databases.on_both_databases``, or the hook in
+    tests/prover_service/conftest.py for the store and service tests). After a PostgreSQL test
+    every engine it connected with is disposed and its databases are dropped.
+    """
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield backend
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Connection, Engine
+
+    server = request.getfixturevalue("postgres_server")
+    databases = Databases(backend, server)
+    engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+    def opened(conn: Connection) -> None:  # every engine the test connects with
+        engines.add(conn.engine)
+
+    event.listen(Engine, "engine_connect", opened)
+    previous = use(databases)
+    try:
+        yield backend
+    finally:
+        use(previous)
+        event.remove(Engine, "engine_connect", opened)
+        for engine in list(engines):  # close their pooled connections before the drop
+            engine.dispose()
+        databases.close()
+
+
+@pytest.fixture
+def db_url(db_backend: str, tmp_path: Path) -> str:
+    """The URL of this test's own database (a SQLite file in ``tmp_path``, or a fresh
+    PostgreSQL database): the database ``make_settings(tmp_path)`` uses."""
+    from tests.databases import db_url as url_of
+
+    return url_of(tmp_path)

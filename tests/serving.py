@@ -15,6 +15,8 @@ from typing import Any
 
 import uvicorn
 
+from tests.databases import db_url
+
 
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
@@ -43,14 +45,25 @@ def serve(app: Any) -> Iterator[str]:
 def serve_prover(
     root: Any, task: str, adversary: str | None = None, **settings: Any
 ) -> Iterator[str]:
-    """A Prover (its own key, SQLite in ``root``) serving ``task`` on loopback; its base URL."""
+    """A Prover (its own key in ``root``) serving ``task`` on loopback; its base URL.
+
+    Its database is the test's backend (tests/databases.py): ``sqlite:///root/p.db`` or a
+    PostgreSQL database of its own; its arrays live in ``root/arrays``.
+    """
     from protocol.signing import generate_key, save_private_key
     from prover_service.app import create_app
     from prover_service.settings import Settings
 
     root.mkdir(parents=True, exist_ok=True)
     save_private_key(generate_key(), root / "p.pem", overwrite=True)
-    config = Settings(db=f"sqlite:///{root}/p.db", key_file=root / "p.pem", tasks=[task],
+    settings.setdefault("array_dir", root / "arrays")
+    config = Settings(db=db_url(root, "p"), key_file=root / "p.pem", tasks=[task],
                       adversary=adversary, **settings)  # fmt: skip
     with serve(create_app(config)) as url:
         yield url
+
+
+def verifier_db(root: Any) -> str:
+    """The Verifier's store for a test folder, on the test's backend (``sqlite:///root/v.db``
+    or a PostgreSQL database of its own); the same folder gives the same store."""
+    return db_url(root, "v")

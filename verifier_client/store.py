@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from sqlalchemy import Float, Integer, String, Text, create_engine, inspect, sel
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 __all__ = ["Record", "VerifierStore"]
+
+_SCHEMA_LOCK = 0x56444132  # PostgreSQL advisory lock key for the Verifier's schema ("VDA2")
 
 
 class _Base(DeclarativeBase):
@@ -99,20 +102,39 @@ def _as_url(url: str) -> str:
 
 
 class VerifierStore:
-    """Session factory over the records table."""
+    """Session factory over the records table (SQLite by default, or any SQLAlchemy URL, e.g.
+    ``postgresql+psycopg://USER:PASSWORD@HOST:5432/DBNAME``).
+
+    The table is created if missing (on PostgreSQL under an advisory lock, so several Verifiers
+    may open one database at once). The pooled connections are closed by :meth:`close`, or when
+    the store is dropped.
+    """
 
     def __init__(self, url: str) -> None:
         url = _as_url(url)
         kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {}
         self.engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
-        _Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+        self._closer = weakref.finalize(self, self.engine.dispose)
+        try:
+            self._create_schema()
+        except BaseException:
+            self.close()
+            raise
         self.db = sessionmaker(self.engine, expire_on_commit=False)
 
-    def _add_missing_columns(self) -> None:
-        """Bring a database made by an older version up to date (nullable columns only)."""
-        have = {c["name"] for c in inspect(self.engine).get_columns(Record.__tablename__)}
+    def close(self) -> None:
+        """Close the pooled database connections (the store may still be used: it reconnects)."""
+        self._closer()
+        self._closer = weakref.finalize(self, self.engine.dispose)
+
+    def _create_schema(self) -> None:
+        """The table and any columns added since the database was made (nullable ones only),
+        in one transaction; on PostgreSQL under an advisory lock (several Verifiers at once)."""
         with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            _Base.metadata.create_all(conn)
+            have = {c["name"] for c in inspect(conn).get_columns(Record.__tablename__)}
             for column in Record.__table__.columns:
                 if column.name not in have and column.nullable:
                     kind = column.type.compile(self.engine.dialect)

@@ -24,7 +24,8 @@ import pytest
 
 from protocol.signing import generate_key
 from protocol.tasks import load_task
-from tests.serving import serve_prover
+from tests.databases import on_both_databases
+from tests.serving import serve_prover, verifier_db
 from verifier_client.audit import audit, fetch_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.session import Options, _Run, run_verification
@@ -52,7 +53,7 @@ def _verify(url: str, root: Path, seed: int, **over: object) -> dict:  # type: i
     opts = Options(**(fields | over))  # type: ignore[arg-type]
     with httpx.Client(base_url=url, timeout=60) as http:
         return run_verification(
-            ProverClient(http, key=KEY), VerifierStore(f"sqlite:///{root}/v.db"), KEY, opts, url
+            ProverClient(http, key=KEY), VerifierStore(verifier_db(root)), KEY, opts, url
         )
 
 
@@ -65,6 +66,7 @@ def _audit(url: str, session: str) -> bool:
     return audit(bundle, load_task(TASK)).ok
 
 
+@on_both_databases
 def test_honest_prover_is_accepted_and_audited(tmp_path: Path) -> None:
     with prover(tmp_path / "p") as url:
         for seed in range(3):
@@ -76,7 +78,7 @@ def test_honest_prover_is_accepted_and_audited(tmp_path: Path) -> None:
             assert result["local_trainings"] == sizes["spot_checks"] + sizes["pilot_trainings"]
             assert cert["spot_checks"] == sizes["spot_checks"] and cert["max_corrupted"] > 0
             assert result["verdict_posted"]
-            row = VerifierStore(f"sqlite:///{tmp_path}/v.db").get(result["record"])
+            row = VerifierStore(verifier_db(tmp_path)).get(result["record"])
             assert row is not None and row.log_head_json is not None  # the head after the verdict
             assert _audit(url, result["session"])
 
@@ -110,6 +112,7 @@ def test_a_cheat_below_epsilon_is_accepted(tmp_path: Path) -> None:
     assert result["verdict"] == "accept" and result["certified_epsilon"] >= 0.31
 
 
+@on_both_databases
 def test_replayed_response_fails_the_spot_checks(tmp_path: Path) -> None:
     with prover(tmp_path / "p", "replay") as url:
         first = _verify(url, tmp_path, 7)  # nothing to replay yet: answered honestly
@@ -136,6 +139,7 @@ def test_tampered_transcript_is_detected(tmp_path: Path) -> None:
     assert not audit(forged, task).ok
 
 
+@on_both_databases
 def test_a_killed_client_resumes_without_a_new_challenge(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -148,7 +152,7 @@ def test_a_killed_client_resumes_without_a_new_challenge(
         monkeypatch.setattr(_Run, "wait", broken)
         with pytest.raises(TransportError):
             _verify(url, tmp_path, 21)
-        store = VerifierStore(f"sqlite:///{tmp_path}/v.db")
+        store = VerifierStore(verifier_db(tmp_path))
         (row,) = [r for r in store.all() if r.status == "incomplete"]
         assert row.prover_session is not None
         monkeypatch.setattr(_Run, "wait", real_wait)

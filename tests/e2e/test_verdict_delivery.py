@@ -9,12 +9,15 @@ import httpx
 import pytest
 
 from protocol.errors import BadResponseError
+from tests.databases import on_both_databases
 from tests.e2e.test_end_to_end import KEY, TASK, _verify, prover
+from tests.serving import verifier_db
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.session import Options, run_verification
 from verifier_client.store import VerifierStore
 
 
+@on_both_databases
 def test_a_bad_array_is_aborted_and_its_verdict_posted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -31,6 +34,7 @@ def test_a_bad_array_is_aborted_and_its_verdict_posted(
             assert ProverClient(http, key=KEY).session(result["session"]).status == "decided"
 
 
+@on_both_databases
 def test_a_lost_verdict_is_reposted_on_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -43,7 +47,7 @@ def test_a_lost_verdict_is_reposted_on_resume(
         monkeypatch.setattr(ProverClient, "post_verdict", lost)
         with pytest.raises(TransportError):
             _verify(url, tmp_path, 52)
-        store = VerifierStore(f"sqlite:///{tmp_path}/v.db")
+        store = VerifierStore(verifier_db(tmp_path))
         (row,) = store.all()
         assert row.status == "decided" and row.verdict_json and row.posted_at is None
         with httpx.Client(base_url=url, timeout=60) as http:

@@ -1,4 +1,10 @@
-"""A Prover on a temporary database, and a minimal Verifier side that signs challenges."""
+"""A Prover on a temporary database, and a minimal Verifier side that signs challenges.
+
+The store and service tests (``STORE_MODULES``) run on both database backends: every test there
+that has a folder (``tmp_path``, so also every ``prover`` test) is parametrised over
+``db_backend`` (``[sqlite]`` / ``[postgresql]``), and ``make_settings`` opens that backend's
+database for the folder it is given (tests/databases.py).
+"""
 
 from __future__ import annotations
 
@@ -25,8 +31,20 @@ from protocol.signing import (
 from prover_service.app import create_app
 from prover_service.service import ProverService
 from prover_service.settings import Settings
+from tests.databases import BACKENDS, current
 
 TASK = "planted:n_train=20,n_targets=2"
+# the modules whose tests touch the database: run on SQLite and on PostgreSQL
+STORE_MODULES = frozenset({"test_access", "test_executor_local", "test_log", "test_log_audit",
+                           "test_loopback", "test_races", "test_service"})  # fmt: skip
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in STORE_MODULES and "tmp_path" in metafunc.fixturenames:
+        metafunc.parametrize("db_backend", BACKENDS, indirect=True)
+
+
 OWNER = generate_key()  # the Verifier key the fixture's requests are signed with
 
 
@@ -63,16 +81,20 @@ class Prover:
 
 
 def make_settings(tmp_path: Path, **over: object) -> Settings:
+    """Settings of a Prover kept in ``tmp_path`` (key, arrays) on the test's database backend:
+    ``sqlite:///tmp_path/prover.db`` or a PostgreSQL database of its own for this folder."""
     key = tmp_path / "prover.pem"
     if not key.exists():
         save_private_key(generate_key(), key)
     fields: dict[str, object] = {
-        "db": f"sqlite:///{tmp_path}/prover.db",
+        "array_dir": tmp_path / "arrays",
         "key_file": key,
         "tasks": [TASK],
         "run_worker": False,
     }
     fields.update(over)
+    if "db" not in fields:
+        fields["db"] = current().url(tmp_path)
     return Settings(**fields)  # type: ignore[arg-type]
 
 
@@ -83,6 +105,7 @@ def prover(tmp_path: Path) -> Iterator[Prover]:
     with TestClient(app) as client:
         task_hash = client.get("/v1/info").json()["tasks"][0]["task_hash"]
         yield Prover(client, app.state.service, settings, task_hash)
+    app.state.service.engine.dispose()
 
 
 SPOT = [1, 4, 7]
