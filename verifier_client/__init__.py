@@ -1,8 +1,19 @@
-"""The Verifier client: a lightweight command line a data seller runs against a Prover.
+"""The Verifier client: a lightweight command line a data seller runs against a Prover, and the
+same run as a Python call.
 
 ``verify`` (interactive protocol; non-interactive and naive baselines), ``audit``, ``history``,
-``show``, ``keygen``, ``plan``, ``residual`` and ``demo``; see ``python -m verifier_client
---help``. Depends on :mod:`protocol` only.
+``show``, ``keygen``, ``plan``, ``residual`` and ``demo``; see ``vda-verifier --help``
+(``python -m verifier_client --help``). From Python::
+
+    from verifier_client import verify
+
+    result = verify("http://127.0.0.1:8000", "digits-logreg", 0.25, key="verifier.key")
+
+Depends on :mod:`protocol` only.
 """
 
-__all__: list[str] = []
+from verifier_client.api import verify
+from verifier_client.report import summary_lines
+from verifier_client.session import Options, run_verification
+
+__all__ = ["Options", "run_verification", "summary_lines", "verify"]

@@ -1,7 +1,9 @@
 """Command line of the Verifier client (typer).
 
 Exit codes: 0 success; 2 bad input or any error (one clear line on stderr, no stack trace).
-Progress bars go to stderr, so ``--json`` output on stdout stays machine-readable.
+Progress goes to stderr, so ``--json`` output on stdout stays machine-readable: a live bar on a
+terminal, else one line when a phase starts, every 10 % of it and when it ends (so a log shows
+progress within seconds).
 """
 
 from __future__ import annotations
@@ -18,20 +20,23 @@ import numpy as np
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from protocol.budget import Pilot, plan
-from protocol.errors import InvalidParameterError, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.evaluation import evaluate_design, run_task
 from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
 from protocol.signing import SignedMessage, create_key_file, load_private_key
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
+from verifier_client.api import parse_epsilon
+from verifier_client.api import verify as verify_api
 from verifier_client.audit import audit, audit_log, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.report import summary_lines
-from verifier_client.session import Options, run_verification
+from verifier_client.session import Options
 from verifier_client.store import VerifierStore
 
 app = typer.Typer(
@@ -47,7 +52,7 @@ DbOpt = Annotated[str, typer.Option(help="SQLAlchemy URL of the records.")]
 
 
 def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -70,6 +75,56 @@ def _progress_bar(show: bool) -> Progress:
         transient=True,
         disable=not show,
     )
+
+
+class PhaseProgress:
+    """``progress(phase, done, total)`` for :func:`run_verification`, on stderr.
+
+    On a terminal: one rich bar per phase. Elsewhere (a log, a pipe, CI): a line when a phase
+    starts, at every further 10 % and when it completes, each with the seconds since the start.
+    """
+
+    def __init__(self, console: Console, enabled: bool = True) -> None:
+        self.console, self.enabled = console, enabled
+        self.live = enabled and console.is_terminal
+        self.bar = _progress_bar(self.live)
+        self.tasks: dict[str, Any] = {}
+        self.shown: dict[str, int] = {}  # phase -> last tenth printed (-1: start line only)
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> PhaseProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.live:
+            if phase not in self.tasks:
+                self.tasks[phase] = self.bar.add_task(phase, total=max(total, 1))
+            self.bar.update(self.tasks[phase], completed=done, total=max(total, 1))
+            return
+        tenth = 10 if total <= 0 or done >= total else (10 * done) // total
+        last = self.shown.get(phase)
+        if last is not None and tenth <= last:
+            return
+        self.shown[phase] = tenth
+        at = f"[{time.perf_counter() - self.started:6.1f} s]"
+        if total <= 1:  # a one-step phase: its start, then its end
+            word = "done" if done >= total else "..."
+            self.console.print(
+                f"{at} {phase} {word}", highlight=False, markup=False, soft_wrap=True
+            )
+        else:
+            self.console.print(f"{at} {phase}: {done:,} / {total:,} ({10 * tenth} %)",
+                               highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+
+    def note(self, message: str) -> None:
+        """A sentence for the user, printed above any live bar."""
+        self.console.print(f"note: {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _evaluate(task: Task, design: ChallengeDesign, show: bool) -> np.ndarray:
@@ -262,19 +317,6 @@ def _load_key(key: Path | None, key_env: str | None) -> Ed25519PrivateKey:
         raise _fail(str(exc)) from None
 
 
-def parse_epsilon(text: str) -> tuple[float, bool]:
-    """``0.5`` (absolute units of err) or ``5%`` (a fraction of Var f): (value, relative)."""
-    raw = text.strip()
-    relative = raw.endswith("%")
-    try:
-        value = float(raw[:-1]) / 100.0 if relative else float(raw)
-    except ValueError:
-        raise InvalidParameterError(
-            f"--epsilon must be a number or a percentage; got {text!r}"
-        ) from None
-    return value, relative
-
-
 @app.command()
 def verify(
     prover: Annotated[str, typer.Option(help="The Prover's base URL.")],
@@ -290,7 +332,13 @@ def verify(
         str, typer.Option(help="clt (normal approximation) | finite (finite-sample).")
     ] = "clt",
     layout: Annotated[str, typer.Option(help="shared-base (default) | pairs.")] = "shared-base",
-    attribution: Annotated[str, typer.Option(help="Attribution hash, or 'latest'.")] = "latest",
+    attribution: Annotated[
+        str,
+        typer.Option(
+            help="Attribution hash; 'latest' (the Prover's newest, reused with a note; "
+            "--method/--budget only when it has none) or 'new' (always compute one)."
+        ),
+    ] = "latest",
     protocol: Annotated[
         str, typer.Option(help="interactive | noninteractive | naive (baselines).")
     ] = "interactive",
@@ -319,9 +367,11 @@ def verify(
         float, typer.Option(help="Baselines: largest err an honest Prover passes with.")
     ] = 0.0,
     method: Annotated[
-        str, typer.Option(help="Method if the Prover has no attribution yet.")
+        str, typer.Option(help="Method of a new attribution (none yet, or --attribution new).")
     ] = "ridge",
-    budget: Annotated[int, typer.Option(help="Its budget in trainings.")] = 4000,
+    budget: Annotated[
+        int, typer.Option(help="Its budget in trainings (4,000: err ~0.06 on digits-logreg).")
+    ] = 4000,
     db: DbOpt = "sqlite:///verifier.db",
     key: Annotated[
         Path | None, typer.Option(help="Signing key file (or $VDA_VERIFIER_KEY).")
@@ -338,48 +388,42 @@ def verify(
 ) -> None:
     """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error."""
     signing_key = _load_key(key, key_env)
-    try:
+    fields: dict[str, Any] = dict(
+        delta=delta, aggregate=aggregate, validity=validity, layout=layout, protocol=protocol,
+        estimator=estimator, pairs_per_level=pairs, spot_checks=spot_checks,
+        spot_fraction=spot_fraction, pilot=pilot, max_prover_trainings=max_prover_trainings,
+        fresh_samples=fresh, tau=tau, honest_err=honest_err, attribution=attribution,
+        method=method, budget=budget,
+    )  # fmt: skip
+    try:  # refused before any traffic: a bad option is the user's error, not the Prover's
         eps, relative = parse_epsilon(epsilon)
-        opts = Options(
-            task=task, epsilon=eps, delta=delta, relative=relative, aggregate=aggregate,
-            validity=validity, layout=layout, protocol=protocol, estimator=estimator,
-            pairs_per_level=pairs, spot_checks=spot_checks, spot_fraction=spot_fraction,
-            pilot=pilot, max_prover_trainings=max_prover_trainings, fresh_samples=fresh,
-            tau=tau, honest_err=honest_err, attribution=attribution, method=method,
-            budget=budget, seed=None if seed is None else seed_from_text(seed),
-        )  # fmt: skip
-        opts.validate()
+        Options(task=task, epsilon=eps, relative=relative, **fields).validate()
     except ProtocolError as exc:
         raise _fail(str(exc)) from None
     started = time.perf_counter()
     try:
-        with (
-            httpx.Client(base_url=prover, timeout=120) as http,
-            _progress_bar(progress) as bar,
-        ):
-            bars: dict[str, Any] = {}
-
-            def show(phase: str, done: int, total: int) -> None:
-                if phase not in bars:
-                    bars[phase] = bar.add_task(phase, total=total)
-                bar.update(bars[phase], completed=done, total=total)
-
-            client = ProverClient(http, key=signing_key)
-            result = run_verification(
-                client, VerifierStore(db), signing_key, opts, prover, show, resume
-            )
+        with PhaseProgress(_err, progress) as show:
+            result = verify_api(
+                prover, task, epsilon, key=signing_key, db=db, seed=seed, resume=resume,
+                progress=show, notify=show.note, **fields,
+            )  # fmt: skip
     except (ProtocolError, TransportError) as exc:
         raise _fail(str(exc)) from None
     result["seconds"] = round(time.perf_counter() - started, 3)
     if json_out:
         typer.echo(json.dumps(result))
     else:
-        colour = "green" if result["verdict"] == "accept" else "red"
-        lines = summary_lines(result)
-        Console().print(f"[bold {colour}]{lines[0]}[/]", highlight=False)
-        for line in lines[1:]:
-            Console().print(line, highlight=False)
+        print_summary(Console(), result)
     raise typer.Exit(code=0 if result["verdict"] == "accept" else 1)
+
+
+def print_summary(console: Console, result: dict[str, Any], indent: str = "") -> None:
+    """The verdict line in colour, then the plain summary lines (:func:`summary_lines`)."""
+    colour = "green" if result["verdict"] == "accept" else "red"
+    lines = summary_lines(result)
+    console.print(f"{indent}[bold {colour}]{escape(lines[0])}[/]", highlight=False, soft_wrap=True)
+    for line in lines[1:]:
+        console.print(f"{indent}{line}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -392,20 +436,24 @@ def history(
     if json_out:
         typer.echo(json.dumps(rows))
         return
+    cells = [
+        (r["session"], r["status"], str(r["verdict"]), str(r["reason"]), r["protocol"],
+         f"{r['prover_trainings']:,}", f"{r['local_trainings']:,}")
+        for r in rows
+    ]  # fmt: skip
+    console = Console()
+    if not console.is_terminal:  # a pipe or a log: whole ids, one line per session
+        for cell in cells:
+            typer.echo("  ".join(cell))
+        return
     table = Table(title="verifications")
-    for col in ("session", "status", "verdict", "reason", "protocol", "prover trainings", "local"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["session"],
-            r["status"],
-            str(r["verdict"]),
-            str(r["reason"]),
-            r["protocol"],
-            f"{r['prover_trainings']:,}",
-            f"{r['local_trainings']:,}",
-        )
-    Console().print(table)
+    width = max((len(c[0]) for c in cells), default=7)
+    table.add_column("session", no_wrap=True, min_width=width)  # never cut: `show` takes it
+    for col in ("status", "verdict", "reason", "protocol", "prover trainings", "local"):
+        table.add_column(col, overflow="fold")
+    for cell in cells:
+        table.add_row(*cell)
+    console.print(table)
 
 
 @app.command()
@@ -413,8 +461,19 @@ def show(
     session: Annotated[str, typer.Argument(help="Session id (the Prover's or the local one).")],
     db: DbOpt = "sqlite:///verifier.db",
 ) -> None:
-    """One recorded verification, as JSON."""
-    row = VerifierStore(db).get(session)
+    """One recorded verification, as JSON; SESSION may be any unique prefix of an id."""
+    store = VerifierStore(db)
+    row = store.get(session)
+    if row is None and session:
+        found = [
+            r for r in store.all()
+            if r.id.startswith(session) or (r.prover_session or "").startswith(session)
+        ]  # fmt: skip
+        if len(found) > 1:
+            ids = ", ".join(r.prover_session or r.id for r in found[:3])
+            more = ", ..." if len(found) > 3 else ""
+            raise _fail(f"{session!r} starts {len(found)} session ids ({ids}{more}): give more")
+        row = found[0] if found else None
     if row is None:
         raise _fail(f"no recorded verification {session!r}")
     typer.echo(json.dumps(row.as_dict(), indent=1))
@@ -480,30 +539,44 @@ def audit_cmd(
 
 @app.command()
 def demo(
-    pairs: Annotated[int, typer.Option(help="Shared bases (4 Prover trainings each).")] = 2000,
-    spot_checks: Annotated[int, typer.Option(help="Secret spot-checks.")] = 800,
-    budget: Annotated[int, typer.Option(help="Trainings for the Prover's attribution.")] = 4000,
-    epsilon: Annotated[float, typer.Option(help="Tolerated mean error gap.")] = 0.2,
-    seed: Annotated[
-        str | None, typer.Option(help="Derive the Verifier's secrets from this (same run).")
+    epsilon: Annotated[
+        float, typer.Option(help="Tolerated mean err over the targets (Var f is ~0.85).")
+    ] = 0.2,
+    budget: Annotated[int, typer.Option(help="Trainings for each Prover's attribution.")] = 4000,
+    spot_fraction: Annotated[
+        float, typer.Option(help="Share of the challenge the Verifier retrains.")
+    ] = 0.2,
+    max_prover_trainings: Annotated[
+        int, typer.Option(help="Cap on a challenge (a Prover the planner cannot size).")
+    ] = 2000,
+    pairs: Annotated[
+        int | None, typer.Option(help="Shared bases (4 Prover trainings each); default: planner.")
     ] = None,
+    spot_checks: Annotated[
+        int | None, typer.Option(help="Secret spot-checks; default: planner.")
+    ] = None,
+    seed: Annotated[
+        str, typer.Option(help="Derive the Verifier's secrets from this (same figures each run).")
+    ] = "1",
     keep: Annotated[Path | None, typer.Option(help="Keep keys, databases and logs here.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """The whole story on digits-logreg: honest and cheating Prover, verify both, audit both."""
+    """The whole story on digits-logreg: an honest and a cheating Prover, both verified at once
+    (accept, abort), both audited; prints the certificates in words and where the time went."""
     from verifier_client.demo import run_demo
 
     try:
         results = run_demo(
             Console(stderr=json_out), pairs, budget, epsilon, keep, spot_checks,
-            None if seed is None else seed_from_text(seed),
+            seed_from_text(seed), spot_fraction, max_prover_trainings,
         )  # fmt: skip
     except (ProtocolError, TransportError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     if json_out:
         typer.echo(json.dumps(results))
-    ok = results["honest"]["verdict"] == "accept" and results["cheating"]["verdict"] == "abort"
-    raise typer.Exit(code=0 if ok and all(r["audit"]["ok"] for r in results.values()) else 1)
+    provers = [results["honest"], results["cheating"]]
+    ok = provers[0]["verdict"] == "accept" and provers[1]["verdict"] == "abort"
+    raise typer.Exit(code=0 if ok and all(r["audit"]["ok"] for r in provers) else 1)
 
 
 def _training_rate(task: TaskBase) -> float:

@@ -55,7 +55,7 @@ from protocol.checkequiv import EquivReport, check_equiv
 from protocol.datamodel import Datamodel
 from protocol.decision import Decision, abort_decision, decide
 from protocol.errors import BadResponseError, InvalidParameterError, VerificationError
-from protocol.evaluation import evaluate_with_probes
+from protocol.evaluation import evaluate_with_probes, run_task
 from protocol.messages import LIMITS, Challenge, Verdict, commit_spot_checks
 from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, public_key_hex, sign_message
@@ -65,7 +65,8 @@ from verifier_client.store import Record, VerifierStore
 
 __all__ = ["Options", "run_verification", "train_local"]
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int], None]  # (phase, done, total), at every phase's start
+Notify = Callable[[str], None]  # a sentence the user should read now (e.g. a reused attribution)
 Design = ChallengeDesign | SharedBaseDesign
 SIZING_MARGIN = 1.25  # the pilot's spread is itself an estimate: plan for 25 % more
 
@@ -94,7 +95,7 @@ class Options:
     rho0: float = 0.2
     p: float = 0.5
     honest_err: float = 0.0  # baselines only: their threshold is (epsilon + honest_err) / 2
-    attribution: str = "latest"
+    attribution: str = "latest"  # a content hash, "latest" (reuse, with a note) or "new"
     method: str = "ridge"
     budget: int = 2000
     poll_s: float = 0.25
@@ -189,9 +190,13 @@ class _Run:
         opts: Options,
         url: str,
         progress: Progress | None,
+        notify: Notify | None = None,
     ) -> None:
         self.client, self.store, self.key, self.opts, self.url = client, store, key, opts, url
         self.progress = progress or (lambda _s, _d, _t: None)
+        self.notes: list[str] = []
+        self.made: dict[str, Any] = {}  # the committed attribution: hash, method, trainings
+        self._notify = notify or (lambda _m: None)
         self.times: dict[str, float] = {}
         self.local_trainings = 0
         self.device_class = ""  # the Prover's, from its signed response
@@ -204,30 +209,49 @@ class _Run:
     def tick(self, phase: str, started: float) -> None:
         self.times[phase] = round(self.times.get(phase, 0.0) + time.perf_counter() - started, 3)
 
+    def note(self, message: str) -> None:
+        """Tell the user now (``notify``) and keep it with the result (``notes``)."""
+        self.notes.append(message)
+        self._notify(message)
+
     def train(self, task: Task, masks: NDArray[np.bool_], seeds: NDArray[np.uint64],
               phase: str) -> tuple[NDArray[np.float64], NDArray[np.float32]]:  # fmt: skip
         t0 = time.perf_counter()
-        out = train_local(task, masks, seeds)
+        label = f"{phase.replace('_', '-')} (training here)"
+        self.progress(label, 0, len(masks))
+        out = run_task(task, masks, seeds, lambda done, total: self.progress(label, done, total))
         self.local_trainings += len(masks)
         self.tick(phase, t0)
-        return out
+        return out.values, out.probes
 
     # 1. commit: the attribution -------------------------------------------------------------
     def attribution(self, task_hash: str) -> tuple[str, Datamodel]:
         t0 = time.perf_counter()
-        content = None if self.opts.attribution == "latest" else self.opts.attribution
-        if content is None:
+        wanted = self.opts.attribution
+        content = None if wanted in ("latest", "new") else wanted
+        if wanted == "latest":
             content = self.client.latest_attribution(task_hash)
+        requested = content is None
         if content is None:
             job = self.client.request_attribution(task_hash, self.opts.method, self.opts.budget)
             while job.status not in ("done", "failed", "cancelled"):
-                self.progress("attribution", job.done, job.total)
+                self.progress("attribution (Prover training)", job.done, job.total)
                 time.sleep(self.opts.poll_s)
                 job = self.client.job(job.id)
             if job.status != "done":
                 raise ProverRefused(500, f"the Prover's attribution job failed: {job.error}")
             content = str(job.result)
-        _, model = self.client.attribution(content)
+        manifest, model = self.client.attribution(content)
+        made = manifest.payload
+        self.made = {"hash": content, "method": made.get("method"),
+                     "trainings": made.get("trainings"), "new": requested}  # fmt: skip
+        if wanted == "latest" and not requested:
+            self.note(
+                f"verifying the Prover's existing attribution {content[:16]} "
+                f"({made.get('method')}, {int(made.get('trainings', 0)):,} trainings); "
+                "--method and --budget apply only when it has none: pass --attribution new "
+                "to have it compute a new one"
+            )
         self.tick("attribution", t0)
         return content, model
 
@@ -358,7 +382,7 @@ class _Run:
         deadline = time.time() + self.opts.timeout_s
         while True:
             doc = self.client.session(sid)
-            self.progress("prover training", doc.job.done, doc.job.total)
+            self.progress("challenge (Prover training)", doc.job.done, doc.job.total)
             if doc.status in ("ready", "decided"):
                 break
             if doc.status == "failed" or doc.job.status == "failed":
@@ -376,6 +400,7 @@ class _Run:
     ]:
         """Download and check the response; the last item is why it is bad (None if good)."""
         t0 = time.perf_counter()
+        self.progress("download", 0, 1)
         signed: SignedMessage | None = None
         empty = (np.zeros((0, 0)), np.zeros((0, 0), dtype=np.float32))
         try:
@@ -415,6 +440,7 @@ class _Run:
     def certificate(self, challenge: Challenge, task: Task, model: Datamodel, design: Design,
                     values: NDArray[np.float64], k: int) -> Certificate:  # fmt: skip
         t0 = time.perf_counter()
+        self.progress("certificate", 0, 1)
         cert = certify_challenge(challenge, task, model, design, values, k)
         self.tick("certificate", t0)
         return cert
@@ -459,7 +485,8 @@ class _Run:
             post_verdict(self.client, self.store, record.id, sid, verdict_json)
             self.tick("post_verdict", t0)
             self.store.update(record.id, times_json=json.dumps(self.times))
-        return result_of(self.store, record.id, self.client)
+        out = result_of(self.store, record.id, self.client)
+        return out | {"notes": list(self.notes), "attribution": self.made or None}
 
 
 def post_verdict(
@@ -529,15 +556,19 @@ def run_verification(
     url: str,
     progress: Progress | None = None,
     resume: str | None = None,
+    notify: Notify | None = None,
 ) -> dict[str, Any]:
-    """Run (or with ``resume``, finish) one verification; returns the recorded result."""
+    """Run (or with ``resume``, finish) one verification; returns the recorded result.
+
+    ``progress(phase, done, total)`` is called when each phase starts and as it advances;
+    ``notify(sentence)`` with what the user should know now (kept in the result's ``notes``)."""
     from verifier_client import baselines
 
     if resume is None:
         opts.validate()  # before any traffic: a bad option is the user's error, not the Prover's
     if client.key is None:
         client.key = key  # requests are signed with the Verifier's key
-    run = _Run(client, store, key, opts, url, progress)
+    run = _Run(client, store, key, opts, url, progress, notify)
     client.info()
     record: Record | None = None
     if resume is not None:

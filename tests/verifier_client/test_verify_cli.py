@@ -122,8 +122,15 @@ def test_the_summary_says_what_was_certified() -> None:
               "local_trainings": 1300, "detail": ""}  # fmt: skip
     lines = summary_lines(result)
     assert lines[0] == (
-        "certified: mean err over targets <= 0.11 (13.8 % of Var f) at confidence 1 - 0.05; "
-        "epsilon = 0.25 -> ACCEPT"
+        "ACCEPT: certified, the attribution's mean err over the targets is at most 0.11 "
+        "(you asked <= 0.25), at 95 % confidence"
     )
-    assert "corruption 0.025" in lines[1] and "m* = 34" in lines[1]
-    assert "Prover trained 12,000, this machine 1,300" in lines[-1]
+    assert "corruption 0.025" in lines[1] and "estimate 0.07" in lines[1]
+    assert any("err (the 'gap')" in line for line in lines)
+    assert "trainings: Prover 12,000 for the challenge, this machine 1,300" in lines[-2]
+    assert lines[-1] == "  session s"
+    aborted = summary_lines(result | {"verdict": "abort", "reason": "not_certified",
+                                      "relative": True, "epsilon": 0.05})  # fmt: skip
+    assert aborted[0].startswith("ABORT (not_certified): the attribution's mean err over the")
+    assert "above the 5 % of Var f = 0.25 you asked" in aborted[0]
+    assert not any("{" in line for line in lines + aborted)  # never a dict repr
