@@ -32,17 +32,19 @@ __all__ = ["BodyLimit", "create_app"]
 
 log = logging.getLogger("prover_service")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def _allowed(request: Request) -> str:
     """The ``Allow`` header of a 405: the methods of *every* route on the path (Starlette names
     only the first route that matched the path, e.g. POST but not GET on /v1/attributions)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= set(route.methods)
-    return ", ".join(sorted(methods))
+    routes = request.app.router.routes  # (FastAPI may nest included routers: ask each)
+
+    def serves(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] == Match.FULL for route in routes)
+
+    return ", ".join(m for m in _METHODS if serves(m))
 
 
 def _error(
