@@ -185,6 +185,17 @@ def test_publish_refusals(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, ["publish", "--task", task, *extra, "--db",
                                           str(tmp_path / "p.db")])  # fmt: skip
         assert result.exit_code == 2 and re.search(match, result.stderr), extra
+    phi = load_task(task).optimal_datamodel()
+    np.savez(tmp_path / "dm.npz", intercept=phi.intercept, weights=phi.weights.T)  # dattri's (N, Z)
+    key = tmp_path / "prover.pem"
+    save_private_key(generate_key(), key)
+    result = CliRunner().invoke(app, ["publish", "--task", task, "--datamodel",
+                                      str(tmp_path / "dm.npz"), "--tool", "dattri",
+                                      "--outside-trainings", "500", "--prover-key", str(key),
+                                      "--db", str(tmp_path / "p.db")])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["content_hash"] == phi.content_hash and printed["trainings"] == 500
     with pytest.raises(InvalidParameterError, match="does not exist"):
         publish(task, datamodel=tmp_path / "missing.npz", prover_key="k.pem", db=str(tmp_path))
 
