@@ -53,7 +53,8 @@ OrientationOpt = Annotated[
                  "((Z, N)); inferred from the shape when N != Z, required when N = Z."),
 ]  # fmt: skip
 KeyOpt = Annotated[
-    str | None, typer.Option(help="The array to read from an .npz or a .pt dict of several.")
+    str | None,
+    typer.Option("--array-key", help="The array to read from an .npz or a .pt dict of several."),
 ]
 
 
@@ -232,10 +233,10 @@ def publish(
         str, typer.Option(help="The Prover's database (as serve --db).")
     ] = "sqlite:///prover.db",
     prover_key: Annotated[
-        Path | None, typer.Option(help="The Prover's signing key (keygen).")
+        Path | None, typer.Option("--key", help="The Prover's signing key (keygen), as serve.")
     ] = None,
     prover_key_env: Annotated[
-        str | None, typer.Option(help="Env variable holding the PEM key.")
+        str | None, typer.Option("--key-env", help="Env variable holding the PEM key.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:

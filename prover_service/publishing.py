@@ -180,8 +180,7 @@ def publish(
         raise InvalidParameterError("publish needs exactly one of --datamodel or --scores")
     if service is None and prover_key is None and prover_key_env is None:
         raise InvalidParameterError(
-            "publish signs with the Prover's key: give --prover-key FILE (see keygen) or "
-            "--prover-key-env VAR"
+            "publish signs with the Prover's key: give --key FILE (see keygen) or --key-env VAR"
         )
     t = _task(task)
     task_hash = spec_hash(t)

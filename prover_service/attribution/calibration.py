@@ -106,7 +106,7 @@ def _from_npz(path: Path, key: str | None) -> NDArray[Any]:
             if len(names) != 1:
                 raise InvalidParameterError(
                     f"{str(path)!r} holds {len(names)} arrays ({', '.join(names)}); name one "
-                    "with --key (a datamodel with intercept and weights goes to publish "
+                    "with --array-key (a datamodel with intercept and weights goes to publish "
                     "--datamodel)"
                 )
             key = names[0]
@@ -130,7 +130,7 @@ def _from_torch(obj: Any, where: str, key: str | None) -> NDArray[Any]:
         else:
             raise InvalidParameterError(
                 f"{where} is a dict with {len(tensors)} tensors ({', '.join(map(str, tensors))}); "
-                "name one with --key"
+                "name one with --array-key"
             )
     if not isinstance(obj, torch.Tensor):
         raise InvalidParameterError(f"{where} must hold a tensor or a dict of tensors")

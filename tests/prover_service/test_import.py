@@ -83,7 +83,7 @@ def test_npz_and_pt_with_several_arrays_need_a_key(tmp_path: Path) -> None:
     np.savez(tmp_path / "two.npz", a=PHI, b=PHI.T)
     torch.save({"a": torch.tensor(PHI), "b": torch.tensor(PHI.T)}, tmp_path / "two.pt")
     for name in ("two.npz", "two.pt"):
-        with pytest.raises(InvalidParameterError, match="--key"):
+        with pytest.raises(InvalidParameterError, match="--array-key"):
             read_scores(tmp_path / name, TASK)
         assert read_scores(tmp_path / name, TASK, key="b").orientation.value == "train-by-target"
         with pytest.raises(InvalidParameterError, match="no (array|tensor) 'c'"):

@@ -161,7 +161,7 @@ def test_api_and_cli_give_the_same_content_hash(tmp_path: Path) -> None:
     save_private_key(generate_key(), key)
     args = ["publish", "--task", task, "--scores", str(tmp_path / "trak.npy"), "--budget", "64",
             "--seed", "3", "--tool", "traker", "--setting", "proj_dim=128",
-            "--outside-trainings", "20", "--prover-key", str(key), "--no-progress"]  # fmt: skip
+            "--outside-trainings", "20", "--key", str(key), "--no-progress"]  # fmt: skip
     published = CliRunner().invoke(app, [*args, "--db", str(tmp_path / "cli.db")])
     assert published.exit_code == 0, published.stderr
     printed = json.loads(published.stdout)
@@ -179,8 +179,8 @@ def test_publish_refusals(tmp_path: Path) -> None:
     np.save(tmp_path / "s.npy", np.zeros((4, 29)))
     for extra, match in (
         ([], "exactly one of --datamodel or --scores"),
-        (["--scores", str(tmp_path / "s.npy"), "--prover-key", "k.pem"], r"\(Z, N\) = \(4, 30\)"),
-        (["--datamodel", str(tmp_path / "s.npy")], "--prover-key"),
+        (["--scores", str(tmp_path / "s.npy"), "--key", "k.pem"], r"\(Z, N\) = \(4, 30\)"),
+        (["--datamodel", str(tmp_path / "s.npy")], "--key"),
     ):
         result = CliRunner().invoke(app, ["publish", "--task", task, *extra, "--db",
                                           str(tmp_path / "p.db")])  # fmt: skip
@@ -191,7 +191,7 @@ def test_publish_refusals(tmp_path: Path) -> None:
     save_private_key(generate_key(), key)
     result = CliRunner().invoke(app, ["publish", "--task", task, "--datamodel",
                                       str(tmp_path / "dm.npz"), "--tool", "dattri",
-                                      "--outside-trainings", "500", "--prover-key", str(key),
+                                      "--outside-trainings", "500", "--key", str(key),
                                       "--db", str(tmp_path / "p.db")])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     printed = json.loads(result.stdout)
