@@ -1,10 +1,13 @@
 """The /audit page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
 driven by selenium): it loads, shows the signed head and the sessions, draws the per-target
-bounds chart for an accepted and an aborted session, and shows a tampered transcript as failed.
-A screenshot of the accepted session's page is written to ``$VDA_AUDIT_SCREENSHOT`` if set."""
+bounds chart and the noise-stability fit (a dot per level, the fitted curve, labelled axes) for
+an accepted and an aborted session, and shows a tampered transcript as failed. A screenshot of
+the accepted session's whole page is written to ``$VDA_AUDIT_SCREENSHOT`` if set
+(``VDA_AUDIT_SCREENSHOT=$PWD/docs/audit-page.png pytest tests/e2e/test_audit_page.py``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -14,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from protocol.messages import Challenge
 from protocol.signing import generate_key, save_private_key
 from prover_service.app import create_app
 from prover_service.settings import Settings
@@ -54,6 +58,25 @@ def _verify(url: str, root: Path, epsilon: float, seed: int) -> dict:  # type: i
         return run_verification(ProverClient(http, key=KEY), store, KEY, opts, url)
 
 
+def _check_stability_chart(driver, svc, session_id: str) -> None:  # type: ignore[no-untyped-def]
+    """One dot per level at the recomputed h(rho), the fitted curve drawn, both axes labelled."""
+    challenge = json.loads(svc.session(session_id).challenge_json)["payload"]
+    rhos = Challenge.model_validate(challenge).design(20).rhos
+    chart = driver.find_element("css selector", "#stability svg.chart.stability")
+    dots = chart.find_elements("css selector", "circle.level")
+    assert len(dots) == len(rhos) == 3
+    assert all(d.is_displayed() and d.size["width"] > 0 for d in dots)
+    ys = [float(d.get_attribute("cy")) for d in dots]
+    assert len(set(ys)) > 1, "the levels' h(rho) differ: the dots are placed by value"
+    curve = chart.find_elements("css selector", "polyline.fit")
+    assert curve and all(len(c.get_attribute("points").split()) > 2 for c in curve)
+    assert chart.find_elements("css selector", "rect.h1")
+    labels = {t.get_attribute("class"): t.text for t in chart.find_elements("css selector",
+              "text.axis-label")}  # fmt: skip
+    assert "\u03c1" in labels["axis-label x"] and "h(\u03c1)" in labels["axis-label y"]
+    assert "Derived here" in driver.find_element("id", "stability-note").text
+
+
 def test_audit_page_in_chromium(tmp_path: Path) -> None:
     save_private_key(generate_key(), tmp_path / "p.pem")
     settings = Settings(db=f"sqlite:///{tmp_path}/p.db", key_file=tmp_path / "p.pem",
@@ -77,10 +100,13 @@ def test_audit_page_in_chromium(tmp_path: Path) -> None:
                 assert driver.find_element("id", "outcome").text == "PASSED"
                 bars = driver.find_elements("css selector", "svg.chart rect.bound")
                 assert len(bars) == 2 and all(b.size["height"] > 0 for b in bars)
+                _check_stability_chart(driver, app.state.service, result["session"])
                 assert len(driver.find_elements("css selector", "#proofs tr")) == 1 + 4
             driver.get(f"{url}/audit/sessions/{accepted['session']}")
             shot = os.environ.get("VDA_AUDIT_SCREENSHOT")
             if shot:
+                tall = driver.execute_script("return document.body.scrollHeight")
+                driver.set_window_size(1100, int(tall) + 200)
                 driver.save_screenshot(shot)
             # tamper with the stored response: the page recomputes and shows it failed
             svc = app.state.service
