@@ -15,6 +15,7 @@ calls the identity and never branches on it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -229,14 +230,21 @@ class ProverService:
         if budget < RECOMMENDED_CALIBRATION:
             notes.append(f"small calibration budget: {budget} trainings (recommended: at least "
                          f"{RECOMMENDED_CALIBRATION})")  # fmt: skip
-        sha = self.arrays.put(array_to_npy("scores", loaded.scores)[1])
+        data = array_to_npy("scores", loaded.scores)[1]
+        already = self.arrays.has(hashlib.sha256(data).hexdigest())
+        sha = self.arrays.put(data)
         params = {"task_hash": task_hash, "method": Method.IMPORT.value, "budget": budget, "p": p,
                   "seed": seed, "scores": sha, "orientation": loaded.orientation.value,
                   "orientation_inferred": loaded.inferred,
                   "provenance": prov.model_dump(mode="json", exclude_none=True)}  # fmt: skip
         job = JobRow(id=os.urandom(16).hex(), kind="attribution", total=budget,
                      params_json=json.dumps(params))  # fmt: skip
-        self.jobs.add(job, [], owner, task.n_train * task.n_targets * 8 + 4096)
+        try:
+            self.jobs.add(job, [], owner, task.n_train * task.n_targets * 8 + 4096)
+        except BaseException:
+            if not already:  # a refused upload (over quota) leaves nothing behind
+                self.arrays.discard(sha)
+            raise
         return job, loaded, notes
 
     def publish_datamodel(

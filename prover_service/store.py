@@ -311,6 +311,10 @@ class ArrayStore:
             self.used_bytes += len(data)
         return sha
 
+    def has(self, sha: str) -> bool:
+        """Whether a file is stored under ``sha`` (not checked: :meth:`get` checks)."""
+        return self._path(sha).is_file()
+
     def get(self, sha: str) -> bytes:
         """The bytes stored under ``sha``, checked against it; KeyError if absent."""
         path = self._path(sha)
@@ -324,7 +328,13 @@ class ArrayStore:
     def discard(self, sha: str) -> None:
         """Remove a (damaged) array, so that its job recomputes it."""
         path = self._path(sha)
-        path.unlink(missing_ok=True)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self.used_bytes = max(0, self.used_bytes - size)
 
     def verify_all(self) -> list[str]:
         """Re-hash every file; the names of the damaged ones."""

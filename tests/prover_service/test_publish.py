@@ -117,6 +117,22 @@ def test_upload_refusals_spend_no_training(prover: Prover, tmp_path: Path) -> No
     assert wrong.status_code == 422 and "/v1/attributions/import" in wrong.json()["detail"]
 
 
+def test_upload_over_quota_is_429_and_leaves_no_array(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, trainings_per_day=100)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        task_hash = client.get("/v1/info").json()["tasks"][0]["task_hash"]
+        prover = Prover(client, app.state.service, settings, task_hash)
+        first = _upload(prover, _npy(PHI.weights), "budget=64", auth=SignedAuth(OWNER))
+        assert first.status_code == 202, first.text
+        stored = sorted(p.name for p in (tmp_path / "arrays").glob("??/*"))
+        other = _npy(PHI.weights * 2.0)  # different bytes: would be a new array
+        refused = _upload(prover, other, "budget=64", auth=SignedAuth(OWNER))
+        assert refused.status_code == 429 and "Retry-After" in refused.headers, refused.text
+        assert sorted(p.name for p in (tmp_path / "arrays").glob("??/*")) == stored
+    app.state.service.engine.dispose()
+
+
 def test_square_upload_needs_an_orientation(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, tasks=["planted:n_train=4,n_targets=4"])
     application = create_app(settings)
