@@ -23,6 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from protocol.budget import Pilot, plan
 from protocol.errors import ProtocolError
@@ -48,12 +50,33 @@ _err = Console(stderr=True)
 
 TaskOpt = Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-DbOpt = Annotated[str, typer.Option(help="SQLAlchemy URL of the records.")]
 
 
 def _fail(message: str) -> typer.Exit:
     _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
+
+
+def _db_url(db: str | None) -> str | None:
+    """``--db``: a SQLAlchemy URL, or a bare file path taken as SQLite. A file in a folder that
+    does not exist, or a URL of no known database, is one line and exit 2 (not created)."""
+    if db is None:
+        return None
+    url = db if "://" in db else f"sqlite:///{Path(db).expanduser()}"
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise _fail(f"cannot create database {db!r}: folder {str(folder)!r} does not exist")
+    try:
+        make_url(url).get_dialect()
+    except (SQLAlchemyError, ValueError) as exc:
+        raise _fail(f"--db {db!r} is not a database URL (or a file path): {exc}") from None
+    return url
+
+
+DbOpt = Annotated[
+    str, typer.Option(help="SQLAlchemy URL of the records, or a file (SQLite).", callback=_db_url)
+]
 
 
 def _parse_seed(seed: str | None) -> bytes:
@@ -491,7 +514,8 @@ def audit_cmd(
     ] = None,
     key: Annotated[Path | None, typer.Option(help="Key to sign the transcript request.")] = None,
     db: Annotated[
-        str | None, typer.Option(help="Verifier records: check the log against their heads.")
+        str | None,
+        typer.Option(help="Verifier records: check the log against their heads.", callback=_db_url),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -601,6 +625,11 @@ def main() -> None:
     """Entry point of ``python -m verifier_client`` and the ``vda-verifier`` script."""
     try:
         app()
+    except SQLAlchemyError as exc:  # the records' database: unreachable, refused, damaged
+        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+        _err.print(f"[bold red]error:[/] the records' database failed: {escape(first)}",
+                   highlight=False, soft_wrap=True)  # fmt: skip
+        sys.exit(2)
     except KeyboardInterrupt:
         _err.print("interrupted")
         sys.exit(2)
