@@ -1,9 +1,10 @@
 """The /audit page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
 driven by selenium): it loads, shows the signed head and the sessions, draws the per-target
 bounds chart and the noise-stability fit (a dot per level, the fitted curve, labelled axes) for
-an accepted and an aborted session, and shows a tampered transcript as failed. A screenshot of
-the accepted session's whole page is written to ``$VDA_AUDIT_SCREENSHOT`` if set
-(``VDA_AUDIT_SCREENSHOT=$PWD/docs/audit-page.png pytest tests/e2e/test_audit_page.py``)."""
+an accepted and an aborted session, and shows a tampered transcript as failed; on SQLite and on
+PostgreSQL. A screenshot of the accepted session's whole page is written to
+``$VDA_AUDIT_SCREENSHOT`` if set (docs/audit-page.png:
+``VDA_AUDIT_SCREENSHOT=$PWD/docs/audit-page.png pytest tests/e2e/test_audit_page.py -k sqlite``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from protocol.signing import generate_key, save_private_key
 from prover_service.app import create_app
 from prover_service.settings import Settings
 from prover_service.store import SessionRow
-from tests.serving import serve
+from tests.databases import db_url, on_both_databases
+from tests.serving import serve, verifier_db
 from verifier_client.client import ProverClient
 from verifier_client.session import Options, run_verification
 from verifier_client.store import VerifierStore
@@ -54,7 +56,7 @@ def _verify(url: str, root: Path, epsilon: float, seed: int) -> dict:  # type: i
     opts = Options(task=TASK, epsilon=epsilon, budget=400, max_prover_trainings=20_000,
                    poll_s=0.02, seed=seed.to_bytes(8, "little"))  # fmt: skip
     with httpx.Client(base_url=url, timeout=60) as http:
-        store = VerifierStore(f"sqlite:///{root}/v.db")
+        store = VerifierStore(verifier_db(root))
         return run_verification(ProverClient(http, key=KEY), store, KEY, opts, url)
 
 
@@ -77,10 +79,12 @@ def _check_stability_chart(driver, svc, session_id: str) -> None:  # type: ignor
     assert "Derived here" in driver.find_element("id", "stability-note").text
 
 
+@on_both_databases
 def test_audit_page_in_chromium(tmp_path: Path) -> None:
     save_private_key(generate_key(), tmp_path / "p.pem")
-    settings = Settings(db=f"sqlite:///{tmp_path}/p.db", key_file=tmp_path / "p.pem",
-                        tasks=[TASK], public_transcripts=True)  # fmt: skip
+    settings = Settings(db=db_url(tmp_path, "p"), key_file=tmp_path / "p.pem",
+                        array_dir=tmp_path / "arrays", tasks=[TASK],
+                        public_transcripts=True)  # fmt: skip
     app = create_app(settings)
     with serve(app) as url:
         accepted = _verify(url, tmp_path, 0.6, 1)
