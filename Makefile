@@ -9,7 +9,7 @@ export MKL_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 
-.PHONY: install demo diagnostics test lint bench clean
+.PHONY: install demo diagnostics test lint bench clean schemathesis
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+schemathesis: install
+	$(BIN)/pytest -q tests/prover_service/test_schemathesis.py
 
 bench: install
 	$(BIN)/python benchmarks/estimator_error.py

@@ -30,21 +30,21 @@ from protocol.wire import (
 )
 
 __all__ = [
-    "BINARY",
-    "HTML_READ_ERRORS",
-    "READ_ERRORS",
-    "WRITE_ERRORS",
     "AttributionOut",
     "AttributionRequest",
+    "BINARY",
     "ConsistencyProofOut",
     "ErrorResponse",
+    "HTML_READ_ERRORS",
     "ImportAccepted",
     "InclusionProofOut",
     "InfoOut",
     "JobOut",
+    "READ_ERRORS",
     "SessionCreated",
     "SessionOut",
     "TranscriptOut",
+    "WRITE_ERRORS",
 ]
 
 _RETRY_AFTER = {
