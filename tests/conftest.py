@@ -33,9 +33,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the session (skipped, with the reason, where it cannot run)."""
+    """One PostgreSQL server for the session: skipped, with the reason, where it cannot run,
+    except under CI (``CI`` or ``VDA_REQUIRE_POSTGRES`` set), where that is a failure."""
     server = PostgresServer()
     reason = server.unavailable()
+    if reason and (os.environ.get("VDA_REQUIRE_POSTGRES") or os.environ.get("CI")):
+        pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
     if reason:
         pytest.skip(reason)
     server.start()
