@@ -3,13 +3,13 @@
 # The same script installs the Docker images, so what the tests run is what ships.
 #   VENV    where the environment lives (default .venv)
 #   PYTHON  interpreter that creates it (default python3)
-#   EXTRAS  optional dependency groups (default dev,ray: what the tests need; "" for a
+#   EXTRAS  optional dependency groups (default dev,ray,trak,dattri: what the tests need; "" for a
 #           runtime-only image, "ray" for a Prover that fans out on Ray)
 #   TORCH_INDEX_URL  where torch comes from (images set the CPU or CUDA wheel index)
 set -euo pipefail
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EXTRAS-dev,ray}
+EXTRAS=${EXTRAS-dev,ray,trak,dattri}
 cd "$(dirname "$0")/.."
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip

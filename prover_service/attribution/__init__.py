@@ -12,7 +12,13 @@ returns an :class:`AttributionResult` (the datamodel in mask units plus what it 
 ``daunce``         Daunce (Pan et al. 2025): covariance of losses across perturbed fine-tunes
 ``daunce-blackbox`` Daunce's black-box variant: plain fine-tunes on bootstrap resamples
 ``import``         scores from any outside tool, calibrated on a few trainings
+``trak``           TRAK (Park et al. 2023) through MadryLab's ``traker`` (extra ``trak``)
+``dattri-if``      influence functions through dattri's attributors (extra ``dattri``)
 =================  ======================================================================
+
+A method may carry settings, as a task reference does: ``trak:checkpoints=32,proj_dim=256``
+(:func:`prover_service.attribution.checkpoints.parse_method`); each is a keyword of the
+method's function, and an unknown one is refused.
 """
 
 from __future__ import annotations
@@ -31,8 +37,11 @@ from prover_service.attribution.calibration import (
     load_scores,
     read_scores,
 )
+from prover_service.attribution.checkpoints import check_settings, parse_method
+from prover_service.attribution.dattri_methods import dattri_if
 from prover_service.attribution.daunce import daunce, daunce_blackbox
 from prover_service.attribution.regression import influence, lasso, loo, ridge
+from prover_service.attribution.trak import trak
 
 __all__ = [
     "AttributionResult",
@@ -40,6 +49,7 @@ __all__ = [
     "attribute",
     "calibrate",
     "daunce",
+    "dattri_if",
     "daunce_blackbox",
     "import_scores",
     "influence",
@@ -47,6 +57,7 @@ __all__ = [
     "load_scores",
     "loo",
     "ridge",
+    "trak",
 ]
 
 
@@ -60,6 +71,8 @@ class Method(StrEnum):
     DAUNCE = "daunce"
     DAUNCE_BLACKBOX = "daunce-blackbox"
     IMPORT = "import"
+    TRAK = "trak"
+    DATTRI_IF = "dattri-if"
 
 
 _SAMPLED: dict[Method, Callable[..., AttributionResult]] = {
@@ -69,6 +82,8 @@ _SAMPLED: dict[Method, Callable[..., AttributionResult]] = {
     Method.LOO: loo,
     Method.DAUNCE: daunce,
     Method.DAUNCE_BLACKBOX: daunce_blackbox,
+    Method.TRAK: trak,
+    Method.DATTRI_IF: dattri_if,
 }
 
 
@@ -85,17 +100,20 @@ def attribute(
 ) -> AttributionResult:
     """Run ``method`` on ``task`` with at most ``budget`` trainings. For ``import``: ``scores``
     (a file or an array, :func:`read_scores`; ``orientation`` and the ``.npz``/``.pt`` ``key``),
-    checked before any training."""
+    checked before any training. A method may carry settings (module doc)."""
+    name, options = parse_method(method)
     try:
-        m = Method(method)
+        m = Method(name)
     except ValueError:
         known = ", ".join(x.value for x in Method)
-        raise InvalidParameterError(f"unknown method {method!r}; choose one of {known}") from None
+        raise InvalidParameterError(f"unknown method {name!r}; choose one of {known}") from None
     if not isinstance(budget, int) or budget < 1:
         raise InvalidParameterError(
             f"--budget must be a positive number of trainings; got {budget}"
         )
     if m is Method.IMPORT:
+        if options:
+            raise InvalidParameterError("method 'import' takes no settings")
         if scores is None:
             raise InvalidParameterError(
                 "method 'import' needs --scores FILE (.npy, .npz, .pt, .mmap or .csv)"
@@ -105,4 +123,5 @@ def attribute(
         return import_scores(task, scores, budget, p, seed, progress)
     if scores is not None:
         raise InvalidParameterError("--scores is only for method 'import'")
-    return _SAMPLED[m](task, budget, p, seed, progress)
+    check_settings(m.value, _SAMPLED[m], options)
+    return _SAMPLED[m](task, budget, p, seed, progress, **options)
