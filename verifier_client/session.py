@@ -21,10 +21,13 @@ The interactive protocol, top to bottom (:func:`run_verification`):
 The baselines (the non-interactive and the naive protocol, and the paper's residual estimator
 with its threshold) live in :mod:`verifier_client.baselines`.
 
-Failure kinds are kept apart: a Prover that misbehaves (bad signature, bad arrays, values out of
-range, spot-check mismatch) gets an **abort** verdict with its reason; the network or the
-Prover's infrastructure failing raises :class:`~verifier_client.client.TransportError` and the
-record stays ``incomplete`` for ``verify --resume``.
+Failure kinds are kept apart: once the challenge is recorded, a Prover that misbehaves -- any
+:class:`protocol.errors.VerificationError`: a reply that is not its wire model, a bad signature,
+bad arrays, values out of range (and a spot-check mismatch, decided in step 6) -- gets an
+**abort** with the error's ``reason``; the network or the Prover's infrastructure failing raises
+:class:`~verifier_client.client.TransportError` and the record stays ``incomplete`` for
+``verify --resume``, never an abort. (Before the challenge there is nothing to abort: such an
+error is reported and the command exits 2.)
 """
 
 from __future__ import annotations
