@@ -181,6 +181,8 @@ def make_engine(url: str) -> tuple[Engine, sessionmaker]:  # type: ignore[type-a
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:  # a server may drop idle connections (restart, failover): test each one before use
+        kwargs["pool_pre_ping"] = True
     if path is not None:
         if not path.parent.is_dir():
             raise StoreError(f"cannot create database {str(path)!r}: folder does not exist")

@@ -88,6 +88,7 @@ class PostgresServer:
         self.initdb, self.pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
         self.root: Path | None = None
         self.base = ""
+        self._opts = ""
         self._count = 0
 
     def unavailable(self) -> str | None:
@@ -117,9 +118,16 @@ class PostgresServer:
         port = _free_port()
         fast = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300 {fast}"
+        self._opts = opts
         _run([self.pg_ctl, "-D", str(root / "data"), "-o", opts, "-l", str(root / "log"),
               "-w", "start"])  # fmt: skip
         self.base = f"postgresql+psycopg://{user}@127.0.0.1:{port}"
+
+    def restart(self) -> None:
+        """``pg_ctl restart`` (same data, same port): every open connection is cut."""
+        assert self.root is not None and self.pg_ctl is not None
+        _run([self.pg_ctl, "-D", str(self.root / "data"), "-o", self._opts, "-l",
+              str(self.root / "log"), "-m", "fast", "-w", "restart"])  # fmt: skip
 
     def stop(self) -> None:
         """``pg_ctl stop`` and remove the folder."""

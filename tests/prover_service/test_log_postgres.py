@@ -4,7 +4,8 @@ server binaries or psycopg are missing). The service and log tests themselves ru
 backends (tests/prover_service/conftest.py); these add the multi-process and multi-thread cases:
 
 - schema creation by 4 Prover processes at once on one empty database (one state row, no error);
-- 40 concurrent appends from 4 threads never collide and give the reference root.
+- 40 concurrent appends from 4 threads never collide and give the reference root;
+- a Prover keeps serving across a server restart (its pooled connections are tested before use).
 """
 
 from __future__ import annotations
@@ -82,3 +83,25 @@ def test_concurrent_appends_never_collide(pg_prover: Prover) -> None:
     assert set(by_index.values()) == {leaf_hash(log_entry(m)).hex() for m in messages}
     assert root == root_hash([bytes.fromhex(by_index[i]) for i in range(40)])
     assert svc.log.root(40) == root
+
+
+def test_a_prover_survives_a_server_restart(tmp_path: Path) -> None:
+    server = PostgresServer()  # its own server: restarting the session's would cut other tests
+    if server.unavailable():
+        pytest.skip(str(server.unavailable()))
+    server.start()
+    try:
+        app = create_app(make_settings(tmp_path, db=server.new_database()))
+        with TestClient(app) as client:
+            task_hash = client.get("/v1/info").json()["tasks"][0]["task_hash"]
+            prover = Prover(client, app.state.service, app.state.service.settings, task_hash)
+            before = prover.publish()
+            assert client.get("/v1/log/head").json()["payload"]["size"] == 1
+            server.restart()
+            assert client.get(f"/v1/attributions/{before}").status_code == 200
+            assert client.get("/v1/log/head").json()["payload"]["size"] == 1
+            prover.publish(budget=301)
+            assert client.get("/v1/log/head").json()["payload"]["size"] == 2
+        app.state.service.engine.dispose()
+    finally:
+        server.stop()
