@@ -11,7 +11,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -80,12 +79,3 @@ def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
         for engine in list(engines):  # close their pooled connections before the drop
             engine.dispose()
         databases.close()
-
-
-@pytest.fixture
-def db_url(db_backend: str, tmp_path: Path) -> str:
-    """The URL of this test's own database (a SQLite file in ``tmp_path``, or a fresh
-    PostgreSQL database): the database ``make_settings(tmp_path)`` uses."""
-    from tests.databases import db_url as url_of
-
-    return url_of(tmp_path)
