@@ -9,11 +9,11 @@ export MKL_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 
-.PHONY: install demo diagnostics test lint bench clean schemathesis
+.PHONY: install demo diagnostics test lint bench constraints clean schemathesis
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh
 	touch $(STAMP)
 
@@ -37,6 +37,14 @@ schemathesis: install
 
 bench: install
 	$(BIN)/python benchmarks/estimator_error.py
+
+# Re-pin what CI and the images install (constraints.txt) from this environment, after a
+# dependency changed in pyproject.toml: `make install` first (with every extra CI installs).
+constraints:
+	{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | sed -E -e 's|^([A-Za-z0-9_.-]+) @ .*/[A-Za-z0-9_.]+-([0-9][A-Za-z0-9.]*)-.*$$|\1==\2|' \
+	    -e 's/\+[a-z0-9.]+$$//' | LC_ALL=C sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
