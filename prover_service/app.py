@@ -9,6 +9,7 @@ limited while they stream in (:class:`BodyLimit`), whatever the transfer encodin
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,8 +37,21 @@ _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def _allowed(request: Request) -> str:
-    """The ``Allow`` header of a 405: the methods of *every* route on the path (Starlette names
-    only the first route that matched the path, e.g. POST but not GET on /v1/attributions)."""
+    """The ``Allow`` header of a 405: the methods the API documents for the path.
+
+    Starlette names only the first route that matched the path (POST but not GET on
+    /v1/attributions). The most specific documented template wins (``/v1/attributions/import``
+    over ``/v1/attributions/{content_hash}``), so ``Allow`` is what ``/openapi.json`` says;
+    an undocumented path (``/docs``) gets the methods of every route that serves it.
+    """
+    path = request.scope["path"]
+    documented = [
+        (template.count("{"), [m.upper() for m in ops])
+        for template, ops in request.app.openapi()["paths"].items()
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path)
+    ]
+    if documented:
+        return ", ".join(sorted(min(documented)[1]))
     routes = request.app.router.routes  # (FastAPI may nest included routers: ask each)
 
     def serves(method: str) -> bool:

@@ -15,6 +15,8 @@ def test_a_wrong_method_names_every_method_of_the_path(prover: Prover) -> None:
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
     assert r.headers["allow"] == "GET, POST"  # two routes share the path; Starlette names one
     assert prover.client.request("DELETE", "/v1/info").headers["allow"] == "GET"
+    # the most specific documented path: /import (POST), not /{content_hash} (GET)
+    assert prover.client.request("PUT", "/v1/attributions/import").headers["allow"] == "POST"
 
 
 def test_a_body_over_the_limit_is_413_code_and_detail(prover: Prover) -> None:
