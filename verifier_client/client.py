@@ -32,12 +32,19 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from protocol.datamodel import Datamodel
-from protocol.errors import BadResponseError, MalformedResponseError, ProtocolError, ShapeError
+from protocol.errors import (
+    BadResponseError,
+    InvalidParameterError,
+    MalformedResponseError,
+    ProtocolError,
+    ShapeError,
+)
 from protocol.messages import ArrayRef, AttributionManifest, ResponseManifest, array_from_npy
 from protocol.signing import SignedMessage, open_signed, sign_request
 from protocol.transparency import TreeHead
 from protocol.wire import (
     AttributionOut,
+    AttributionRequest,
     ConsistencyProofOut,
     ErrorResponse,
     InclusionProofOut,
@@ -139,8 +146,13 @@ class ProverClient:
 
     def request_attribution(self, task_hash: str, method: str, budget: int) -> JobOut:
         """Ask for an attribution (a signed request); its job."""
-        body = {"task_hash": task_hash, "method": method, "budget": budget}
-        return self._parse(JobOut, "POST", "/v1/attributions", json=body)
+        try:
+            body = AttributionRequest(task_hash=task_hash, method=method, budget=budget)
+        except ValidationError as exc:  # the caller's values, refused before any traffic
+            first = exc.errors()[0]
+            raise InvalidParameterError(f"attribution request: {first['loc'][0]}: "
+                                        f"{first['msg']}") from None  # fmt: skip
+        return self._parse(JobOut, "POST", "/v1/attributions", json=body.model_dump())
 
     def job(self, job_id: str) -> JobOut:
         """A job's status and progress."""

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from protocol.errors import MalformedResponseError, VerificationError
+from protocol.errors import InvalidParameterError, MalformedResponseError, VerificationError
 from verifier_client.client import ProverClient, ProverRefused, TransportError
 
 
@@ -92,3 +92,20 @@ def test_a_reply_that_is_not_its_model_is_misbehaviour(reply: httpx.Response, ma
         _client(reply).info()
     assert caught.value.reason == "malformed_response"
     assert str(caught.value).startswith("GET /v1/info: ")
+
+
+def test_an_attribution_request_is_its_wire_model() -> None:
+    sent: list[dict[str, object]] = []
+    job = {"id": "a" * 32, "kind": "attribution", "status": "queued", "done": 0, "total": 5,
+           "result": None, "error": None}  # fmt: skip
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(202, json=job)
+
+    client = ProverClient(httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p"))
+    assert client.request_attribution("0" * 64, "ridge", 5).total == 5
+    assert sent == [{"task_hash": "0" * 64, "method": "ridge", "budget": 5, "p": 0.5, "seed": ""}]
+    with pytest.raises(InvalidParameterError, match="budget"):
+        client.request_attribution("0" * 64, "ridge", 0)  # refused here, nothing sent
+    assert len(sent) == 1
