@@ -16,9 +16,15 @@ scores are calibrated like every score method
 trainings = budget.
 
 Settings (``dattri-if:solver=cg,regularization=0.01``): ``checkpoints`` K (default 8),
-``solver`` (default ``explicit`` up to 2,000 parameters, else ``datainf``), ``regularization``
-lambda (default 1e-3), ``subset`` (default 0.5), ``calibration`` M (default budget - K),
-``proj_dim`` and ``max_iter`` (Arnoldi, CG).
+``solver`` (default ``explicit``), ``layers`` (``all``, or ``last``: the gradients and Hessian
+of the last layer's parameters only; default ``all`` up to 2,000 parameters, else ``last``),
+``regularization`` lambda (default 1e-3), ``subset`` (default 0.5), ``calibration`` M (default
+budget - K), ``proj_dim`` and ``max_iter`` (Arnoldi, CG).
+
+Defaults measured (mean LDS on fresh half-subsets, 64 calibration trainings): digits-logreg
+(P = 650), explicit with K = 1 / 8 checkpoints: 0.60 / 0.79 (lambda 1e-2: 0.78; DataInf: 0.51,
+5x slower); digits-mlp (P = 9,610), K = 4: CG over all parameters 0.15 in 275 s, Arnoldi
+non-finite at lambda 1e-3.
 """
 
 from __future__ import annotations
@@ -88,10 +94,23 @@ def _functions(view: ModelView) -> tuple[Any, Any]:
     return loss, margin
 
 
+def last_layer(module: Any) -> list[str]:
+    """Names of the parameters of the last submodule that has any (e.g. a classifier head)."""
+    owners = [name for name, mod in module.named_modules() if list(mod.parameters(recurse=False))]
+    prefix = owners[-1]
+    return [n for n, _ in module.named_parameters() if n.rpartition(".")[0] == prefix]
+
+
 def dattri_if_scores(
-    task: Task, thetas: Any, solver: str, regularization: float, **solver_kwargs: Any
+    task: Task,
+    thetas: Any,
+    solver: str,
+    regularization: float,
+    layer_name: list[str] | None = None,
+    **solver_kwargs: Any,
 ) -> np.ndarray:
-    """dattri influence scores (Z, N) of the checkpoints ``thetas`` (P, K)."""
+    """dattri influence scores (Z, N) of the checkpoints ``thetas`` (P, K), with respect to
+    the parameters ``layer_name`` (all when None)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     influence, dattri_task = _require_dattri()
@@ -102,7 +121,11 @@ def dattri_if_scores(
         loss_func=loss, model=view.module, checkpoints=states, target_func=margin
     )
     attributor = getattr(influence, SOLVERS[solver])(
-        task=attribution_task, device="cpu", regularization=regularization, **solver_kwargs
+        task=attribution_task,
+        layer_name=layer_name,
+        device="cpu",
+        regularization=regularization,
+        **solver_kwargs,
     )
     pool = TensorDataset(*view.pool)
     targets = TensorDataset(*view.targets)
@@ -129,7 +152,8 @@ def dattri_if(
     seed: bytes,
     progress: Progress | None = None,
     checkpoints: int = 8,
-    solver: str | None = None,
+    solver: str = "explicit",
+    layers: str | None = None,
     regularization: float = 1e-3,
     subset: float = 0.5,
     calibration: int | None = None,
@@ -139,7 +163,7 @@ def dattri_if(
     """dattri's influence functions with K checkpoints and M calibration trainings (module
     doc)."""
     _require_dattri()
-    if solver is not None and solver not in SOLVERS:
+    if solver not in SOLVERS:
         raise InvalidParameterError(
             f"dattri-if: solver must be one of {', '.join(SOLVERS)}; got {solver!r}"
         )
@@ -149,9 +173,12 @@ def dattri_if(
         )
     n_cal = split_budget("dattri-if", budget, checkpoints, calibration, subset)
     ext, view = model_view(task, "dattri-if")
-    n_params = sum(p.numel() for p in view.module.parameters())
-    if solver is None:
-        solver = "explicit" if n_params <= EXPLICIT_MAX_PARAMS else "datainf"
+    if layers is None:
+        n_params = sum(p.numel() for p in view.module.parameters())
+        layers = "all" if n_params <= EXPLICIT_MAX_PARAMS else "last"
+    if layers not in ("all", "last"):
+        raise InvalidParameterError(f"dattri-if: layers must be all or last; got {layers!r}")
+    layer_name = last_layer(view.module) if layers == "last" else None
     kwargs: dict[str, Any] = {}
     for name, value in (("proj_dim", proj_dim), ("max_iter", max_iter)):
         if value is None:
@@ -164,12 +191,13 @@ def dattri_if(
         kwargs[name] = value
     thetas = train_checkpoints(task, ext, checkpoints, subset, seed, "dattri-checkpoint",
                                progress, budget)  # fmt: skip
-    scores = dattri_if_scores(task, thetas, solver, float(regularization), **kwargs)
+    scores = dattri_if_scores(task, thetas, solver, float(regularization), layer_name, **kwargs)
     model = calibrate(task, scores, n_cal, p, seed, progress, checkpoints, budget)
     settings = {
         "checkpoints": checkpoints,
         "solver": solver,
         "attributor": SOLVERS[solver],
+        "layers": layer_name or "all",
         "regularization": regularization,
         "subset": subset,
         "calibration": n_cal,

@@ -15,6 +15,7 @@ from protocol.errors import InvalidParameterError
 from protocol.sampling import sample_masks, training_seeds
 from protocol.tasks.digits import DigitsLogReg
 from prover_service.attribution import attribute
+from prover_service.attribution.dattri_methods import last_layer
 
 torch.set_num_threads(1)
 HAVE_DATTRI = importlib.util.find_spec("dattri") is not None
@@ -90,6 +91,7 @@ def test_dattri_if_beats_ridge_at_equal_trainings(
         ("dattri-if:regularization=-1", "regularization"),
         ("dattri-if:solver=explicit,proj_dim=10", "not a setting of solver explicit"),
         ("dattri-if:damping=0.1", "no setting damping"),
+        ("dattri-if:layers=first", "layers must be all or last"),
     ],
 )
 def test_dattri_if_refuses_bad_settings(
@@ -97,3 +99,11 @@ def test_dattri_if_refuses_bad_settings(
 ) -> None:
     with pytest.raises(InvalidParameterError, match=says):
         attribute(logreg[0], method, 80, seed=bytes(32))
+
+
+def test_last_layer_names_the_head() -> None:
+    head = torch.nn.Sequential(
+        torch.nn.Linear(4, 3, bias=False), torch.nn.ReLU(), torch.nn.Linear(3, 2)
+    )
+    assert last_layer(head) == ["2.weight", "2.bias"]
+    assert last_layer(torch.nn.Linear(4, 2, bias=False)) == ["weight"]
