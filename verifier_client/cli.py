@@ -473,7 +473,7 @@ def history(
     width = max((len(c[0]) for c in cells), default=7)
     table.add_column("session", no_wrap=True, min_width=width)  # never cut: `show` takes it
     for col in ("status", "verdict", "reason", "protocol", "prover trainings", "local"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold")  # narrow terminals: folded, never cut
     for cell in cells:
         table.add_row(*cell)
     console.print(table)
@@ -572,7 +572,7 @@ def demo(
     ] = 0.2,
     max_prover_trainings: Annotated[
         int, typer.Option(help="Cap on a challenge (a Prover the planner cannot size).")
-    ] = 2000,
+    ] = 2400,
     pairs: Annotated[
         int | None, typer.Option(help="Shared bases (4 Prover trainings each); default: planner.")
     ] = None,
@@ -582,6 +582,9 @@ def demo(
     seed: Annotated[
         str, typer.Option(help="Derive the Verifier's secrets from this (same figures each run).")
     ] = "1",
+    task: Annotated[
+        str, typer.Option(help="digits-logreg in float32 (default) or float64 (digits-logreg).")
+    ] = "digits-logreg:dtype=float32",
     keep: Annotated[Path | None, typer.Option(help="Keep keys, databases and logs here.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -592,7 +595,7 @@ def demo(
     try:
         results = run_demo(
             Console(stderr=json_out), pairs, budget, epsilon, keep, spot_checks,
-            seed_from_text(seed), spot_fraction, max_prover_trainings,
+            seed_from_text(seed), spot_fraction, max_prover_trainings, task,
         )  # fmt: skip
     except (ProtocolError, TransportError, RuntimeError) as exc:
         raise _fail(str(exc)) from None

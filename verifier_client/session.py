@@ -420,6 +420,7 @@ class _Run:
             return signed, *empty, exc
         finally:
             self.tick("download", t0)
+            self.progress("download", 1, 1)
         hashes = {"values": manifest.values.sha256, "probes": manifest.probes.sha256}
         self.store.update(
             record.id, response_json=signed.model_dump_json(), array_hashes_json=json.dumps(hashes)
@@ -446,6 +447,7 @@ class _Run:
         self.progress("certificate", 0, 1)
         cert = certify_challenge(challenge, task, model, design, values, k)
         self.tick("certificate", t0)
+        self.progress("certificate", 1, 1)
         return cert
 
     # 7. verdict -----------------------------------------------------------------------------
