@@ -31,6 +31,7 @@ from protocol.errors import BudgetError, InvalidParameterError
 from protocol.sampling import sample_masks
 from protocol.tasks import Differentiable, Task, declared
 from prover_service.attribution.base import Progress
+from prover_service.attribution.calibration import MIN_CALIBRATION
 
 if TYPE_CHECKING:
     import torch
@@ -43,8 +44,6 @@ __all__ = [
     "split_budget",
     "train_checkpoints",
 ]
-
-MIN_CALIBRATION = 3
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import numpy as np
 from protocol.errors import InvalidParameterError
 from protocol.tasks import Task
 from prover_service.attribution.base import AttributionResult, Progress
-from prover_service.attribution.calibration import calibrate
+from prover_service.attribution.calibration import calibrate_with_quality
 from prover_service.attribution.checkpoints import (
     ModelView,
     model_view,
@@ -192,7 +192,9 @@ def dattri_if(
     thetas = train_checkpoints(task, ext, checkpoints, subset, seed, "dattri-checkpoint",
                                progress, budget)  # fmt: skip
     scores = dattri_if_scores(task, thetas, solver, float(regularization), layer_name, **kwargs)
-    model = calibrate(task, scores, n_cal, p, seed, progress, checkpoints, budget)
+    model, quality = calibrate_with_quality(
+        task, scores, n_cal, p, seed, progress, checkpoints, budget
+    )
     settings = {
         "checkpoints": checkpoints,
         "solver": solver,
@@ -208,5 +210,6 @@ def dattri_if(
     return AttributionResult(
         "dattri-if", model, budget,
         {"tool": "dattri", "version": version("dattri"), "settings": settings,
-         "checkpoints": checkpoints, "calibration_trainings": n_cal, "trainings": budget},
+         "checkpoints": checkpoints, "calibration_trainings": n_cal, "trainings": budget,
+         "calibration_quality": quality.summary()},
     )  # fmt: skip

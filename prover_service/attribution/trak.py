@@ -36,7 +36,7 @@ import numpy as np
 from protocol.errors import InvalidParameterError
 from protocol.tasks import Task
 from prover_service.attribution.base import AttributionResult, Progress
-from prover_service.attribution.calibration import calibrate
+from prover_service.attribution.calibration import calibrate_with_quality
 from prover_service.attribution.checkpoints import model_view, split_budget, train_checkpoints
 
 __all__ = ["trak", "trak_scores"]
@@ -66,8 +66,6 @@ def trak_scores(
     projector_seed: int,
 ) -> np.ndarray:
     """TRAK scores (Z, N) of the checkpoints ``thetas`` (P, K) through ``traker.TRAKer``."""
-    import torch
-
     trak = _require_traker()
     _, view = model_view(task, "trak")
     x, y = view.pool
@@ -93,8 +91,7 @@ def trak_scores(
             for start in range(0, len(xt), BATCH):
                 batch = (xt[start : start + BATCH], yt[start : start + BATCH])
                 traker.score(batch=batch, num_samples=len(batch[0]))
-        with torch.no_grad():
-            scores = np.array(traker.finalize_scores(exp_name="targets"), dtype=np.float64)
+        scores = np.array(traker.finalize_scores(exp_name="targets"), dtype=np.float64)
     if not np.all(np.isfinite(scores)):
         raise InvalidParameterError(
             f"TRAK gave non-finite scores (proj_dim={proj_dim}, lambda_reg={lambda_reg}): "
@@ -117,7 +114,7 @@ def trak(
     projector_seed: int = 0,
 ) -> AttributionResult:
     """TRAK with K checkpoints and M calibration trainings, K + M = budget (module doc)."""
-    trak_module = _require_traker()
+    _require_traker()
     if not isinstance(proj_dim, int) or proj_dim < 1 or proj_dim % 8:
         raise InvalidParameterError(f"trak: proj_dim must be a multiple of 8, >= 8; got {proj_dim}")
     if not isinstance(lambda_reg, int | float) or not lambda_reg >= 0:
@@ -129,7 +126,9 @@ def trak(
     thetas = train_checkpoints(task, ext, checkpoints, subset, seed, "trak-checkpoint",
                                progress, budget)  # fmt: skip
     scores = trak_scores(task, thetas, proj_dim, float(lambda_reg), projector_seed)
-    model = calibrate(task, scores, n_cal, p, seed, progress, checkpoints, budget)
+    model, quality = calibrate_with_quality(
+        task, scores, n_cal, p, seed, progress, checkpoints, budget
+    )
     settings = {
         "checkpoints": checkpoints,
         "proj_dim": proj_dim,
@@ -144,5 +143,5 @@ def trak(
         "trak", model, budget,
         {"tool": "traker", "version": version("traker"), "settings": settings,
          "checkpoints": checkpoints, "calibration_trainings": n_cal, "trainings": budget,
-         "module": trak_module.__name__},
+         "calibration_quality": quality.summary()},
     )  # fmt: skip
