@@ -85,7 +85,7 @@ def test_import_from_csv_and_npy(tmp_path: Path) -> None:
 
 def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameterError, match="unknown method"):
-        attribute(PLANTED, "trak", 100)
+        attribute(PLANTED, "shapley", 100)
     with pytest.raises(BudgetError, match="at least 41"):
         attribute(PLANTED, "loo", 10)
     with pytest.raises(BudgetError, match="at least"):
