@@ -210,6 +210,6 @@ def dattri_if(
     return AttributionResult(
         "dattri-if", model, budget,
         {"tool": "dattri", "version": version("dattri"), "settings": settings,
-         "checkpoints": checkpoints, "calibration_trainings": n_cal, "trainings": budget,
-         "calibration_quality": quality.summary()},
+         "checkpoints": checkpoints, "trainings": budget,
+         **quality.summary()},
     )  # fmt: skip

@@ -142,6 +142,6 @@ def trak(
     return AttributionResult(
         "trak", model, budget,
         {"tool": "traker", "version": version("traker"), "settings": settings,
-         "checkpoints": checkpoints, "calibration_trainings": n_cal, "trainings": budget,
-         "calibration_quality": quality.summary()},
+         "checkpoints": checkpoints, "trainings": budget,
+         **quality.summary()},
     )  # fmt: skip
