@@ -75,8 +75,9 @@ def _spawn(
            "--port", str(port)]  # fmt: skip
     if adversary:
         cmd += ["--adversary", adversary]
-    log = (root / f"{name}.log").open("wb")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
+    with (root / f"{name}.log").open("wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, root: Path, name: str) -> None:
@@ -133,8 +134,8 @@ def run_demo(
     and CPU seconds of the whole demo."""
     seed = seed_from_text(DEFAULT_SEED) if seed is None else seed
     started = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="vda-demo-")
-    root = keep or Path(tmp.name)
+    tmp = tempfile.TemporaryDirectory(prefix="vda-demo-") if keep is None else None
+    root = keep if tmp is None else Path(tmp.name)
     root.mkdir(parents=True, exist_ok=True)
     save_private_key(generate_key(), root / "prover.key", overwrite=True)
     vkey = generate_key()
@@ -191,7 +192,7 @@ def run_demo(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if keep is None:
+        if tmp is not None:
             tmp.cleanup()
     if errors:
         raise errors[0]
