@@ -6,7 +6,7 @@ protocol's upper confidence bound on err(g) (:func:`protocol.certificate.certify
 mean over the 300 targets, values trusted, tau and b of the task) from a shared-base challenge
 design drawn after the attributions, beside its point estimate. Every method gets the same
 seed; TRAK and dattri-if count their checkpoints and calibration trainings in ``trainings``.
-About 12 minutes on one core (6 GB of memory at most, dattri-if on digits-mlp):
+About 9 minutes on one core (6 GB of memory at most, dattri-if on digits-mlp):
 
     OMP_NUM_THREADS=1 python benchmarks/outside_tools.py > docs/outside-tools.json
 """
