@@ -56,7 +56,7 @@ class AttributionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     task_hash: Hex64
-    method: str = Field(max_length=32)
+    method: str = Field(max_length=128)  # a name, or a name with settings: trak:proj_dim=128
     budget: int = Field(ge=1, strict=True)  # the operator's cap is settings.max_budget (413)
     p: float = Field(default=0.5, gt=0, lt=1, strict=True)
     seed: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")

@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from protocol.codec import sha256_hex
 from protocol.datamodel import Datamodel
-from protocol.errors import TaskError
+from protocol.errors import ProtocolError, TaskError
 from protocol.messages import (
     LIMITS,
     AttributionManifest,
@@ -42,7 +42,7 @@ from protocol.sampling import ChallengeDesign
 from protocol.signing import SignedMessage, load_private_key, public_key_hex, sign_message
 from protocol.tasks import TaskBase, load_task, spec_hash
 from prover_service.adversary import parse_adversary
-from prover_service.attribution import AttributionResult, Method, attribute
+from prover_service.attribution import AttributionResult, Method, attribute, check_method
 from prover_service.attribution.calibration import (
     MIN_CALIBRATION,
     RECOMMENDED_CALIBRATION,
@@ -177,14 +177,16 @@ class ProverService:
     ) -> JobRow:
         """Queue an attribution job for ``owner`` (a Verifier key, or the operator)."""
         task = self.task(task_hash)  # 404 for an unknown task
-        if method == Method.IMPORT.value:
+        if method.split(":", 1)[0] == Method.IMPORT.value:
             raise Invalid(
                 "method 'import' takes the scores themselves: POST them as .npy bytes "
                 "(application/octet-stream) to /v1/attributions/import?task_hash=...&budget=..., "
                 "or a complete datamodel to /v1/attributions/datamodel"
             )
-        if method not in {m.value for m in Method}:
-            raise Invalid(f"unknown method {method!r}")
+        try:  # the name and the settings (trak:checkpoints=32,proj_dim=128), before any job
+            check_method(method)
+        except ProtocolError as exc:
+            raise Invalid(str(exc)) from None
         self._check_budget(budget, p)
         if owner != LOCAL:
             self.gate.admit(owner)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
 from protocol.errors import InvalidParameterError
 from protocol.tasks import Task
@@ -48,6 +49,7 @@ __all__ = [
     "Method",
     "attribute",
     "calibrate",
+    "check_method",
     "daunce",
     "dattri_if",
     "daunce_blackbox",
@@ -101,19 +103,12 @@ def attribute(
     """Run ``method`` on ``task`` with at most ``budget`` trainings. For ``import``: ``scores``
     (a file or an array, :func:`read_scores`; ``orientation`` and the ``.npz``/``.pt`` ``key``),
     checked before any training. A method may carry settings (module doc)."""
-    name, options = parse_method(method)
-    try:
-        m = Method(name)
-    except ValueError:
-        known = ", ".join(x.value for x in Method)
-        raise InvalidParameterError(f"unknown method {name!r}; choose one of {known}") from None
+    m, options = check_method(method)
     if not isinstance(budget, int) or budget < 1:
         raise InvalidParameterError(
             f"--budget must be a positive number of trainings; got {budget}"
         )
     if m is Method.IMPORT:
-        if options:
-            raise InvalidParameterError("method 'import' takes no settings")
         if scores is None:
             raise InvalidParameterError(
                 "method 'import' needs --scores FILE (.npy, .npz, .pt, .mmap or .csv)"
@@ -123,5 +118,21 @@ def attribute(
         return import_scores(task, scores, budget, p, seed, progress)
     if scores is not None:
         raise InvalidParameterError("--scores is only for method 'import'")
-    check_settings(m.value, _SAMPLED[m], options)
     return _SAMPLED[m](task, budget, p, seed, progress, **options)
+
+
+def check_method(method: str) -> tuple[Method, dict[str, Any]]:
+    """Parse a method reference (``ridge``, ``trak:checkpoints=32,proj_dim=128``) and check its
+    name and the names of its settings, before any training; the method and its settings."""
+    name, options = parse_method(method)
+    try:
+        m = Method(name)
+    except ValueError:
+        known = ", ".join(x.value for x in Method)
+        raise InvalidParameterError(f"unknown method {name!r}; choose one of {known}") from None
+    if m is Method.IMPORT:
+        if options:
+            raise InvalidParameterError("method 'import' takes no settings")
+    else:
+        check_settings(m.value, _SAMPLED[m], options)
+    return m, options

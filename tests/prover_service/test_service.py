@@ -3,12 +3,14 @@ adversaries, and the OpenAPI schema."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from protocol.datamodel import Datamodel
 from protocol.messages import (
@@ -29,6 +31,7 @@ from protocol.signing import (
 from protocol.tasks import load_task
 from prover_service.app import create_app
 from prover_service.service import ProverService
+from prover_service.store import JobRow
 from tests.prover_service.conftest import (
     SALT,
     SPOT,
@@ -160,6 +163,18 @@ def test_refusals_have_the_right_status_and_a_clear_message(prover: Prover) -> N
         auth=SignedAuth(generate_key()),
     )
     assert r.status_code == 422 and "unknown method" in r.json()["detail"]
+    refused = (("ridge:lambda=2", "no setting lambda"), ("trak:checkpoints", "key=value"))
+    with prover.service.db() as db:
+        jobs = db.scalar(select(func.count()).select_from(JobRow))
+    for method, match in refused:
+        r = prover.client.post(
+            "/v1/attributions",
+            json={"task_hash": prover.task_hash, "method": method, "budget": 10},
+            auth=SignedAuth(generate_key()),
+        )
+        assert r.status_code == 422 and re.search(match, r.json()["detail"]), r.text
+    with prover.service.db() as db:  # refused before any job was queued
+        assert db.scalar(select(func.count()).select_from(JobRow)) == jobs
 
 
 def test_verdict_must_open_the_commitment_and_is_recorded_once(prover: Prover) -> None:
