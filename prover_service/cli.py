@@ -141,7 +141,11 @@ def train(
 def attribute(
     task: TaskOpt,
     method: Annotated[
-        str, typer.Option(help="influence|ridge|lasso|loo|daunce|daunce-blackbox|import")
+        str,
+        typer.Option(
+            help="influence|ridge|lasso|loo|daunce|daunce-blackbox|trak|dattri-if|import; "
+            "settings after a colon: trak:checkpoints=32,proj_dim=128"
+        ),
     ],
     budget: Annotated[int, typer.Option(help="Trainings to spend (calibration ones included).")],
     p: Annotated[float, typer.Option(help="Inclusion probability of the sampled subsets.")] = 0.5,
