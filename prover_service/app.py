@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -73,18 +73,42 @@ class BodyLimit:
     A ``Content-Length`` over the limit is refused before any byte is read; a chunked body is
     counted as it streams in and refused (413) at the first chunk past the limit, leaving the
     rest unread. A body within the limit is handed to the app as one message.
+
+    The upload paths (``uploads``: outside scores and datamodels, which for a large task exceed
+    the default) get ``upload_limit`` instead, but only for a request whose ``X-VDA-Key`` header
+    names a key that ``may_upload`` accepts (on the allow-list, when there is one): an anonymous
+    caller never makes the Prover hold more than ``limit`` bytes. The signature itself is checked
+    after the body is read, as for every signed request.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        uploads: tuple[str, ...] = (),
+        upload_limit: int | None = None,
+        may_upload: Callable[[str], bool] | None = None,
+    ) -> None:
         self.app, self.limit = app, limit
+        self.uploads, self.upload_limit, self.may_upload = uploads, upload_limit, may_upload
+
+    def _limit(self, scope: Scope, headers: dict[bytes, bytes]) -> int:
+        if self.upload_limit is None or scope.get("path") not in self.uploads:
+            return self.limit
+        key = headers.get(b"x-vda-key", b"").decode("latin-1")
+        if key and (self.may_upload is None or self.may_upload(key.lower())):
+            return max(self.limit, self.upload_limit)
+        return self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = _error(413, "too_large", f"request body over {self.limit} bytes")
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        headers = dict(scope["headers"])
+        limit = self._limit(scope, headers)
+        too_large = _error(413, "too_large", f"request body over {limit} bytes")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
             await too_large(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -95,7 +119,7 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
+            if size > limit:
                 del chunks
                 await too_large(scope, receive, send)
                 return
@@ -134,7 +158,14 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         lifespan=lifespan,
     )
     app.state.service = svc
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    gate = svc.gate
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        uploads=("/v1/attributions/import", "/v1/attributions/datamodel"),
+        upload_limit=settings.max_upload_bytes,
+        may_upload=lambda key: not gate.allow or key in gate.allow,
+    )
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     timestamp_window_s: int = Field(default=600, ge=1)  # challenges
     request_window_s: int = Field(default=60, ge=1)  # signed requests (nonces kept this long)
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
+    # outside scores / datamodels from a signed caller (app.BodyLimit): float64 (Z, N) at
+    # Z = 1,000 targets and N = 8,000 training examples is 61 MiB
+    max_upload_bytes: int = Field(default=64 * 2**20, ge=1024)
     array_dir: Path | None = None
     run_worker: bool = True
     check_tasks: bool = True  # refuse a task that breaks its declared tau (task_check.quick_check)

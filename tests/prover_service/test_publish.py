@@ -133,6 +133,26 @@ def test_upload_over_quota_is_429_and_leaves_no_array(tmp_path: Path) -> None:
     app.state.service.engine.dispose()
 
 
+def test_uploads_past_the_body_limit_only_for_an_admitted_key(tmp_path: Path) -> None:
+    other = generate_key()
+    settings = make_settings(tmp_path, max_body_bytes=2**20, max_upload_bytes=4 * 2**20,
+                             verifier_keys=[public_key_hex(OWNER)])  # fmt: skip
+    app = create_app(settings)
+    big = _npy(np.zeros((2, 160_000)))  # 2.4 MiB: over the body limit, under the upload limit
+    with TestClient(app) as client:
+        task_hash = client.get("/v1/info").json()["tasks"][0]["task_hash"]
+        prover = Prover(client, app.state.service, settings, task_hash)
+        anonymous = _upload(prover, big, "budget=64")
+        assert anonymous.status_code == 413 and anonymous.json()["code"] == "too_large"
+        assert _upload(prover, big, "budget=64", auth=SignedAuth(other)).status_code == 413
+        admitted = _upload(prover, big, "budget=64", auth=SignedAuth(OWNER))
+        assert admitted.status_code == 422, admitted.text  # read, then refused for its shape
+        assert re.search(r"\(Z, N\) = \(2, 20\)", admitted.json()["detail"])
+        huge = _npy(np.zeros((2, 320_000)))  # 4.9 MiB: over the upload limit too
+        assert _upload(prover, huge, "budget=64", auth=SignedAuth(OWNER)).status_code == 413
+    app.state.service.engine.dispose()
+
+
 def test_square_upload_needs_an_orientation(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, tasks=["planted:n_train=4,n_targets=4"])
     application = create_app(settings)
