@@ -3,7 +3,9 @@
 Every error reply, FastAPI's and Starlette's own included (unknown route, wrong method, a body
 that does not parse), is ``ErrorResponse{code, detail}``: the domain's
 :class:`~prover_service.errors.ServiceError` tree is mapped here, once. Request bodies are
-limited while they stream in (:class:`BodyLimit`), whatever the transfer encoding.
+limited while they stream in (:class:`BodyLimit`), whatever the transfer encoding. Every route
+reads under ``read_rate_per_minute`` (:func:`~prover_service.api.deps.limit_reads`), and the
+service's Gate keeps its nonces and rate buckets in the database, shared by every process on it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +25,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.errors import ProtocolError
+from prover_service.api.deps import limit_reads
 from prover_service.api.routes import attributions, audit, info, sessions
 from prover_service.api.routes import log as log_routes
 from prover_service.errors import ServiceError
@@ -142,6 +145,7 @@ class BodyLimit:
 def create_app(settings: Settings, service: ProverService | None = None) -> FastAPI:
     """The Prover's app; starts its worker lanes with the app (unless ``run_worker`` is off)."""
     svc = service or ProverService(settings)
+    svc.gate.share(svc.db)  # nonces and rate buckets shared by every process on the database
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -156,6 +160,7 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         description="Publishes signed attributions and answers signed challenges "
         "(PROTOCOL.md section 4). Errors are `{code, detail}` (`ErrorResponse`).",
         lifespan=lifespan,
+        dependencies=[Depends(limit_reads)],  # every GET: read_rate_per_minute per caller
     )
     app.state.service = svc
     gate = svc.gate

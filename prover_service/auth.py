@@ -1,15 +1,26 @@
-"""Who is asking, and may they: signed requests, the allow-list, and per-key rate limits.
+"""Who is asking, and may they: signed requests, the allow-list, and rate limits.
 
 **Signed requests** (:func:`protocol.signing.signed_request_bytes`): the ``X-VDA-*`` headers sign
 the method, the target (path and query), a time stamp, a nonce and the body's SHA-256. A request
-is accepted once: its nonce is remembered for ``request_window_s`` (the time stamp must lie
-within that window, so an older replay is stale and a newer one is a repeat). The nonce cache is
-in memory; after a restart a replay is refused by the same window only if the request is older
-than the restart, which :meth:`Gate.authenticate` also checks.
+is accepted once: the time stamp must lie within ``request_window_s`` of the Prover's clock, and
+its nonce is recorded until well after the window has closed on it, so an older replay is stale
+and a newer one is a repeat (401 either way).
 
 **Admission**: with an allow-list only listed keys may start work (403); every key is held to
-``rate_per_minute`` expensive requests (a token bucket, 429 with ``Retry-After``). Quotas that
-need the database (unfinished jobs, trainings per day, queue, disk) are in :mod:`jobs`.
+``rate_per_minute`` expensive requests, and every caller (its key when the request is signed,
+else its address) to ``read_rate_per_minute`` reads: token buckets, 429 with ``Retry-After``.
+Quotas that need the jobs (unfinished jobs, trainings per day, queue, disk) are in :mod:`jobs`.
+
+**Where nonces and buckets live** (a :class:`Ledger`): :class:`DatabaseLedger` keeps them in the
+Prover's database (``request_nonces``, ``rate_buckets``), so every process on it (uvicorn
+workers, replicas behind a load balancer) refuses a replay any of them accepted and draws on one
+bucket per key. Each step is one atomic statement: a nonce is ``INSERT ... ON CONFLICT DO
+NOTHING`` (:func:`~prover_service.store.insert_once`), a token is taken by a conditional
+``UPDATE`` whose ``WHERE`` holds only while a token is left; the row count says which, so a race
+gives 401/429, never 500. Expired nonces and idle buckets are deleted at most every
+``PRUNE_EVERY_S`` per process. :class:`MemoryLedger` is the reference: the same rules in one
+process's memory, for a :class:`Gate` that no app has bound to a database (``create_app`` binds
+every Gate to its service's database).
 """
 
 from __future__ import annotations
@@ -17,13 +28,21 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
+from typing import Any, Protocol, cast
+
+from sqlalchemy import Table, case, delete, select, update
+from sqlalchemy.orm import sessionmaker
 
 from protocol.signing import BadSignatureError, signed_request_bytes, verify_bytes
 from prover_service.errors import Forbidden, StoreError, TooManyRequests, Unauthorized
 from prover_service.settings import Settings
-from prover_service.store import now
+from prover_service.store import RateBucketRow, RequestNonceRow, insert_once, now
 
-__all__ = ["Gate", "SignedHeaders", "load_allow_list"]
+__all__ = ["DatabaseLedger", "Gate", "Ledger", "MemoryLedger", "SignedHeaders", "load_allow_list"]
+
+PRUNE_EVERY_S = 10.0  # how often one process deletes expired nonces and idle buckets
+_NONCES = cast(Table, RequestNonceRow.__table__)
+_BUCKETS = cast(Table, RateBucketRow.__table__)
 
 SignedHeaders = tuple[str | None, str | None, str | None, str | None]  # key, time, nonce, sig
 
@@ -47,16 +66,127 @@ def load_allow_list(settings: Settings) -> frozenset[str]:
     return frozenset(keys)
 
 
-class Gate:
-    """Authenticates signed requests and admits keys (module doc). Thread-safe."""
+class Ledger(Protocol):
+    """Where a Gate records nonces and takes tokens (module doc)."""
 
-    def __init__(self, settings: Settings) -> None:
+    shared: bool  # whether other processes see the same nonces and buckets
+
+    def spend(self, nonce: str, key: str, expires_at: float, t: float) -> bool:
+        """Record ``nonce`` until ``expires_at``; False if it is recorded and not expired."""
+        ...
+
+    def take(self, scope: str, subject: str, rate: int, t: float) -> float:
+        """Take a token from the bucket (``rate`` tokens, refilled at ``rate`` per minute):
+        0.0 if taken, else the seconds until one will be there."""
+        ...
+
+
+class MemoryLedger:
+    """Nonces and buckets in this process's memory: the reference for one process. Thread-safe."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}  # request nonce -> when it may be forgotten
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # -> (tokens, when)
+
+    def spend(self, nonce: str, key: str, expires_at: float, t: float) -> bool:
+        with self._lock:
+            if len(self._seen) > 10_000:
+                self._seen = {n: e for n, e in self._seen.items() if e > t}
+            if self._seen.get(nonce, 0.0) > t:
+                return False
+            self._seen[nonce] = expires_at
+            return True
+
+    def take(self, scope: str, subject: str, rate: int, t: float) -> float:
+        with self._lock:
+            tokens, last = self._buckets.get((scope, subject), (float(rate), t))
+            tokens = min(float(rate), tokens + max(0.0, t - last) * rate / 60.0)
+            if tokens < 1.0:
+                return (1.0 - tokens) * 60.0 / rate
+            self._buckets[(scope, subject)] = (tokens - 1.0, max(t, last))
+            return 0.0
+
+
+class DatabaseLedger:
+    """Nonces and buckets in the Prover's database, shared by every process on it (module doc)."""
+
+    shared = True
+
+    def __init__(self, db: sessionmaker[Any]) -> None:
+        self.db = db
+        self._lock = threading.Lock()
+        self._next_prune = 0.0
+
+    def spend(self, nonce: str, key: str, expires_at: float, t: float) -> bool:
+        self._prune(t)
+        n = _NONCES.c
+        with self.db.begin() as s:
+            row = {"nonce": nonce, "verifier_key": key, "expires_at": expires_at}
+            if insert_once(s, _NONCES, row):
+                return True
+            # taken: by an expired row not yet pruned (the same nonce again, much later)?
+            renew = update(_NONCES).where(n.nonce == nonce, n.expires_at <= t)
+            result: Any = s.execute(renew.values(verifier_key=key, expires_at=expires_at))
+            return bool(result.rowcount == 1)
+
+    def take(self, scope: str, subject: str, rate: int, t: float) -> float:
+        self._prune(t)
+        table = _BUCKETS
+        b = table.c
+        per_s = rate / 60.0
+        fresh = b.updated_at < t  # another process's clock may be a little ahead: no refill then
+        level = b.tokens + case((fresh, (t - b.updated_at) * per_s), else_=0.0)
+        level = case((level >= float(rate), float(rate)), else_=level)
+        mine = (b.scope == scope, b.subject == subject)
+        take = (
+            update(table)
+            .where(*mine, level >= 1.0)
+            .values(tokens=level - 1.0, updated_at=case((fresh, t), else_=b.updated_at))
+        )
+        for _ in range(4):  # a race with another process's first token or prune: look again
+            with self.db.begin() as s:
+                result: Any = s.execute(take)
+                if result.rowcount == 1:
+                    return 0.0
+                row = s.execute(select(b.tokens, b.updated_at).where(*mine)).first()
+                if row is None:
+                    first = {"scope": scope, "subject": subject, "tokens": rate - 1.0,
+                             "updated_at": t}  # fmt: skip
+                    if insert_once(s, table, first):
+                        return 0.0
+                    continue
+                tokens = min(float(rate), float(row.tokens + max(0.0, t - row.updated_at) * per_s))
+                if tokens < 1.0:
+                    return (1.0 - tokens) / per_s
+        return 1.0 / per_s
+
+    def _prune(self, t: float) -> None:
+        """Delete expired nonces and buckets idle for two minutes (full again, so the same as
+        absent), at most every ``PRUNE_EVERY_S`` in this process; two indexed DELETEs."""
+        with self._lock:
+            if t < self._next_prune:
+                return
+            self._next_prune = t + PRUNE_EVERY_S
+        with self.db.begin() as s:
+            s.execute(delete(_NONCES).where(_NONCES.c.expires_at < t))
+            s.execute(delete(_BUCKETS).where(_BUCKETS.c.updated_at < t - 120))
+
+
+class Gate:
+    """Authenticates signed requests and admits keys and readers (module doc). Thread-safe."""
+
+    def __init__(self, settings: Settings, ledger: Ledger | None = None) -> None:
         self.settings = settings
         self.allow = load_allow_list(settings)
         self.started_at = now()
-        self._lock = threading.Lock()
-        self._seen: dict[str, float] = {}  # request nonce -> when it may be forgotten
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self.ledger: Ledger = ledger or MemoryLedger()
+
+    def share(self, db: sessionmaker[Any]) -> None:
+        """Keep nonces and buckets in the database ``db``, shared with every process on it."""
+        self.ledger = DatabaseLedger(db)
 
     def authenticate(
         self, headers: SignedHeaders, method: str, target: str, body: bytes
@@ -82,15 +212,12 @@ class Gate:
         t = now()
         if abs(t - ts) > window:
             raise Unauthorized(f"stale request time stamp: outside +-{window} s of the Prover")
-        if ts < self.started_at - 1:
+        if not self.ledger.shared and ts < self.started_at - 1:
             # signed before this process started: its nonce may have been seen by the last one
             raise Unauthorized("request signed before the Prover restarted; sign it again")
-        with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen = {n: e for n, e in self._seen.items() if e > t}
-            if self._seen.get(nonce, 0.0) > t:
-                raise Unauthorized("request nonce already used: a signed request counts once")
-            self._seen[nonce] = t + 2 * window + 1
+        # kept a window past the last moment any process (clocks a window apart) accepts ts
+        if not self.ledger.spend(nonce, key.lower(), max(t, ts) + 2 * window + 1, t):
+            raise Unauthorized("request nonce already used: a signed request counts once")
         return key.lower()
 
     def require(self, key: str | None, what: str) -> str:
@@ -104,14 +231,18 @@ class Gate:
         if self.allow and key not in self.allow:
             raise Forbidden("this Verifier key is not on the Prover's allow-list")
         rate = self.settings.rate_per_minute
-        t = now()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(rate), t))
-            tokens = min(float(rate), tokens + (t - last) * rate / 60.0)
-            if tokens < 1.0:
-                wait = (1.0 - tokens) * 60.0 / rate
-                self._buckets[key] = (tokens, t)
-                raise TooManyRequests(
-                    f"over {rate} expensive requests per minute for this key", retry_after=wait + 1
-                )
-            self._buckets[key] = (tokens - 1.0, t)
+        wait = self.ledger.take("expensive", key, rate, now())
+        if wait > 0:
+            raise TooManyRequests(
+                f"over {rate} expensive requests per minute for this key", retry_after=int(wait) + 1
+            )
+
+    def admit_read(self, key: str | None, address: str) -> None:
+        """429 if the reader (its key if the read is signed, else its address) is over
+        ``read_rate_per_minute``."""
+        rate = self.settings.read_rate_per_minute
+        subject = f"key:{key}" if key else f"ip:{address}"
+        wait = self.ledger.take("read", subject[:80], rate, now())
+        if wait > 0:
+            who = "key" if key else "address"
+            raise TooManyRequests(f"over {rate} reads per minute from this {who}", int(wait) + 1)

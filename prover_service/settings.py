@@ -12,7 +12,9 @@ open: any key may, within its quotas. Either way each key is held to ``rate_per_
 expensive requests, ``max_active_jobs_per_key`` unfinished jobs and ``trainings_per_day`` (429
 with ``Retry-After``), the whole Prover to ``max_queued_jobs`` unfinished jobs (429) and
 ``max_disk_bytes`` of arrays (507), and each job to ``max_subsets`` |E| and ``max_budget``
-trainings (413).
+trainings (413). Every reader (GET) is held to ``read_rate_per_minute``, counted per key when
+the request is signed, else per client address (429 with ``Retry-After``). Nonces and rate
+buckets live in the database, shared by every Prover process on it (:mod:`prover_service.auth`).
 
 **Where trainings run** (``executor``): ``local`` (default) trains in this process; ``ray`` sends
 chunks to Ray (``ray_address``: a cluster to join, else ``RAY_ADDRESS`` or a local instance;
@@ -58,6 +60,7 @@ class Settings(BaseSettings):
     max_subsets: int = Field(default=250_000, ge=6)
     max_budget: int = Field(default=100_000, ge=1)
     rate_per_minute: int = Field(default=30, ge=1)
+    read_rate_per_minute: int = Field(default=600, ge=1)  # GETs per key (signed) or address
     max_active_jobs_per_key: int = Field(default=2, ge=1)
     trainings_per_day: int = Field(default=2_000_000, ge=1)
     max_queued_jobs: int = Field(default=64, ge=1)

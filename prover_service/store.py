@@ -4,13 +4,15 @@ content-addressed directory for the binary arrays.
 Tables: ``attributions`` (signed manifests), ``jobs`` (training work with progress),
 ``sessions`` (one verification each: challenge, response, verdict), ``chunks`` (the completed
 chunks of a challenge job, which is how a restarted service resumes), ``nonces`` (every
-challenge nonce ever accepted), ``session_arrays`` (which session's response serves which array,
-for read authorisation), and the transparency log (:mod:`prover_service.log`): ``log_leaves``
-(one per signed message), ``log_nodes`` (every perfect subtree's hash) and ``log_state`` (its
-size and compact range, one row that serialises appends). Arrays are files named by the SHA-256
-of their bytes, written atomically (temporary file + rename, mode 0600), so a crash never leaves
-a half-written array behind; every read re-hashes the bytes, so a file damaged afterwards is
-never served or signed.
+challenge nonce ever accepted), ``request_nonces`` and ``rate_buckets`` (the signed requests'
+nonces and the per-key and per-caller token buckets, shared by every Prover process on the
+database: :mod:`prover_service.auth`), ``session_arrays`` (which session's response serves
+which array, for read authorisation), and the transparency log (:mod:`prover_service.log`):
+``log_leaves`` (one per signed message), ``log_nodes`` (every perfect subtree's hash) and
+``log_state`` (its size and compact range, one row that serialises appends). Arrays are files
+named by the SHA-256 of their bytes, written atomically (temporary file + rename, mode 0600),
+so a crash never leaves a half-written array behind; every read re-hashes the bytes, so a file
+damaged afterwards is never served or signed.
 
 A SQLite database file is created with mode 0600, runs in WAL mode with a busy timeout (so
 concurrent writers wait rather than fail), and columns added since a database was created are
@@ -32,6 +34,7 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    Table,
     Text,
     create_engine,
     event,
@@ -40,9 +43,10 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from prover_service.errors import CorruptArray, StoreError
 
@@ -56,9 +60,12 @@ __all__ = [
     "LogNodeRow",
     "LogStateRow",
     "NonceRow",
+    "RateBucketRow",
+    "RequestNonceRow",
     "SessionArrayRow",
     "SessionRow",
     "check_database",
+    "insert_once",
     "make_engine",
     "now",
 ]
@@ -127,6 +134,26 @@ class NonceRow(Base):
     nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
     verifier_key: Mapped[str] = mapped_column(String(64))
     seen_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class RequestNonceRow(Base):
+    """A signed request's nonce, refused again until ``expires_at`` (Unix seconds)."""
+
+    __tablename__ = "request_nonces"
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    verifier_key: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RateBucketRow(Base):
+    """A token bucket: ``tokens`` left at ``updated_at``; ``scope`` is ``expensive`` (subject: a
+    key) or ``read`` (subject: ``key:HEX`` or ``ip:ADDRESS``)."""
+
+    __tablename__ = "rate_buckets"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class SessionArrayRow(Base):
@@ -251,6 +278,31 @@ def _add_missing_columns(conn: Connection) -> None:
 def _one_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     return str(orig or exc).splitlines()[0][:200]
+
+
+def insert_once(session: Session, table: Table, values: dict[str, Any]) -> bool:
+    """Insert a row unless its primary key is taken; whether it was inserted.
+
+    One atomic statement on SQLite and PostgreSQL (``INSERT ... ON CONFLICT DO NOTHING``; the
+    row count says which on SQLite, ``RETURNING`` on PostgreSQL, where psycopg reports no row
+    count for it); elsewhere the unique violation is caught in a savepoint. Either way a race
+    between processes gives one True and False for the rest, never an error.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+        result: Any = session.execute(stmt)
+        return bool(result.rowcount == 1)
+    if dialect == "postgresql":
+        key = next(iter(table.primary_key.columns))
+        pg = postgresql.insert(table).values(**values).on_conflict_do_nothing().returning(key)
+        return session.execute(pg).first() is not None
+    try:
+        with session.begin_nested():
+            session.execute(insert(table).values(**values))
+    except IntegrityError:
+        return False
+    return True
 
 
 def check_database(engine: Engine) -> None:

@@ -1,14 +1,24 @@
-"""Typed dependencies of the routes: the service and the authenticated requester."""
+"""Typed dependencies of the routes: the service, the authenticated requester, and the read
+limit that ``create_app`` puts on every route (:func:`limit_reads`).
+
+A request's signature is checked once (its nonce counts once), whichever dependency asks first:
+the result is kept on ``request.state``. The Gate's checks touch the database (nonces, token
+buckets), so they run in the thread pool, never on the event loop.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from starlette.concurrency import run_in_threadpool
 
 from prover_service.service import ProverService
 
-__all__ = ["RequesterDep", "ServiceDep", "SignerDep"]
+__all__ = ["RequesterDep", "ServiceDep", "SignerDep", "limit_reads"]
+
+_READS = ("GET", "HEAD")
+_UNCHECKED = object()
 
 
 def get_service(request: Request) -> ProverService:
@@ -36,10 +46,33 @@ async def get_requester(
         str | None, Header(description="Ed25519 over protocol.signing.signed_request_bytes")
     ] = None,
 ) -> str | None:
-    """The key that signed this request (method, target, time, nonce, body); None if unsigned."""
-    body = await request.body()
-    headers = (x_vda_key, x_vda_timestamp, x_vda_nonce, x_vda_signature)
-    return service.gate.authenticate(headers, request.method, request_target(request), body)
+    """The key that signed this request (method, target, time, nonce, body); None if unsigned.
+    (The headers are declared here for OpenAPI; the check reads them from the request.)"""
+    return await _authenticated(request, service)
+
+
+async def _authenticated(request: Request, service: ProverService) -> str | None:
+    """The signer's key (checked once per request, then kept on ``request.state``)."""
+    if getattr(request.state, "vda_requester", _UNCHECKED) is _UNCHECKED:
+        h = request.headers
+        headers = (h.get("x-vda-key"), h.get("x-vda-timestamp"), h.get("x-vda-nonce"),
+                   h.get("x-vda-signature"))  # fmt: skip
+        body = await request.body()
+        request.state.vda_requester = await run_in_threadpool(
+            service.gate.authenticate, headers, request.method, request_target(request), body
+        )
+    key: str | None = request.state.vda_requester
+    return key
+
+
+async def limit_reads(request: Request, service: ServiceDep) -> None:
+    """429 with ``Retry-After`` when a GET's caller is over ``read_rate_per_minute``: counted
+    per key when the request is signed (a bad signature is 401 first), else per address."""
+    if request.method not in _READS:
+        return
+    key = await _authenticated(request, service)
+    address = request.client.host if request.client else "unknown"
+    await run_in_threadpool(service.gate.admit_read, key, address)
 
 
 RequesterDep = Annotated[str | None, Depends(get_requester)]

@@ -4,9 +4,9 @@ each route documents in OpenAPI.
 Every error is :class:`~protocol.wire.ErrorResponse` ``{code, detail}`` (``app.py`` maps the
 domain's errors and FastAPI's and Starlette's own to it). ``READ_ERRORS`` are what any route can
 answer: 401/403 (a bad or refused signed request), 404, 405 (a known path with another method),
-413 (a body over the limit), 422 (a request that does not parse), 500 (a bug, without a
-traceback) and 503 (the store is damaged or unreachable); ``WRITE_ERRORS`` add 409 (state),
-429 (a quota, with ``Retry-After``) and 507 (the disk quota); ``HTML_READ_ERRORS`` are
+413 (a body over the limit), 422 (a request that does not parse), 429 (over the read rate or a
+quota, with ``Retry-After``), 500 (a bug, without a traceback) and 503 (the store is damaged or
+unreachable); ``WRITE_ERRORS`` add 409 (state) and 507 (the disk quota); ``HTML_READ_ERRORS`` are
 ``READ_ERRORS`` of an HTML page (still JSON). ``BINARY`` documents an ``.npy`` or datamodel
 body.
 """
@@ -50,8 +50,8 @@ __all__ = [
 _RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
 }
-_READ = (401, 403, 404, 405, 413, 422, 500, 503)
-_WRITE = (*_READ, 409, 429, 507)
+_READ = (401, 403, 404, 405, 413, 422, 429, 500, 503)
+_WRITE = (*_READ, 409, 507)
 
 
 def _errors(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
@@ -68,6 +68,7 @@ HTML_READ_ERRORS: dict[int | str, dict[str, Any]] = {
     c: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
     for c in _READ
 }
+HTML_READ_ERRORS[429]["headers"] = _RETRY_AFTER
 BINARY: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {"schema": {"type": "string",
                                                               "format": "binary"}}}},
