@@ -161,6 +161,12 @@ class Challenge(_Message):
                 data.pop(key)
         return data
 
+    @property
+    def n_subsets(self) -> int:
+        """|E|, the trainings this challenge asks for: 2 L n pairs' subsets, or (1 + L) n on the
+        shared-base layout (the size does not depend on N)."""
+        return len(self.design(1))
+
     def design(self, n_train: int) -> ChallengeDesign | SharedBaseDesign:
         """The subsets E this challenge asks for, on a pool of ``n_train`` examples:
         ``pairs_per_level`` pairs per level, or as many shared bases."""

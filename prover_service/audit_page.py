@@ -144,14 +144,12 @@ class SessionAudit:
         return stability_chart(self.stability) if self.stability is not None else ""
 
 
-def summary(row: SessionRow, n_train: int | None = None) -> dict[str, Any]:
+def summary(row: SessionRow) -> dict[str, Any]:
     """One line of the sessions table: verdict, epsilon, certified err, delta, trainings, time.
 
-    The Prover's trainings are the challenge design's size (|E|) when the task is known."""
+    The Prover's trainings are the challenge design's size |E| (:attr:`Challenge.n_subsets`)."""
     challenge = json.loads(row.challenge_json)["payload"]
-    n_subsets = 6 * challenge["pairs_per_level"]
-    if n_train is not None:
-        n_subsets = len(Challenge.model_validate(challenge).design(n_train))
+    n_subsets = Challenge.model_validate(challenge).n_subsets
     verdict = json.loads(row.verdict_json)["payload"] if row.verdict_json else {}
     figures = verdict.get("figures", {})
     return {

@@ -120,7 +120,7 @@ class Sessions:
         self.svc.gate.admit(challenge.verifier_key)
         task = self.svc.task(challenge.task_hash)
         self.svc.attribution_row(challenge.attribution_hash, challenge.task_hash)
-        n_subsets = 6 * challenge.pairs_per_level
+        n_subsets = challenge.n_subsets  # 4 n on the shared-base layout, 6 n on pairs
         if n_subsets > settings.max_subsets:
             raise TooLarge(f"|E| = {n_subsets} exceeds this Prover's {settings.max_subsets}")
         if abs(challenge.bound - task.bound) > 1e-12 * max(1.0, task.bound):

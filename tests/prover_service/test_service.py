@@ -177,6 +177,30 @@ def test_refusals_have_the_right_status_and_a_clear_message(prover: Prover) -> N
         assert db.scalar(select(func.count()).select_from(JobRow)) == jobs
 
 
+@pytest.mark.parametrize("layout", ["pairs", "shared-base"])
+def test_a_challenge_counts_the_subsets_its_design_has(tmp_path: Path, layout: str) -> None:
+    """|E| is 6 n on pairs and 4 n on the shared base: the job's progress total and the
+    operator's cap both use the design's own size."""
+    n = 10
+    expected = {"pairs": 6 * n, "shared-base": 4 * n}[layout]
+    for cap, status in ((expected, 201), (expected - 1, 413)):
+        (tmp_path / str(cap)).mkdir()
+        settings = make_settings(tmp_path / str(cap), max_subsets=cap)
+        app = create_app(settings)
+        with TestClient(app) as client:
+            task_hash = client.get("/v1/info").json()["tasks"][0]["task_hash"]
+            prover = Prover(client, app.state.service, settings, task_hash)
+            vkey = generate_key()
+            challenge = signed_challenge(vkey, task_hash, prover.publish(), BOUND,
+                                         layout=layout, pairs_per_level=n)  # fmt: skip
+            r = client.post("/v1/challenges", json=challenge.model_dump())
+            assert r.status_code == status, r.text
+            if status == 201:
+                job = client.get(f"/v1/jobs/{r.json()['job_id']}", auth=SignedAuth(vkey)).json()
+                assert job["total"] == expected
+        app.state.service.engine.dispose()
+
+
 def test_verdict_must_open_the_commitment_and_is_recorded_once(prover: Prover) -> None:
     content_hash = prover.publish()
     vkey = generate_key()

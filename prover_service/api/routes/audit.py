@@ -25,11 +25,6 @@ router = APIRouter(tags=["audit"])
 templates = Jinja2Templates(directory=Path(__file__).parents[2] / "templates")
 
 
-def _n_train(service: ServiceDep, task_hash: str) -> int | None:
-    task = service.tasks.get(task_hash)
-    return task.n_train if task is not None else None
-
-
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
@@ -40,7 +35,7 @@ def audit_index(request: Request, service: ServiceDep) -> HTMLResponse:
     """Server-rendered HTML; the sessions are listed only where transcripts are public."""
     public = service.settings.public_transcripts
     rows = service.list_sessions(None, None, None, None) if public else []
-    sessions = [summary(r, _n_train(service, r.task_hash)) | {"created": _when(r.created_at)}
+    sessions = [summary(r) | {"created": _when(r.created_at)}
                 for r in reversed(rows)]  # fmt: skip
     return templates.TemplateResponse(request, "audit.html", {
         "prover_key": service.public_key, "head": service.log.head(), "public": public,
@@ -56,7 +51,7 @@ def audit_session_page(session_id: str, request: Request, service: ServiceDep) -
         raise NotFound(f"unknown session {session_id!r}")
     row = service.session(session_id, None)
     rep = audit_session(service, row)
-    s = summary(row, _n_train(service, row.task_hash))
+    s = summary(row)
     chart = bounds_chart(rep.certificate, s["epsilon"]) if rep.certificate is not None else ""
     arrays = []
     if row.response_json:
