@@ -23,6 +23,8 @@ Three outcomes besides success, never mixed:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -86,8 +88,12 @@ class ProverClient:
     """The Verifier's view of one Prover: one method per endpoint, each returning its
     :mod:`protocol.wire` model (module doc for the errors)."""
 
+    READ_RETRIES = 8
+    MAX_RETRY_WAIT_S = 30.0
+
     def __init__(self, http: httpx.Client, key: Ed25519PrivateKey | None = None) -> None:
         self.http = http
+        self.sleep: Callable[[float], None] = time.sleep  # injectable for tests
         self.key = key
         self.prover_key: str | None = None
         self.bytes_received = 0
@@ -97,16 +103,31 @@ class ProverClient:
         self, method: str, path: str, key: Ed25519PrivateKey | None = None, **kwargs: Any
     ) -> httpx.Response:
         """Send (signed if there is a key); :class:`TransportError` on a network failure or a
-        5xx, :class:`ProverRefused` on a 4xx."""
+        5xx, :class:`ProverRefused` on a 4xx. A read (GET) over the Prover's read rate (429) is
+        sent again, freshly signed, after its ``Retry-After`` (at most :attr:`READ_RETRIES`
+        times, each wait capped at :attr:`MAX_RETRY_WAIT_S`); writes are never re-sent here."""
+        for attempt in range(self.READ_RETRIES + 1):
+            resp = self._send(method, path, key, **kwargs)
+            if resp.status_code != 429 or method != "GET" or attempt == self.READ_RETRIES:
+                break
+            retry = resp.headers.get("retry-after", "")
+            self.sleep(min(float(retry) if retry.isdigit() else 1.0, self.MAX_RETRY_WAIT_S))
+        return self._checked(method, path, resp)
+
+    def _send(
+        self, method: str, path: str, key: Ed25519PrivateKey | None, **kwargs: Any
+    ) -> httpx.Response:
         try:
             request = self.http.build_request(method, path, **kwargs)
             signer = key or self.key
             if signer is not None:
                 target = request.url.raw_path.decode("latin-1")
                 request.headers.update(sign_request(signer, method, target, request.content))
-            resp = self.http.send(request)
+            return self.http.send(request)
         except httpx.HTTPError as exc:
             raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+
+    def _checked(self, method: str, path: str, resp: httpx.Response) -> httpx.Response:
         self.bytes_received += len(resp.content)
         self.bytes_sent += len(resp.request.content or b"")
         if resp.status_code >= 500:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from protocol.errors import InvalidParameterError, MalformedResponseError, VerificationError
+from protocol.signing import generate_key
 from verifier_client.client import ProverClient, ProverRefused, TransportError
 
 
@@ -19,7 +20,35 @@ def _client(reply: httpx.Response | type[httpx.TransportError]) -> ProverClient:
             return reply
         raise reply("down", request=request)
 
-    return ProverClient(httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p"))
+    client = ProverClient(httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p"))
+    client.sleep = lambda seconds: None
+    return client
+
+
+def test_reads_over_the_read_rate_wait_and_are_sent_again_writes_are_not() -> None:
+    sent: list[httpx.Request] = []
+    waits: list[float] = []
+    job = {"id": "a" * 32, "kind": "challenge", "status": "running", "done": 1, "total": 4,
+           "result": None, "error": None}  # fmt: skip
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if len(sent) <= 2 or request.method == "POST":
+            body = {"code": "too_many_requests", "detail": "over 600 reads a minute"}
+            return httpx.Response(429, json=body, headers={"Retry-After": "3"})
+        return httpx.Response(200, json=job)
+
+    http = httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p")
+    client = ProverClient(http, key=generate_key())
+    client.sleep = waits.append
+    assert client.job("a" * 32).done == 1
+    assert waits == [3.0, 3.0] and len(sent) == 3
+    nonces = {r.headers["X-VDA-Nonce"] for r in sent}
+    assert len(nonces) == 3  # each attempt is signed afresh: a replayed nonce would be refused
+    sent.clear()
+    with pytest.raises(ProverRefused) as caught:
+        client.cancel("a" * 32)
+    assert caught.value.status == 429 and len(sent) == 1  # a write is never re-sent here
 
 
 def test_a_refusal_carries_its_code_detail_and_retry_after() -> None:
