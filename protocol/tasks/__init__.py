@@ -48,6 +48,7 @@ __all__ = [
     "declared",
     "evaluate_checked",
     "load_task",
+    "parse_value",
     "spec_hash",
 ]
 
@@ -81,7 +82,9 @@ def builtin_factory(name: str) -> Callable[..., TaskBase]:
     return factory
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A reference's parameter value (``planted:b3=0.05``, ``trak:proj_dim=128``): an int,
+    else a float, else the string itself."""
     for cast in (int, float):
         try:
             return cast(text)
@@ -96,7 +99,7 @@ def _parse_params(text: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise TaskError(f"task parameter {item!r} is not of the form key=value")
-        params[key.strip()] = _parse_value(value.strip())
+        params[key.strip()] = parse_value(value.strip())
     return params
 
 

@@ -23,21 +23,24 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from protocol.errors import BudgetError, InvalidParameterError
 from protocol.sampling import sample_masks
-from protocol.tasks import Differentiable, Task, declared
-from prover_service.attribution.base import Progress
-from prover_service.attribution.calibration import MIN_CALIBRATION
+from protocol.tasks import Differentiable, Task, declared, parse_value
+from prover_service.attribution.base import AttributionResult, Progress
+from prover_service.attribution.calibration import MIN_CALIBRATION, calibrate_with_quality
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "ModelView",
+    "calibrated_result",
     "check_settings",
     "model_view",
     "parse_method",
@@ -61,15 +64,6 @@ class ModelView:
     targets: tuple[torch.Tensor, torch.Tensor]
 
 
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_method(ref: str) -> tuple[str, dict[str, Any]]:
     """``"trak:checkpoints=32,proj_dim=256"`` -> ``("trak", {"checkpoints": 32, ...})``.
 
@@ -83,7 +77,7 @@ def parse_method(ref: str) -> tuple[str, dict[str, Any]]:
             raise InvalidParameterError(
                 f"method setting {item!r} is not of the form key=value (e.g. trak:proj_dim=256)"
             )
-        options[key.strip()] = _parse_value(value.strip())
+        options[key.strip()] = parse_value(value.strip())
     return name.strip(), options
 
 
@@ -209,3 +203,18 @@ def train_checkpoints(
         if progress is not None:
             progress(stop, total if total is not None else count)
     return torch.cat(columns, dim=1)
+
+
+def calibrated_result(
+    method: str, tool: str, task: Task, scores: NDArray[np.float64], budget: int,
+    checkpoints: int, p: float, seed: bytes, progress: Progress | None,
+    settings: dict[str, Any],
+) -> AttributionResult:  # fmt: skip
+    """The tool's ``scores`` (Z, N), calibrated on the trainings the checkpoints left
+    (``settings["calibration"]``, counted after them in the progress), with the provenance the
+    manifest signs: tool, version, settings, checkpoints, trainings and calibration quality."""
+    model, quality = calibrate_with_quality(task, scores, settings["calibration"], p, seed,
+                                            progress, checkpoints, budget)  # fmt: skip
+    details = {"tool": tool, "version": version(tool), "settings": settings,
+               "checkpoints": checkpoints, "trainings": budget, **quality.summary()}  # fmt: skip
+    return AttributionResult(method, model, budget, details)

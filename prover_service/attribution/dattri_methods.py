@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -39,9 +38,9 @@ import numpy as np
 from protocol.errors import InvalidParameterError
 from protocol.tasks import Task
 from prover_service.attribution.base import AttributionResult, Progress
-from prover_service.attribution.calibration import calibrate_with_quality
 from prover_service.attribution.checkpoints import (
     ModelView,
+    calibrated_result,
     model_view,
     split_budget,
     train_checkpoints,
@@ -192,9 +191,6 @@ def dattri_if(
     thetas = train_checkpoints(task, ext, checkpoints, subset, seed, "dattri-checkpoint",
                                progress, budget)  # fmt: skip
     scores = dattri_if_scores(task, thetas, solver, float(regularization), layer_name, **kwargs)
-    model, quality = calibrate_with_quality(
-        task, scores, n_cal, p, seed, progress, checkpoints, budget
-    )
     settings = {
         "checkpoints": checkpoints,
         "solver": solver,
@@ -207,9 +203,5 @@ def dattri_if(
         "loss": "mean cross-entropy",
         **kwargs,
     }
-    return AttributionResult(
-        "dattri-if", model, budget,
-        {"tool": "dattri", "version": version("dattri"), "settings": settings,
-         "checkpoints": checkpoints, "trainings": budget,
-         **quality.summary()},
-    )  # fmt: skip
+    return calibrated_result("dattri-if", "dattri", task, scores, budget, checkpoints, p, seed,
+                             progress, settings)  # fmt: skip

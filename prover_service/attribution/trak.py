@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
-from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,12 @@ import numpy as np
 from protocol.errors import InvalidParameterError
 from protocol.tasks import Task
 from prover_service.attribution.base import AttributionResult, Progress
-from prover_service.attribution.calibration import calibrate_with_quality
-from prover_service.attribution.checkpoints import model_view, split_budget, train_checkpoints
+from prover_service.attribution.checkpoints import (
+    calibrated_result,
+    model_view,
+    split_budget,
+    train_checkpoints,
+)
 
 __all__ = ["trak", "trak_scores"]
 
@@ -126,9 +129,6 @@ def trak(
     thetas = train_checkpoints(task, ext, checkpoints, subset, seed, "trak-checkpoint",
                                progress, budget)  # fmt: skip
     scores = trak_scores(task, thetas, proj_dim, float(lambda_reg), projector_seed)
-    model, quality = calibrate_with_quality(
-        task, scores, n_cal, p, seed, progress, checkpoints, budget
-    )
     settings = {
         "checkpoints": checkpoints,
         "proj_dim": proj_dim,
@@ -139,9 +139,5 @@ def trak(
         "projector": "BasicProjector (normal)",
         "model_output": "image_classification",
     }
-    return AttributionResult(
-        "trak", model, budget,
-        {"tool": "traker", "version": version("traker"), "settings": settings,
-         "checkpoints": checkpoints, "trainings": budget,
-         **quality.summary()},
-    )  # fmt: skip
+    return calibrated_result("trak", "traker", task, scores, budget, checkpoints, p, seed,
+                             progress, settings)  # fmt: skip
