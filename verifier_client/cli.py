@@ -260,7 +260,9 @@ def plan_cmd(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print every sample size of a protocol run, for both estimators and both protocols."""
+    """Print every sample size of the paper's protocol (worst-case or pilot Bernstein bounds),
+    for both estimators and both protocols. `verify` sizes its challenges otherwise: with the
+    certificate planner, from a pilot on the Prover's own datamodel (docs/protocol.md)."""
     try:
         t = load_task(task)
         pilot_bounds = None
@@ -320,6 +322,10 @@ def plan_cmd(
     Console().print(table)
     bound_name = "Bernstein (pilot)" if pilot_bounds else "Hoeffding (worst case)"
     Console().print(f"Sample sizes from {bound_name}; `--json` lists the source of every number.")
+    Console().print(
+        "These are the paper's a-priori sizes; `verify` plans smaller ones for the datamodel it "
+        "is given (a pilot and the certificate's planner), and prints them with its verdict."
+    )
 
 
 @app.command()
