@@ -25,8 +25,11 @@ The tree::
         ├── BadResponseError        bad_response: the response's values or arrays are wrong
         │                           (shape, NaN or infinite, outside [-b, b], bytes that do not
         │                           hash to their signed SHA-256, another challenge's answer)
-        └── SpotCheckMismatchError  spot_check_mismatch: a re-trained spot-check differs beyond
-                                    CHECKEQUIV's tolerance
+        ├── SpotCheckMismatchError  spot_check_mismatch: a re-trained spot-check differs beyond
+        │                           CHECKEQUIV's tolerance
+        └── WitnessRejectedError    witness_rejected: a witness's gradient does not certify its
+                                    subset within the challenge's limit, or its outputs are not
+                                    the reported values (protocol.witness)
 
 All of them are also ``ValueError`` subclasses, so callers that only know the standard library
 still catch them; command-line front ends turn them into one clear line and exit code 2 (or,
@@ -51,13 +54,14 @@ __all__ = [
     "SpotCheckMismatchError",
     "TaskError",
     "VerificationError",
+    "WitnessRejectedError",
 ]
 
 
 class AbortReason(StrEnum):
     """Why a verification aborted: the ``reason`` signed into an abort verdict.
 
-    The first four are the peer's misbehaviour (each the ``reason`` of a
+    The first five are the peer's misbehaviour (each the ``reason`` of a
     :class:`VerificationError` subclass); the last two are the decision rules' own aborts
     (:mod:`protocol.decision`): the Prover answered well-formed values that do not pass.
     """
@@ -66,6 +70,7 @@ class AbortReason(StrEnum):
     MALFORMED_RESPONSE = "malformed_response"
     BAD_RESPONSE = "bad_response"
     SPOT_CHECK_MISMATCH = "spot_check_mismatch"
+    WITNESS_REJECTED = "witness_rejected"
     NOT_CERTIFIED = "not_certified"
     ESTIMATE_ABOVE_THRESHOLD = "estimate_above_threshold"
 
@@ -126,3 +131,10 @@ class SpotCheckMismatchError(VerificationError):
     """A spot-check the Verifier re-trained differs from the Prover's beyond the tolerance."""
 
     reason = AbortReason.SPOT_CHECK_MISMATCH
+
+
+class WitnessRejectedError(VerificationError):
+    """A witness does not certify its subset (:mod:`protocol.witness`): its gradient is too
+    large for the challenge's limit, or the reported values are not the witness's outputs."""
+
+    reason = AbortReason.WITNESS_REJECTED

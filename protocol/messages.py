@@ -152,6 +152,10 @@ class Challenge(_Message):
     layout: Literal["pairs", "shared-base"] = "pairs"
     aggregate: Literal["mean", "max"] = "mean"
     validity: Literal["clt", "finite"] = "clt"
+    # The witness route (protocol.witness): when set, the Prover returns theta(S) for every
+    # subset, each certifying its values within this per-value bound (f's units). Left out of
+    # the payload when absent.
+    witness_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @model_serializer(mode="wrap")
     def _leave_out_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -181,11 +185,17 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "layout": "pairs",
     "aggregate": "mean",
     "validity": "clt",
+    "witness_limit": None,
 }
 
 
 class ResponseManifest(_Message):
-    """P -> V: f on every challenge subset and the CHECKEQUIV probes, as bound arrays."""
+    """P -> V: f on every challenge subset and the CHECKEQUIV probes, as bound arrays.
+
+    ``witness`` (the witness route, when the challenge names a ``witness_limit``): theta(S) of
+    every subset, (|E|, P) float64, and ``witness_bytes`` its .npy size. Both are left out of
+    the payload when absent, so earlier responses keep their signed bytes.
+    """
 
     type: Literal["response.v1"] = "response.v1"
     session_id: str = Field(pattern=r"^[0-9a-f]{32}$")
@@ -194,6 +204,16 @@ class ResponseManifest(_Message):
     probes: ArrayRef
     device_class: str = Field(max_length=128)
     timestamp: int = Field(ge=0)
+    witness: ArrayRef | None = None
+    witness_bytes: int | None = Field(default=None, ge=0, le=LIMITS["array_bytes"])
+
+    @model_serializer(mode="wrap")
+    def _leave_out_witness(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("witness", "witness_bytes"):
+            if key in data and data[key] is None:
+                data.pop(key)
+        return data
 
 
 class Verdict(_Message):

@@ -23,6 +23,9 @@ task; :func:`declared` wraps an object that only meets :class:`Task`):
 * ``evaluate_outputs(masks, seeds) -> TrainingOutputs``: values and probe outputs (the
   CHECKEQUIV fingerprint; default none).
 * ``differentiable() -> Differentiable | None``: the extension Daunce needs (default None).
+* ``certifiable() -> Certifiable | None``: a strongly convex objective whose optimum defines f,
+  checked by a gradient instead of a retraining (:mod:`protocol.tasks.certifiable`; default
+  None).
 
 :func:`evaluate_checked` validates inputs and outputs (shape, dtype, finiteness, range) so that
 a broken task is a clear :class:`TaskError`, not a silent wrong answer;
@@ -44,6 +47,7 @@ from numpy.typing import NDArray
 from protocol.checks import as_mask_matrix
 from protocol.codec import canonical_json, sha256_hex
 from protocol.errors import ShapeError, TaskError
+from protocol.tasks.certifiable import Certifiable
 
 __all__ = [
     "Differentiable",
@@ -170,6 +174,10 @@ class TaskBase:
         """The Daunce extension, if this task has it."""
         return self if isinstance(self, Differentiable) else None
 
+    def certifiable(self) -> Certifiable | None:
+        """The certified-optimality extension (:mod:`protocol.tasks.certifiable`), if any."""
+        return None
+
 
 class _Declared(TaskBase):
     """A user's object that meets :class:`Task`, with the contract's defaults for the rest."""
@@ -203,6 +211,10 @@ class _Declared(TaskBase):
 
     def differentiable(self) -> Differentiable | None:
         return self.inner if isinstance(self.inner, Differentiable) else None
+
+    def certifiable(self) -> Certifiable | None:
+        own = getattr(self.inner, "certifiable", None)
+        return own() if callable(own) else None
 
     def __getattr__(self, item: str) -> Any:  # anything else the user's object offers
         return getattr(self.__dict__["inner"], item)

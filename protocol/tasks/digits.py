@@ -52,7 +52,9 @@ from numpy.typing import NDArray
 from protocol.codec import sha256_hex
 from protocol.errors import InvalidParameterError
 from protocol.sampling import stream_words
+from protocol.tasks.certified_logreg import certified_chunk, certified_problem, certified_spec
 from protocol.tasks.exact import check_exact_product, exp_nonpositive, to_units, unit_bits
+from protocol.tasks.multinomial import MultinomialProblem
 from protocol.tasks.trained import TrainedTask, correct_class_margin, splitmix64
 
 __all__ = ["DigitsData", "DigitsLogReg", "DigitsMLP", "load_digits_split"]
@@ -164,9 +166,13 @@ class DigitsLogReg(TrainedTask):
         chunk_size: int = 256,
         device: str | None = None,
         dtype: str = "float64",
+        certifiable: int = 0,
     ) -> None:
         super().__init__(device, chunk_size)
         tau = _DEFAULT_TAU.get(dtype, 0.0) if tau is None else tau
+        if certifiable not in (0, 1):
+            raise InvalidParameterError("digits-logreg: certifiable must be 0 or 1")
+        self.certified = bool(certifiable)  # the convex witness route (certified_logreg.py)
         if not (l2 > 0 and iters >= 1 and memory >= 1 and 0 < p < 1 and bound > 0 and tau >= 0):
             raise InvalidParameterError("digits-logreg: need l2 > 0, iters, memory >= 1, 0<p<1")
         if dtype not in ("float32", "float64"):
@@ -190,8 +196,9 @@ class DigitsLogReg(TrainedTask):
         self._w0 = torch.tensor(w0.reshape(-1, 1), dtype=f32, device=dev)
         self._h0inv = torch.tensor(np.linalg.inv(hess), dtype=f32, device=dev)
         reg = torch.full((self._d, self._c), self.l2)
-        reg[-1] = 0.0
+        reg[-1] = self.l2 if self.certified else 0.0  # certifiable: the intercept penalised too
         self._reg = reg.reshape(-1, 1).to(dev, f32)
+        self._problem = certified_problem(self) if self.certified else None
 
     def _spec(self) -> dict[str, Any]:
         return {
@@ -201,7 +208,13 @@ class DigitsLogReg(TrainedTask):
             "l2": self.l2, "optimiser": "preconditioned L-BFGS, warm start at full pool",
             "iters": self.iters, "memory": self.memory, "p": self.p, "dtype": self.dtype,
             "output": "correct-class margin",
+            **(certified_spec(self) if self.certified else {}),
         }  # fmt: skip
+
+    def certifiable(self) -> MultinomialProblem | None:
+        """The certifiable extension (:mod:`protocol.tasks.certified_logreg`) with
+        ``certifiable=1``, else None."""
+        return self._problem
 
     def _loss_grad(
         self, w: torch.Tensor, m: torch.Tensor, linear: torch.Tensor | None
@@ -300,6 +313,8 @@ class DigitsLogReg(TrainedTask):
         self, masks: torch.Tensor, seeds: NDArray[np.uint64]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Seeds are unused: the optimum of a convex problem does not depend on them."""
+        if self._problem is not None:
+            return certified_chunk(self, self._problem, masks)
         w = self.solve(masks)
         return correct_class_margin(self.logits(w, self._xt), self._yt), self.logits(w, self._xp)
 

@@ -17,6 +17,7 @@ from protocol.errors import (
     ProtocolError,
     SpotCheckMismatchError,
     VerificationError,
+    WitnessRejectedError,
 )
 from protocol.messages import Verdict
 from protocol.signing import SignedMessage, generate_key, open_signed, sign_message
@@ -27,6 +28,7 @@ MISBEHAVIOUR = [
     (MalformedResponseError, AbortReason.MALFORMED_RESPONSE),
     (BadResponseError, AbortReason.BAD_RESPONSE),
     (SpotCheckMismatchError, AbortReason.SPOT_CHECK_MISMATCH),
+    (WitnessRejectedError, AbortReason.WITNESS_REJECTED),
 ]
 
 
