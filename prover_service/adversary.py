@@ -15,6 +15,9 @@ SPEC is one mode or several joined by commas; a COUNT is a number or a percentag
 ``quiet:COUNT``     move the COUNT largest pair-sums u_j to the COUNT-th smallest, one row
                     each, no extreme value (:func:`protocol.adversaries.corrupt_quiet`: the
                     strongest against the certificate's trimmed mean)
+``witness:KIND``    on the witness route, cheat with the parameters of every subset: KIND is
+                    one of :data:`protocol.witness_adversaries.WITNESS_ATTACKS` (nearby,
+                    early, scaled, flat, values, l2); lies move values by 1e-3
 ==================  =====================================================================
 
 ``extreme`` and ``quiet`` use what a strategic Prover knows: its committed g, the public
@@ -39,6 +42,9 @@ from protocol.adversaries import corrupt_extreme, corrupt_quiet
 from protocol.datamodel import Datamodel
 from protocol.errors import InvalidParameterError
 from protocol.residual import StabilityDesign
+from protocol.tasks import TaskBase
+from protocol.tasks.multinomial import MultinomialProblem
+from protocol.witness_adversaries import WITNESS_ATTACKS, tamper_witnesses
 
 __all__ = ["Adversary", "parse_adversary"]
 
@@ -73,6 +79,7 @@ _ARITY = {
     "replay": 0,
     "extreme": 1,
     "quiet": 1,
+    "witness": 1,
 }
 
 
@@ -116,6 +123,10 @@ class Adversary:
                 _float(m.args[1], "SIGMA")
             elif m.name in ("extreme", "quiet"):
                 self._count(m.args[0], 100)
+            elif m.name == "witness" and m.args[0] not in WITNESS_ATTACKS:
+                raise InvalidParameterError(
+                    f"adversary: witness:KIND needs KIND in {', '.join(WITNESS_ATTACKS)}"
+                )
 
     @staticmethod
     def _count(text: str, total: int) -> int:
@@ -148,6 +159,22 @@ class Adversary:
             elif m.name == "noise":
                 w = w + rng.normal(scale=float(m.args[0]), size=w.shape)
         return Datamodel(c, w)
+
+    def tamper_witness(
+        self, theta: NDArray[np.float64], values: NDArray[np.float64], masks: NDArray[np.bool_],
+        task: TaskBase, label: str,
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:  # fmt: skip
+        """Apply ``witness:KIND`` to one chunk's honest parameters and values."""
+        problem = task.certifiable()
+        for m in self.modes:
+            if m.name == "witness":
+                if not isinstance(problem, MultinomialProblem):
+                    raise InvalidParameterError("adversary: witness attacks need a logreg task")
+                rng = self._rng("witness:" + label)
+                theta, values = tamper_witnesses(
+                    m.args[0], problem, theta, masks, values, shift=1e-3, rng=rng
+                )
+        return theta, values
 
     def tamper_values(
         self,

@@ -100,7 +100,10 @@ class ProverService:
         self.jobs.run_attribution = self._run_attribution
         model_hook, values_hook = self._hooks(settings.adversary)
         self.tamper_attribution: ModelHook = model_hook
-        self.sessions = Sessions(self, self.jobs, values_hook)
+        witness_hook = None  # the witness route's cheats (prover_service.adversary)
+        if settings.adversary and parse_adversary(settings.adversary).has("witness"):
+            witness_hook = parse_adversary(settings.adversary).tamper_witness
+        self.sessions = Sessions(self, self.jobs, values_hook, witness_hook)
 
     def _hooks(self, spec: str | None) -> tuple[ModelHook, ValuesHook | None]:
         if not spec:

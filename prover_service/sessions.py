@@ -54,6 +54,7 @@ from prover_service.errors import (
 from prover_service.executor import Chunk
 from prover_service.jobs import JobCancelled, Jobs
 from prover_service.store import ChunkRow, JobRow, NonceRow, SessionArrayRow, SessionRow, now
+from prover_service.witnesses import WitnessHook, WitnessOutputs, require_certifiable, solve_chunk
 
 __all__ = ["LOCAL", "Sessions", "ValuesHook"]
 
@@ -73,9 +74,13 @@ def _identity(values: NDArray[np.float64], *_: Any) -> NDArray[np.float64]:
 class Sessions:
     """Challenges, responses, verdicts and the reads of them (module doc)."""
 
-    def __init__(self, service: Any, jobs: Jobs, values_hook: ValuesHook | None = None) -> None:
+    def __init__(
+        self, service: Any, jobs: Jobs, values_hook: ValuesHook | None = None,
+        witness_hook: WitnessHook | None = None,
+    ) -> None:  # fmt: skip
         self.svc, self.jobs = service, jobs
         self.values_hook: ValuesHook = values_hook or _identity
+        self.witness_hook = witness_hook
         self._pending: set[str] = set()  # nonces of challenges being admitted right now
         self._pending_lock = threading.Lock()
         jobs.step_challenge = self.step
@@ -125,6 +130,8 @@ class Sessions:
             raise TooLarge(f"|E| = {n_subsets} exceeds this Prover's {settings.max_subsets}")
         if abs(challenge.bound - task.bound) > 1e-12 * max(1.0, task.bound):
             raise Invalid(f"challenge bound {challenge.bound} differs from the task's {task.bound}")
+        if challenge.witness_limit is not None:
+            require_certifiable(task)
         session = SessionRow(
             id=os.urandom(16).hex(), verifier_key=challenge.verifier_key,
             task_hash=challenge.task_hash, attribution_hash=challenge.attribution_hash,
@@ -161,37 +168,54 @@ class Sessions:
                     for a, b in todo[: executor.slots]]  # fmt: skip
             trained = [sum(b - a for a, b in design.chunks(step) if a in done)]
 
-            def persist(chunk: Chunk, out: TrainingOutputs) -> None:  # as each one arrives
+            def persist(
+                chunk: Chunk, out: TrainingOutputs | WitnessOutputs
+            ) -> None:  # as each arrives
                 vsha = self.svc.arrays.put(array_to_npy("values", out.values)[1])
                 psha = self.svc.arrays.put(array_to_npy("probes", out.probes)[1])
+                wsha = None
+                if isinstance(out, WitnessOutputs):
+                    wsha = self.svc.arrays.put(array_to_npy("witness", out.theta)[1])
                 with self.svc.db.begin() as s:
                     s.add(ChunkRow(job_id=job.id, start=chunk.start, stop=chunk.stop,
-                                   values_sha=vsha, probes_sha=psha))  # fmt: skip
+                                   values_sha=vsha, probes_sha=psha, witness_sha=wsha))  # fmt: skip
                 trained[0] += chunk.stop - chunk.start
                 if not self.jobs.set(job.id, done=trained[0]):
                     raise JobCancelled(job.id)
 
-            executor.map_chunks(task, wave, persist)
+            if challenge.witness_limit is not None:  # the witness route: solved here
+                for chunk in wave:
+                    persist(chunk, solve_chunk(task, chunk.masks, chunk.seeds,
+                                               challenge.witness_limit, self.witness_hook,
+                                               f"{row.id}:{chunk.start}"))  # fmt: skip
+            else:
+                executor.map_chunks(task, wave, persist)
             if len(todo) > len(wave):
                 return False
         self.jobs.check_cancelled(job.id)
         return self._finish(job, row, task, design)
 
-    def _chunks(self, job_id: str) -> tuple[NDArray[Any], NDArray[Any]] | None:
-        """The chunks' arrays joined; None (and the damaged chunk forgotten) if one is damaged."""
+    def _chunks(self, job_id: str) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None] | None:
+        """The chunks' arrays joined (witnesses None unless every chunk has them); None (and
+        the damaged chunk forgotten) if one is damaged."""
         with self.svc.db() as s:
             q = select(ChunkRow).where(ChunkRow.job_id == job_id).order_by(ChunkRow.start)
             chunks = list(s.scalars(q))
-        parts: list[tuple[NDArray[Any], NDArray[Any]]] = []
+        parts: list[tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None]] = []
         for c in chunks:
             try:
+                wit = (
+                    None if c.witness_sha is None else _load_npy(self.svc.arrays.get(c.witness_sha))
+                )
                 parts.append((_load_npy(self.svc.arrays.get(c.values_sha)),
-                              _load_npy(self.svc.arrays.get(c.probes_sha))))  # fmt: skip
+                              _load_npy(self.svc.arrays.get(c.probes_sha)), wit))  # fmt: skip
             except (CorruptArray, KeyError, ValueError):
                 with self.svc.db.begin() as s:
                     s.delete(s.get(ChunkRow, (c.job_id, c.start)))
                 return None
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        wits = [p[2] for p in parts if p[2] is not None]
+        joined = np.concatenate(wits) if wits and len(wits) == len(parts) else None
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), joined
 
     def _finish(
         self, job: JobRow, row: SessionRow, task: TaskBase, design: ChallengeDesign
@@ -211,9 +235,15 @@ class Sessions:
         pref, pdata = array_to_npy("probes", probes)
         self.svc.arrays.put(vdata)
         self.svc.arrays.put(pdata)
+        wref, wbytes = None, None
+        if joined[2] is not None:  # the witness route: theta(S) of every subset, bound here
+            wref, wdata = array_to_npy("witness", joined[2].astype(np.float64))
+            self.svc.arrays.put(wdata)
+            wbytes = len(wdata)
         manifest = ResponseManifest(session_id=row.id, challenge_digest=row.challenge_digest,
                                     values=vref, probes=pref, device_class=task.device_class,
-                                    timestamp=int(now()))  # fmt: skip
+                                    timestamp=int(now()), witness=wref,
+                                    witness_bytes=wbytes)  # fmt: skip
         signed = sign_message(self.svc.key, manifest)
         with self.svc.db.begin() as s:
             live = s.get(JobRow, job.id)
@@ -221,6 +251,8 @@ class Sessions:
                 raise JobCancelled(job.id)
             s.merge(SessionArrayRow(sha=vref.sha256, session_id=row.id))
             s.merge(SessionArrayRow(sha=pref.sha256, session_id=row.id))
+            if wref is not None:
+                s.merge(SessionArrayRow(sha=wref.sha256, session_id=row.id))
             s.execute(update(SessionRow).where(SessionRow.id == row.id)
                       .values(response_json=signed.model_dump_json(), status="ready"))  # fmt: skip
             live.status, live.result, live.done = "done", vref.sha256, live.total

@@ -127,6 +127,7 @@ class ChunkRow(Base):
     stop: Mapped[int] = mapped_column(Integer)
     values_sha: Mapped[str] = mapped_column(String(64))
     probes_sha: Mapped[str] = mapped_column(String(64))
+    witness_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)  # witness route
 
 
 class NonceRow(Base):

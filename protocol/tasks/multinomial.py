@@ -33,6 +33,7 @@ step halved while the objective would rise.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -342,6 +343,13 @@ class MultinomialProblem:
             start = np.repeat(self.full_pool_start()[None], len(m), axis=0)
         theta, _ = self.polish(start, m, self.gradient_tolerance(value_bound), max_newton=20)
         return theta
+
+    def with_l2(self, l2: float) -> MultinomialProblem:
+        """The same data and outputs under another L2 weight (its own caches)."""
+        other = copy.copy(self)
+        other.l2 = other.mu = float(l2)
+        other._precond, other._start = None, None
+        return other
 
     def spec(self) -> dict[str, Any]:
         """The objective part of a task's spec."""
