@@ -538,6 +538,12 @@ def certify(
     dev_psi = ta * np.abs(rb) + tb * np.abs(ra) + 3.0 * ta * tb
     sq = (r * r)[None]
     dev_sq = (2.0 * tau_arr * np.abs(r) + 3.0 * tau_arr * tau_arr)[None]
+    u_lo: FloatArray | None = None
+    u_hi: FloatArray | None = None
+    q_lo: FloatArray | None = None
+    q_hi: FloatArray | None = None
+    big_u: FloatArray | None = None
+    big_q: FloatArray | None = None
     if bound is not None:
         reach = bound + np.abs(g)
         ga, gb = arrange(reach)
@@ -561,7 +567,6 @@ def certify(
         big_q = _square_range(any_lo[0], any_hi[0])[1]
     else:
         psi_hi, sq_hi = np.full_like(psi, np.inf), np.full_like(sq, np.inf)
-        u_lo = u_hi = q_lo = q_hi = big_u = big_q = None
 
     def grouped(x: FloatArray) -> FloatArray:
         """Per-subset rows (|E|, C) -> one row per independent group (base or pair)."""
