@@ -89,16 +89,20 @@ from numpy.typing import NDArray
 from scipy.special import gammaln
 from scipy.stats import norm
 
+from protocol.betting import betting_upper
 from protocol.checks import as_finite_matrix, check_probability
 from protocol.errors import InvalidParameterError, ShapeError
 from protocol.residual import StabilityDesign, linear_weights
 
 __all__ = [
     "Aggregate",
+    "CLT_MIN_EVENTS",
     "Certificate",
     "CertificatePlan",
+    "VALIDITIES",
     "Validity",
     "certify",
+    "clt_refusal",
     "max_undetected",
     "pass_probability",
     "pilot_figures",
@@ -109,7 +113,12 @@ __all__ = [
 ]
 
 Aggregate = Literal["mean", "max"]
-Validity = Literal["clt", "finite"]
+Validity = Literal["betting", "clt", "finite"]
+VALIDITIES: tuple[str, ...] = ("betting", "clt", "finite")
+#: ``clt`` is refused unless the rarest one-example event of the design, a given training
+#: example in both subsets of a level-0 pair (probability min(p, 1 - p)^2), is expected at
+#: least this many times among the n pair-sums (module doc, "Validity").
+CLT_MIN_EVENTS = 50
 FloatArray = NDArray[np.float64]
 
 
@@ -233,11 +242,16 @@ class _Parts:
         return np.asarray(self.point + self.statistical + self.corruption + self.tau_slack)
 
 
-def _bound_clt(y: FloatArray, m_star: int, delta: float, dev: FloatArray) -> _Parts:
+def _bound_clt(
+    y: FloatArray, m_star: int, delta: float, dev: FloatArray, reach: FloatArray | None
+) -> _Parts:
     """Upper bound on E y from n i.i.d. rows y (n, C), m* of them possibly corrupted.
 
     Trimmed mean (t = m* per end), Tukey-McLaughlin SE, the order-statistics sandwich for the
     corrupted rows, the one-sided trimming bias, and the tau deviations ``dev`` (n, C).
+    ``reach`` (n, C): how far each row's honest value can lie from the observed mean (from its
+    a-priori range), needed when m* > 0: the trimming bias charges the honest SD, bounded by
+    the observed squares plus the m* largest reaches squared, which no corruption can deflate.
     """
     n, cols = y.shape
     t = m_star
@@ -249,17 +263,54 @@ def _bound_clt(y: FloatArray, m_star: int, delta: float, dev: FloatArray) -> _Pa
     trimmed = ys[t : n - t].mean(axis=0)
     wins = np.clip(ys, ys[t : t + 1], ys[n - t - 1 : n - t])  # winsorised at t
     se = wins.std(axis=0, ddof=1) / ((band / n) * math.sqrt(n))
-    stat = float(norm.ppf(1.0 - delta)) * se
+    stat = _z(delta) * se
     corr = np.zeros(cols)
     if t > 0:
+        if reach is None:
+            raise InvalidParameterError("a corrupted count m* > 0 needs the task's bound b")
         # T(z) <= T(y) + (sum_{j<=m} y_(n-t+j) - y_(t+j)) / (n - 2t), at m = m* (increasing in m)
         sandwich = (ys[n - t :].sum(axis=0) - ys[t : 2 * t].sum(axis=0)) / band
-        # E y - (honest trimmed mean): only the upper tail (mass t/n) can raise the mean.
+        # E y - (honest trimmed mean): only the upper tail (mass t/n) can raise the mean; the
+        # honest SD is at most sqrt((sum (y - ybar)^2 + the t largest reach^2) / (n - 1)).
         frac = t / n
-        trim_bias = y.std(axis=0, ddof=1) * math.sqrt(frac / (1.0 - frac))
+        centred = np.sum((y - y.mean(axis=0)) ** 2, axis=0)
+        sd_up = np.sqrt((centred + _top_sum(reach**2, t)) / (n - 1))
+        trim_bias = sd_up * math.sqrt(frac / (1.0 - frac))
         corr = sandwich + trim_bias
     tau = (_top_sum(dev, n - t) + _top_sum(dev, t)) / band
     return _Parts(np.asarray(trimmed), np.asarray(stat), np.asarray(corr), np.asarray(tau))
+
+
+def _z(q: float) -> float:
+    """The standard normal quantile z_{1-q}."""
+    return float(norm.ppf(1.0 - q))
+
+
+def _bound_betting(
+    y: FloatArray,
+    m_star: int,
+    delta: float,
+    dev: FloatArray,
+    row_hi: FloatArray,
+    upper: FloatArray,
+    decompose: bool = True,
+) -> _Parts:
+    """Betting upper bound on E y (:mod:`protocol.betting`): rows y (n, C) i.i.d. below
+    ``upper`` (C,) when honest, m* of them possibly replaced (honest value below ``row_hi``),
+    the others off by at most ``dev``. Parts: point = plain mean; statistical = the trusted
+    bound's excess; corruption and tau_slack = what m* and then ``dev`` add to it."""
+    point = y.mean(axis=0)
+    full = betting_upper(y, upper=upper, delta=delta, corrupted=m_star, row_upper=row_hi,
+                         slack=dev)  # fmt: skip
+    if not decompose:
+        return _Parts(point, full - point, np.zeros_like(point), np.zeros_like(point))
+    trusted = betting_upper(y, upper=upper, delta=delta)
+    no_tau = trusted
+    if m_star > 0:
+        no_tau = betting_upper(y, upper=upper, delta=delta, corrupted=m_star, row_upper=row_hi)
+    stat = trusted - point
+    corr = no_tau - trusted
+    return _Parts(np.asarray(point), np.asarray(stat), np.asarray(corr), np.asarray(full - no_tau))
 
 
 def _bound_finite(
@@ -352,6 +403,68 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")
 
 
+def clt_refusal(p: float, pairs_per_level: int) -> str | None:
+    """Why ``clt`` may not be used on a design with subset fraction p and n pair-sums, or None.
+
+    The normal approximation of the pair-sums' mean needs the events that carry its variance
+    to occur many times. The rarest one-example event, a given training example in both
+    subsets of a level-0 pair, has probability min(p, 1 - p)^2; it must be expected at least
+    :data:`CLT_MIN_EVENTS` times among the n pair-sums (module doc, "Validity")."""
+    q = min(p, 1.0 - p) ** 2
+    expected = pairs_per_level * q
+    if expected >= CLT_MIN_EVENTS:
+        return None
+    need = math.ceil(CLT_MIN_EVENTS / q)
+    return (
+        f"validity 'clt' needs n min(p, 1-p)^2 >= {CLT_MIN_EVENTS} (the rarest one-example event "
+        f"seen often enough for the normal approximation); here p = {p:g}, n = "
+        f"{pairs_per_level:,} gives {expected:.3g}. Use validity 'betting' (sound at every p), or "
+        f"n >= {need:,}"
+    )
+
+
+def _scaled(w: float, lo: FloatArray, hi: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The interval w [lo, hi]."""
+    return (w * lo, w * hi) if w >= 0 else (w * hi, w * lo)
+
+
+def _product(
+    alo: FloatArray, ahi: FloatArray, blo: FloatArray, bhi: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """The interval [alo, ahi] x [blo, bhi] (elementwise corners)."""
+    corners = np.stack(np.broadcast_arrays(alo * blo, alo * bhi, ahi * blo, ahi * bhi))
+    return np.asarray(corners.min(axis=0)), np.asarray(corners.max(axis=0))
+
+
+def _pair_sum_range(
+    lo: tuple[FloatArray, FloatArray], hi: tuple[FloatArray, FloatArray], a: FloatArray,
+    shared: bool,
+) -> tuple[FloatArray, FloatArray]:  # fmt: skip
+    """Range of u = sum_l a_l r(x_l) r(x'_l) when every r lies in its interval; lo, hi are the
+    (base, partner) interval ends, each (L, ...). Shared-base: one head r(x) for all levels."""
+    if shared:
+        in_lo = np.zeros_like(lo[1][0])
+        in_hi = np.zeros_like(hi[1][0])
+        for lv, w in enumerate(a):
+            s_lo, s_hi = _scaled(float(w), lo[1][lv], hi[1][lv])
+            in_lo, in_hi = in_lo + s_lo, in_hi + s_hi
+        return _product(lo[0][0], hi[0][0], in_lo, in_hi)
+    tot_lo = np.zeros_like(lo[0][0])
+    tot_hi = np.zeros_like(hi[0][0])
+    for lv, w in enumerate(a):
+        p_lo, p_hi = _product(lo[0][lv], hi[0][lv], lo[1][lv], hi[1][lv])
+        s_lo, s_hi = _scaled(float(w), p_lo, p_hi)
+        tot_lo, tot_hi = tot_lo + s_lo, tot_hi + s_hi
+    return tot_lo, tot_hi
+
+
+def _square_range(lo: FloatArray, hi: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Range of r^2 for r in [lo, hi]."""
+    top = np.maximum(lo * lo, hi * hi)
+    bottom = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(lo * lo, hi * hi))
+    return np.asarray(bottom), np.asarray(top)
+
+
 def certify(
     values: FloatArray,
     predictions: FloatArray,
@@ -360,11 +473,13 @@ def certify(
     delta: float,
     aggregate: Aggregate = "mean",
     spot_checks: int | None = None,
-    tau: float = 0.0,
-    validity: Validity = "clt",
+    tau: float | FloatArray = 0.0,
+    validity: Validity = "betting",
     bound: float | None = None,
     spot_share: float = 0.5,
     max_corrupted: int | None = None,
+    prediction_range: tuple[FloatArray, FloatArray] | None = None,
+    p: float | None = None,
 ) -> Certificate:
     """Upper confidence bound on err(g) at level 1 - delta from a challenge (module doc).
 
@@ -372,23 +487,27 @@ def certify(
     same masks (g committed before E was drawn). ``spot_checks``: the number k of uniformly
     drawn spot-checks that all passed (None: the values are trusted, m* = 0).
     ``max_corrupted`` overrides m* (then ``spot_share`` of delta is still reserved if
-    ``spot_checks`` is given). ``bound``: the task's b (required by ``finite``; with it,
-    values outside [-b, b] are refused).
+    ``spot_checks`` is given). ``tau``: a scalar, or per value (|E|, Z) or (|E|, 1): how far
+    each reported value may lie from the true f unseen. ``bound``: the task's b (required by
+    ``betting`` and ``finite``, and by ``clt`` when m* > 0; with it, values outside [-b, b]
+    are refused). ``prediction_range``: (inf g, sup g) (Z,) over every mask
+    (:meth:`~protocol.datamodel.Datamodel.output_range`), the a-priori range ``betting`` bets
+    against (default: the range of ``predictions``, which covers E only). ``p``: the subset
+    fraction (default the design's ``p``, else 1/2), checked by ``clt`` (:func:`clt_refusal`).
     """
     f = as_finite_matrix("values", values, (None, None))
     g = as_finite_matrix("predictions", predictions, f.shape)
     dlt = check_probability("delta", delta)
     _check_choice("aggregate", aggregate, ("mean", "max"))
-    _check_choice("validity", validity, ("clt", "finite"))
-    if not (isinstance(tau, int | float) and math.isfinite(tau) and tau >= 0):
-        raise InvalidParameterError(f"tau must be finite and >= 0; got {tau!r}")
+    _check_choice("validity", validity, VALIDITIES)
+    tau_arr = _check_tau(tau, f.shape)
     if bound is not None:
         if not (math.isfinite(bound) and bound > 0):
             raise InvalidParameterError(f"bound must be finite and > 0; got {bound!r}")
         if np.max(np.abs(f)) > bound:
             raise InvalidParameterError(f"values outside the declared range [-{bound}, {bound}]")
-    elif validity == "finite":
-        raise InvalidParameterError("validity 'finite' needs the task's bound b")
+    elif validity in ("finite", "betting"):
+        raise InvalidParameterError(f"validity {validity!r} needs the task's bound b")
     r = f - g
     rhos, arrange = _members(design, f.shape[0])
     n_sub, z_targets = f.shape
@@ -403,35 +522,86 @@ def certify(
         if not isinstance(max_corrupted, int) or max_corrupted < 0:
             raise InvalidParameterError(f"max_corrupted must be an int >= 0; got {max_corrupted!r}")
         m_star = max_corrupted
+    if validity == "clt":
+        frac = float(getattr(design, "p", 0.5)) if p is None else check_probability("p", p)
+        refusal = clt_refusal(frac, n)
+        if refusal is not None:
+            raise InvalidParameterError(refusal)
     d_rest = (dlt - d_spot) / 2.0  # one half for S, one for Q
     a = linear_weights(rhos)
     kappa = upper_bias_coefficient(rhos)
 
     # Pair arrays (L, n, Z): psi, tau deviations, honest ranges.
     ra, rb = arrange(r)
+    ta, tb = arrange(tau_arr)
     psi = ra * rb
-    dev_psi = tau * (np.abs(ra) + np.abs(rb)) + 3.0 * tau * tau
+    dev_psi = ta * np.abs(rb) + tb * np.abs(ra) + 3.0 * ta * tb
     sq = (r * r)[None]
-    dev_sq = (2.0 * tau * np.abs(r) + 3.0 * tau * tau)[None]
+    dev_sq = (2.0 * tau_arr * np.abs(r) + 3.0 * tau_arr * tau_arr)[None]
+    u_lo: FloatArray | None = None
+    u_hi: FloatArray | None = None
+    q_lo: FloatArray | None = None
+    q_hi: FloatArray | None = None
+    big_u: FloatArray | None = None
+    big_q: FloatArray | None = None
     if bound is not None:
         reach = bound + np.abs(g)
         ga, gb = arrange(reach)
         psi_hi, sq_hi = ga * gb, (reach * reach)[None]
+        r_lo, r_hi = -bound - g, bound - g  # every honest r, subset by subset
+        lo_a, lo_b = arrange(r_lo)
+        hi_a, hi_b = arrange(r_hi)
+        u_lo, u_hi = _pair_sum_range((lo_a, lo_b), (hi_a, hi_b), a, shared)
+        q_lo, q_hi = _square_range(r_lo, r_hi)
+        if prediction_range is None:
+            g_lo, g_hi = g.min(axis=0), g.max(axis=0)
+        else:
+            g_lo = as_finite_matrix("prediction_range", np.asarray(prediction_range[0])[None],
+                                    (1, z_targets))[0]  # fmt: skip
+            g_hi = as_finite_matrix("prediction_range", np.asarray(prediction_range[1])[None],
+                                    (1, z_targets))[0]  # fmt: skip
+            g_lo, g_hi = np.minimum(g_lo, g.min(axis=0)), np.maximum(g_hi, g.max(axis=0))
+        any_lo = np.broadcast_to(-bound - g_hi, (len(rhos), z_targets))
+        any_hi = np.broadcast_to(bound - g_lo, (len(rhos), z_targets))
+        big_u = _pair_sum_range((any_lo, any_lo), (any_hi, any_hi), a, shared)[1]
+        big_q = _square_range(any_lo[0], any_hi[0])[1]
     else:
         psi_hi, sq_hi = np.full_like(psi, np.inf), np.full_like(sq, np.inf)
 
-    def bound_all(d_s: float, d_q: float, avg: bool) -> tuple[_Parts, _Parts]:
-        arrs = [psi, dev_psi, psi_hi, sq, dev_sq, sq_hi]
-        if avg:
-            arrs = [x.mean(axis=2, keepdims=True) for x in arrs]
-        p, dp, ph, s, ds, sh = arrs
+    def grouped(x: FloatArray) -> FloatArray:
+        """Per-subset rows (|E|, C) -> one row per independent group (base or pair)."""
+        width = (1 + len(rhos)) if shared else 2
+        return np.asarray(x.reshape(-1, width, x.shape[-1]).mean(axis=1))
+
+    def bound_all(d_s: float, d_q: float, avg: bool, parts: bool) -> tuple[_Parts, _Parts]:
+        def col(x: FloatArray) -> FloatArray:
+            return np.asarray(x.mean(axis=-1, keepdims=True)) if avg else x
+
+        u = np.einsum("l,lnc->nc", a, col(psi))  # one row per pair index j: sum_l a_l psi_lj
+        du = np.einsum("l,lnc->nc", np.abs(a), col(dev_psi))
+        if validity == "betting":
+            assert u_hi is not None and big_u is not None and q_hi is not None
+            assert big_q is not None
+            s_b = _bound_betting(u, m_star, d_s, du, col(u_hi), col(big_u[None])[0], parts)
+            q_b = _bound_betting(grouped(col(sq[0])), m_star, d_q, grouped(col(dev_sq[0])),
+                                 grouped(col(q_hi)), col(big_q[None])[0], parts)  # fmt: skip
+            return s_b, q_b
         if validity == "clt":
-            u = np.einsum("l,lnc->nc", a, p)  # one row per pair index j: sum_l a_l psi_lj
-            du = np.einsum("l,lnc->nc", np.abs(a), dp)
-            return (_bound_clt(u, m_star, d_s, du), _bound_clt(s[0], m_star, d_q, ds[0]))
+            u_reach = q_reach = None
+            if u_lo is not None and u_hi is not None and q_lo is not None and q_hi is not None:
+                ub = u.mean(axis=0)
+                u_reach = np.maximum(col(u_hi) - ub, ub - col(u_lo))
+                qb = col(sq[0]).mean(axis=0)
+                q_reach = np.maximum(col(q_hi) - qb, qb - col(q_lo))
+            return (
+                _bound_clt(u, m_star, d_s, du, u_reach),
+                _bound_clt(col(sq[0]), m_star, d_q, col(dev_sq[0]), q_reach),
+            )
+        arrs = [col(x) for x in (psi, dev_psi, psi_hi, sq, dev_sq, sq_hi)]
+        pp, dp, ph, sqa, ds, sh = arrs
         return (
-            _bound_finite(p, a, m_star, d_s, dp, -ph, ph, shared),
-            _bound_finite(s, np.ones(1), m_star, d_q, ds, np.zeros_like(sh), sh, False),
+            _bound_finite(pp, a, m_star, d_s, dp, -ph, ph, shared),
+            _bound_finite(sqa, np.ones(1), m_star, d_q, ds, np.zeros_like(sh), sh, False),
         )
 
     def combine(s_part: _Parts, q_part: _Parts) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -440,15 +610,16 @@ def certify(
         u = np.where(np.isfinite(s_up) & np.isfinite(q_up), u, np.inf)
         return u, u - s_up, q_up
 
-    per_s, per_q = bound_all(d_rest / z_targets, d_rest / z_targets, avg=False)
+    per_s, per_q = bound_all(d_rest / z_targets, d_rest / z_targets, False, aggregate == "max")
     per_u, _, _ = combine(per_s, per_q)
     if aggregate == "max":
         worst = int(np.argmax(np.where(np.isnan(per_u), np.inf, per_u)))
         parts, q_part = _pick(per_s, worst), _pick(per_q, worst)
     else:
-        s_agg, q_agg = bound_all(d_rest, d_rest, avg=True)
+        s_agg, q_agg = bound_all(d_rest, d_rest, True, True)
         parts, q_part = _pick(s_agg, 0), _pick(q_agg, 0)
     u_agg, bias, q_up = combine(parts, q_part)
+    tau_max = float(np.max(tau_arr)) if tau_arr.size else 0.0
     return Certificate(
         aggregate=aggregate,
         validity=validity,
@@ -470,8 +641,25 @@ def certify(
         pairs_per_level=n,
         rhos=tuple(float(x) for x in rhos),
         kappa=kappa,
-        tau=float(tau),
+        tau=tau_max,
     )
+
+
+def _check_tau(tau: float | FloatArray, shape: tuple[int, ...]) -> FloatArray:
+    """tau as an (|E|, Z) array of finite values >= 0 (a scalar, (|E|, Z) or (|E|, 1))."""
+    if isinstance(tau, bool):
+        raise InvalidParameterError(f"tau must be finite and >= 0; got {tau!r}")
+    if isinstance(tau, int | float):
+        if not (math.isfinite(tau) and tau >= 0):
+            raise InvalidParameterError(f"tau must be finite and >= 0; got {tau!r}")
+        return np.full(shape, float(tau))
+    arr = np.asarray(tau, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] != shape[0] or arr.shape[1] not in (1, shape[1]):
+        raise ShapeError(f"tau must be a scalar, ({shape[0]}, {shape[1]}) or ({shape[0]}, 1); "
+                         f"got {arr.shape}")  # fmt: skip
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise InvalidParameterError("every tau must be finite and >= 0")
+    return np.asarray(np.broadcast_to(arr, shape), dtype=np.float64)
 
 
 def _pick(parts: _Parts, j: int) -> _Parts:

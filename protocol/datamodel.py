@@ -71,6 +71,16 @@ class Datamodel:
         x = as_mask_matrix(masks, self.n_train).astype(np.float64)
         return x @ self.weights.T + self.intercept
 
+    def output_range(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """(inf, sup) of g over every mask, (Z,) each: w_0 plus the negative (positive) slopes.
+
+        The a-priori range :func:`protocol.certify` needs for its ``betting`` bounds."""
+        w = self.weights
+        return (
+            np.asarray(self.intercept + np.minimum(w, 0.0).sum(axis=1)),
+            np.asarray(self.intercept + np.maximum(w, 0.0).sum(axis=1)),
+        )
+
     def residuals(
         self, masks: NDArray[np.bool_], values: NDArray[np.float64]
     ) -> NDArray[np.float64]:

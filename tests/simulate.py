@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 class SimDesign:
     rhos: tuple[float, ...]
     pairs_per_level: int
+    p: float = 0.5
 
 
 def simulate_design(
@@ -34,7 +35,7 @@ def simulate_design(
         rows.append(pair)
     masks = np.concatenate(rows)
     seeds = rng.integers(0, 2**63, size=len(masks), dtype=np.int64).astype(np.uint64)
-    return SimDesign(tuple(rhos), n), masks, seeds
+    return SimDesign(tuple(rhos), n, p), masks, seeds
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class SimSharedDesign:
     rhos: tuple[float, ...]
     pairs_per_level: int
     layout: str = "shared-base"
+    p: float = 0.5
 
 
 def simulate_shared_design(
@@ -55,4 +57,4 @@ def simulate_shared_design(
     rows = [x] + [np.where(u < rho, x, fresh) for rho in rhos]
     masks = np.stack(rows, axis=1).reshape(n * (1 + len(rhos)), n_train)
     seeds = rng.integers(0, 2**63, size=len(masks), dtype=np.int64).astype(np.uint64)
-    return SimSharedDesign(tuple(rhos), n), masks, seeds
+    return SimSharedDesign(tuple(rhos), n, p=p), masks, seeds

@@ -7,6 +7,7 @@ Statistical tests use fixed seeds; each states the rate it checks and the slack 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,19 +17,23 @@ from hypothesis import strategies as st
 from protocol.adversaries import corrupt_extreme, corrupt_quiet
 from protocol.certificate import (
     _bound_clt,
-    certify,
     max_undetected,
     pass_probability,
     plan_certificate,
     upper_bias_coefficient,
     variance_lower_bound,
 )
+from protocol.certificate import certify as _certify
 from protocol.datamodel import Datamodel
 from protocol.errors import InvalidParameterError, NonFiniteError, ShapeError
 from protocol.residual import estimate_gap
 from protocol.sampling import ChallengeDesign
 from protocol.tasks import PlantedTask
 from tests.simulate import simulate_design
+
+# These tests check the clt validity's parts (trimmed mean, Tukey-McLaughlin SE, sandwich);
+# tests/protocol/test_validity.py checks the betting default and the refusals.
+certify = partial(_certify, validity="clt")
 
 TASK = PlantedTask(n_train=20, n_targets=4, b0=0.2, b1=1.0, b2=0.3, b3=0.1, noise=0.2, seed=1)
 RHOS = (0.0, 0.2, 0.4)
@@ -129,8 +134,8 @@ def test_sandwich_bounds_the_honest_trimmed_mean(seed: int, m: int, where: str) 
     rows = {"top": idx[-m:], "bottom": idx[:m], "extreme": idx[-m:], "middle": idx[n // 2 :][:m]}
     new = {"top": -50.0, "bottom": 50.0, "extreme": -1e6, "middle": rng.normal() * 3}[where]
     y[rows[where]] = new
-    honest = _bound_clt(z, t, 0.1, np.zeros_like(z)).point
-    seen = _bound_clt(y, t, 0.1, np.zeros_like(y))
+    honest = _bound_clt(z, t, 0.1, np.zeros_like(z), np.zeros_like(z)).point
+    seen = _bound_clt(y, t, 0.1, np.zeros_like(y), np.zeros_like(y))
     assert np.all(honest <= seen.point + seen.corruption + 1e-12)
     # the sandwich part scales with the spread, not with the size of the planted values (the
     # trimming-bias part uses the observed SD, which planted extremes only inflate)
@@ -161,7 +166,8 @@ def test_adversaries_fool_the_plain_estimate_but_not_the_certificate(adversary: 
         assert np.max(np.abs(bad)) <= TASK.bound
         fooled += bool(estimate_gap(bad, pred, design).gap.max() <= 0.25)
         for agg in ("mean", "max"):
-            cert = certify(bad, pred, design, delta=0.05, aggregate=agg, spot_checks=1200)  # type: ignore[arg-type]
+            cert = certify(bad, pred, design, delta=0.05, aggregate=agg, spot_checks=1200,  # type: ignore[arg-type]
+                           bound=TASK.bound)  # fmt: skip
             assert cert.max_corrupted == m_star
             assert cert.certified_epsilon >= 1.0
     if adversary is corrupt_extreme:
@@ -219,7 +225,8 @@ def test_certificate_parts_add_up_and_serialise() -> None:
 
 def test_too_few_spot_checks_certify_nothing() -> None:
     design, masks, f = _challenge(4, 500)
-    c = certify(f, with_err(0.0).predict(masks), design, delta=0.05, spot_checks=5)
+    c = certify(f, with_err(0.0).predict(masks), design, delta=0.05, spot_checks=5,
+                bound=TASK.bound)  # fmt: skip
     assert c.certified_epsilon == np.inf and not c.accepts(1e9)
 
 

@@ -61,7 +61,7 @@ def test_bad_shared_designs_are_refused() -> None:
     d = SharedBaseDesign(SEED, 10, 0.5, RHOS, 4)
     f = np.zeros((len(d), 2))
     with pytest.raises(ShapeError, match="4 per base"):
-        certify(f[:-1], f[:-1], d, delta=0.1)
+        certify(f[:-1], f[:-1], d, delta=0.1, validity="clt")
     with pytest.raises(ShapeError, match="16 subsets"):
         corrupt_extreme(f[:-1], f[:-1], d, 1, bound=1.0)
 
@@ -79,7 +79,8 @@ def equal_cost() -> dict[str, np.ndarray]:
         ):
             design, masks, seeds = sim(rng, TASK.n_train, 0.5, RHOS, n)
             assert len(masks) == 6000
-            c = certify(TASK.evaluate(masks, seeds), g.predict(masks), design, delta=0.1)
+            f = TASK.evaluate(masks, seeds)
+            c = certify(f, g.predict(masks), design, delta=0.1, validity="clt")
             out.setdefault(name, []).append(c.point)
             out.setdefault(name + "_U", []).append(c.certified_epsilon)
     return {k: np.array(v) for k, v in out.items()}
