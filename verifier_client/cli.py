@@ -369,7 +369,7 @@ def verify(
         ),
     ] = "latest",
     protocol: Annotated[
-        str, typer.Option(help="interactive | noninteractive | naive (baselines).")
+        str, typer.Option(help="interactive | noninteractive | naive (baselines) | witness.")
     ] = "interactive",
     estimator: Annotated[
         str, typer.Option(help="gap (the certificate) | residual (the paper's, a baseline).")

@@ -59,10 +59,11 @@ from protocol.datamodel import Datamodel
 from protocol.decision import Decision, abort_decision, decide
 from protocol.errors import BadResponseError, InvalidParameterError, VerificationError
 from protocol.evaluation import evaluate_with_probes, run_task
-from protocol.messages import LIMITS, Challenge, Verdict, commit_spot_checks
+from protocol.messages import LIMITS, Challenge, ResponseManifest, Verdict, commit_spot_checks
 from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
+from protocol.witness import witness_limit
 from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.store import Record, VerifierStore
 
@@ -95,6 +96,7 @@ class Options:
     max_prover_trainings: int = LIMITS["n_subsets"]
     fresh_samples: int = 0
     tau: float | None = None  # CHECKEQUIV tolerance; None: the task's; never below the task's
+    witness_limit: float | None = None  # witness route: per-value bound; None: 1 % of epsilon
     rho0: float = 0.2
     p: float = 0.5
     honest_err: float = 0.0  # baselines only: their threshold is (epsilon + honest_err) / 2
@@ -108,7 +110,7 @@ class Options:
     def validate(self) -> None:
         """Refuse bad options before any traffic (the user's error, not the Prover's)."""
         choices = {
-            "protocol": (self.protocol, ("interactive", "noninteractive", "naive")),
+            "protocol": (self.protocol, ("interactive", "noninteractive", "naive", "witness")),
             "estimator": (self.estimator, ("gap", "residual")),
             "aggregate": (self.aggregate, ("mean", "max")),
             "validity": (self.validity, ("clt", "finite")),
@@ -316,7 +318,8 @@ class _Run:
         o = self.opts
         n_subsets = len(make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0,
                                     sizes.pairs_per_level))  # fmt: skip
-        k = min(sizes.spot_checks, n_subsets)
+        witness = o.protocol == "witness"  # every subset checked by its witness: no spot-checks
+        k = 0 if witness else min(sizes.spot_checks, n_subsets)
         chooser = (
             secrets.SystemRandom() if o.seed is None else random.Random(self.random("spots", 16))  # noqa: S311 - tests only
         )
@@ -342,7 +345,9 @@ class _Run:
             layout=o.layout,  # type: ignore[arg-type]
             aggregate=o.aggregate,  # type: ignore[arg-type]
             validity=o.validity,  # type: ignore[arg-type]
-        )
+            witness_limit=(o.witness_limit or witness_limit(sizes.epsilon, task.bound, make_design(
+                o.layout, bytes(32), task.n_train, o.p, o.rho0, 2).rhos)) if witness else None,
+        )  # fmt: skip
         signed = sign_message(self.key, challenge)
         secret = {"spot_checks": spots, "salt": salt.hex(), "sizes": sizes.__dict__,
                   "requested": {"epsilon": o.epsilon, "delta": o.delta,
@@ -517,6 +522,25 @@ def post_verdict(
     store.update(record_id, posted_at=time.time(), log_head_json=head)
 
 
+def _witness(
+    run: _Run, record: Record, challenge: Challenge, task: TaskBase, model: Datamodel,
+    design: Design, response: SignedMessage | None, values: NDArray[np.float64],
+) -> Decision:  # fmt: skip
+    """The witness route's check and decision (:mod:`verifier_client.witness`)."""
+    from verifier_client import witness as route_module
+
+    assert response is not None  # noqa: S101 - check_response returned no error
+    t0 = time.perf_counter()
+    manifest = ResponseManifest.model_validate(response.payload)
+    try:
+        route = route_module.check_route(run.client, challenge, manifest, task, design, values)
+    except VerificationError as exc:
+        return abort_decision(exc, epsilon=challenge.epsilon, delta=challenge.delta)
+    run.tick("witness_check", t0)
+    run.store.update(record.id, spot_json=json.dumps({"witness": route.figures()}))
+    return route_module.witness_decision(challenge, task, model, design, route)
+
+
 def certify_challenge(
     challenge: Challenge, task: Task, model: Datamodel, design: Design,
     values: NDArray[np.float64], spot_checks: int,
@@ -569,6 +593,8 @@ def run_verification(
     ``notify(sentence)`` with what the user should know now (kept in the result's ``notes``)."""
     from verifier_client import baselines
 
+    if opts.protocol == "witness" and opts.spot_checks is None:
+        opts = replace(opts, spot_checks=0)  # the witness route draws no spot-checks
     if resume is None:
         opts.validate()  # before any traffic: a bad option is the user's error, not the Prover's
     if client.key is None:
@@ -599,7 +625,7 @@ def run_verification(
     else:
         content = record.attribution_hash
         _, model = client.attribution(content)
-    if opts.protocol != "interactive":
+    if opts.protocol not in ("interactive", "witness"):
         return baselines.run(run, task, task_hash, content, model, record)
     # 2-3. size and challenge
     if record is None:
@@ -624,6 +650,9 @@ def run_verification(
     if bad is not None:
         decision = abort_decision(bad, epsilon=challenge.epsilon, delta=challenge.delta)
         return run.finish(record, decision, sid, response)
+    if opts.protocol == "witness":  # 5-6. every subset's witness instead of spot-checks
+        return run.finish(record, _witness(run, record, challenge, task, model, design, response,
+                                           values), sid, response)  # fmt: skip
     # 5. spot-checks
     report = run.spot_check(task, design, spots, values, probes, challenge.tau)
     store.update(record.id, spot_json=json.dumps(report.as_dict() | {"device_class": {
