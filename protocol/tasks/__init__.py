@@ -4,7 +4,8 @@ A task reference is either
 
 * a built-in name, optionally with parameters: ``planted`` or
   ``planted:n_train=1000,n_targets=5,b3=0.05`` (values parsed as int, then float, then string).
-  Built in: ``planted``, ``digits-logreg``, ``digits-mlp``, ``cifar10-resnet:data_dir=PATH``;
+  Built in: ``planted``, ``digits-logreg``, ``digits-mlp``, ``cifar10-resnet:data_dir=PATH``,
+  ``linear-probe:features=FILE.npz`` (certifiable: :mod:`protocol.tasks.linear_probe`);
 * ``path/to/file.py:FACTORY``, where ``FACTORY()`` returns an object meeting :class:`Task`.
 
 :func:`load_task` resolves both forms and returns a :class:`TaskBase` (a user's object is
@@ -39,6 +40,7 @@ __all__ = [
     "Differentiable",
     "DigitsLogReg",
     "DigitsMLP",
+    "LinearProbe",
     "PlantedSpectrum",
     "PlantedTask",
     "Task",
@@ -58,6 +60,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "digits-logreg": "protocol.tasks.digits:DigitsLogReg",
     "digits-mlp": "protocol.tasks.digits:DigitsMLP",
     "cifar10-resnet": "protocol.tasks.cifar:CifarResNet",
+    "linear-probe": "protocol.tasks.linear_probe:LinearProbe",
 }
 _CLASSES = {
     "PlantedTask": "protocol.tasks.planted",
@@ -65,6 +68,7 @@ _CLASSES = {
     "DigitsLogReg": "protocol.tasks.digits",
     "DigitsMLP": "protocol.tasks.digits",
     "CifarResNet": "protocol.tasks.cifar",
+    "LinearProbe": "protocol.tasks.linear_probe",
 }
 
 

@@ -15,7 +15,9 @@ is reproducible), ``torch.use_deterministic_algorithms(True)``, cuDNN autotuning
 ``CUBLAS_WORKSPACE_CONFIG`` set on CUDA; the previous settings are restored afterwards.
 ``probes(model)`` (optional) adds the outputs on a public probe set to CHECKEQUIV's fingerprint;
 ``train_batch(list of indices, list of seeds) -> list of models`` (optional) trains several
-models in one call when your code can batch them.
+models in one call when your code can batch them. ``certifiable=`` (optional) declares a
+strongly convex objective whose optimum your ``train`` returns (:mod:`protocol.tasks.certifiable`):
+the Verifier can then check every subset by a gradient (``verify --protocol witness``).
 
 What you must still declare is ``tau``: ordinary float32 code gives different last bits on
 different CPUs (AVX2 or AVX-512), thread counts and GPUs, and training amplifies them. Run
@@ -39,6 +41,7 @@ from numpy.typing import NDArray
 from protocol.checks import as_mask_matrix
 from protocol.errors import InvalidParameterError, TaskError
 from protocol.tasks.base import TaskBase, TrainingOutputs
+from protocol.tasks.certifiable import Certifiable
 from protocol.tasks.trained import pick_device, torch_device_class
 
 __all__ = ["TorchTask"]
@@ -75,6 +78,7 @@ class TorchTask(TaskBase):
         train_batch: TrainMany | None = None,
         chunk_size: int = 16,
         device: str | None = "cpu",
+        certifiable: Certifiable | None = None,
     ) -> None:
         if (train is None) == (train_batch is None):
             raise InvalidParameterError(f"task {name!r}: give exactly one of train, train_batch")
@@ -86,6 +90,13 @@ class TorchTask(TaskBase):
         self._train, self._train_batch = train, train_batch
         self._outputs, self._probes = outputs, probes
         self._spec = dict(spec)
+        self._certifiable = certifiable
+
+    def certifiable(self) -> Certifiable | None:
+        """Your convex objective, if you declared one (``certifiable=``): then ``train`` must
+        return the model at its exact optimum, and the witness route checks each subset with one
+        gradient (:mod:`protocol.tasks.certifiable`, docs/certified-optimality.md)."""
+        return self._certifiable
 
     def spec(self) -> dict[str, Any]:
         """The user's spec, plus what the adapter fixes: determinism settings and versions."""

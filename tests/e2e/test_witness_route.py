@@ -3,8 +3,8 @@
 A real uvicorn Prover on loopback serving ``digits-logreg:certifiable=1``; the Verifier's
 ``run_verification`` with ``protocol="witness"`` on 4 shared bases (|E| = 16) and the per-value
 limit a challenge at epsilon = 0.05 states (4.1e-7), so every witness must be polished to the
-float64 floor. epsilon itself is set far above what 4 bases certify under ``finite`` validity (6.8e4)
-(the check, not the statistics, is under test here).
+float64 floor. epsilon itself is set far above what 4 bases certify under ``finite``
+validity (6.8e4): the check, not the statistics, is under test here.
 
 * The honest Prover whose witnesses come from another code path (float32 torch L-BFGS, then
   scipy Newton-CG with torch-autograd gradients: tests/fixtures/other_solver_logreg.py, same
@@ -32,6 +32,7 @@ TASK = "digits-logreg:certifiable=1"
 OTHER_PATH = str(Path(__file__).parents[1] / "fixtures" / "other_solver_logreg.py") + ":make_task"
 LIMIT = witness_limit(0.05, 16.0, (0.0, 0.2, 0.4))
 KEY = generate_key()
+pytestmark = pytest.mark.slow  # a Prover per case; about 40 s each under load
 
 
 def verify(url: str, root: Path) -> dict:  # type: ignore[type-arg]
