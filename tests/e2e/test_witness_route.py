@@ -68,3 +68,23 @@ def test_each_witness_attack_is_aborted(tmp_path: Path, kind: str) -> None:
     assert (result["verdict"], result["reason"]) == ("abort", "witness_rejected")
     assert result["figures"]["witness_rejected"] == 16  # every subset it touched
     assert "subset" in result["detail"] and "gradient norm" in result["detail"]
+
+
+def test_linear_probe_on_bundled_features_end_to_end(tmp_path: Path) -> None:
+    """linear-probe on wine features (tests/protocol/test_linear_probe.py), 256 bases, clt,
+    the limit from epsilon itself: the honest Prover is certified at epsilon = 0.05 (measured
+    U = 0.022) with every
+    one of the 1,024 subsets checked by its witness."""
+    from tests.protocol.test_linear_probe import wine_features
+
+    wine_features(tmp_path / "wine.npz")
+    task = f"linear-probe:features={tmp_path / 'wine.npz'}"
+    opts = Options(task=task, epsilon=0.05, protocol="witness", pairs_per_level=256,
+                   validity="clt", budget=2000, poll_s=0.05, seed=b"probe")  # fmt: skip
+    with serve_prover(tmp_path / "p", task) as url, httpx.Client(base_url=url, timeout=120) as h:
+        store = VerifierStore(f"sqlite:///{tmp_path}/v.db")
+        result = run_verification(ProverClient(h, key=KEY), store, KEY, opts, url)
+    assert result["verdict"] == "accept", (result["reason"], result.get("detail"))
+    assert result["figures"]["witness_rejected"] == 0
+    assert result["figures"]["witness_gradient_passes"] == 1024
+    assert result["local_trainings"] == 0  # the Verifier trained nothing
