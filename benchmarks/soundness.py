@@ -326,7 +326,12 @@ def main() -> None:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--before-reps", type=int, default=50, help="0 skips the old-sizes table")
+    ap.add_argument("--witness-runs", type=int, default=0, help="witness attacks: runs per row")
     args = ap.parse_args()
+    if args.witness_runs:  # the witness route's rows (section at the end of this file)
+        print(json.dumps({"benchmark": "soundness", "witness": witness_rows(args.witness_runs)},
+                         indent=1))  # fmt: skip
+        return
     before = before_regime(args.before_reps, args.seed + 2) if args.before_reps else None
     eps = {"mean": args.epsilon_mean, "max": args.epsilon_max}
     offset = {"mean": 0, "max": 1}
@@ -343,6 +348,50 @@ def main() -> None:
             fh.write(text + "\n")
     if args.plot and results:
         plot(results, args.plot)
+
+
+# -- the witness route (docs/certified-optimality.md) ----------------------------------------
+def witness_rows(runs: int, bases: int = 4, epsilon: float = 0.05) -> list[dict[str, Any]]:
+    """One row per attack of :mod:`protocol.witness_adversaries` on digits-logreg:certifiable=1:
+    ``runs`` challenges of ``bases`` shared bases, each lie moving values by 10x the limit a
+    challenge at ``epsilon`` states; the Verifier checks every subset, so a run is accepted only
+    if no subset is rejected. Honest first (0 rejected expected).
+
+        OMP_NUM_THREADS=1 python benchmarks/soundness.py --witness-runs 5
+    """
+    import numpy as np
+
+    from protocol.sampling import SharedBaseDesign
+    from protocol.tasks import load_task
+    from protocol.witness import check_witnesses, witness_limit
+    from protocol.witness_adversaries import WITNESS_ATTACKS, tamper_witnesses
+
+    problem = load_task("digits-logreg:certifiable=1").certifiable()
+    assert problem is not None
+    out = []
+    for kind in ("honest", *WITNESS_ATTACKS):
+        accepted, rejected, subsets, moved = 0, 0, 0, 0.0
+        for run_i in range(runs):
+            seed = f"witness-soundness-{run_i}".encode().ljust(32, b"\0")
+            design = SharedBaseDesign.saunshi(seed, problem.n, 0.5, 0.2, bases)
+            masks = design.masks()
+            limit = witness_limit(epsilon, problem.bound, design.rhos)
+            theta = problem.witnesses(masks, design.seeds(), limit / 4)
+            values = problem.outputs(theta)
+            if kind != "honest":
+                rng = np.random.default_rng(run_i)
+                bad, lies = tamper_witnesses(kind, problem, theta, masks, values,
+                                             shift=10 * limit, rng=rng)  # fmt: skip
+                moved = max(moved, float(np.abs(lies - values).max()))
+                theta, values = bad, lies
+            check = check_witnesses(problem, theta, masks, values, limit)
+            rejected += len(check.rejected)
+            subsets += len(masks)
+            accepted += int(not check.rejected)
+        out.append({"adversary": kind, "runs": runs, "accepted": accepted,
+                    "subsets_checked": subsets, "subsets_rejected": rejected,
+                    "largest_value_lie": moved, "limit": limit})  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":
