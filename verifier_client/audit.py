@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from protocol.checkequiv import check_equiv
 from protocol.datamodel import Datamodel
 from protocol.decision import decide
-from protocol.errors import ProtocolError
+from protocol.errors import BadResponseError, ProtocolError
 from protocol.messages import (
     AttributionManifest,
     Challenge,
@@ -49,7 +50,7 @@ from protocol.messages import (
     commit_spot_checks,
 )
 from protocol.signing import SignedMessage, open_signed
-from protocol.tasks import Task, spec_hash
+from protocol.tasks import Task, declared, spec_hash
 from protocol.transparency import (
     LogProofError,
     TreeHead,
@@ -97,8 +98,11 @@ def fetch_bundle(client: ProverClient, session_id: str, key: Any) -> dict[str, A
     raw = client._call("GET", f"/v1/attributions/{content}/datamodel").content
     blobs[hashlib.sha256(raw).hexdigest()] = base64.b64encode(raw).decode()
     if transcript.get("response"):
-        for name in ("values", "probes"):
-            sha = transcript["response"]["payload"][name]["sha256"]
+        payload = transcript["response"]["payload"]
+        for name in ("values", "probes", "witness"):
+            if payload.get(name) is None:  # the witness only on the witness route
+                continue
+            sha = payload[name]["sha256"]
             data = client._call("GET", f"/v1/arrays/{sha}").content
             blobs[hashlib.sha256(data).hexdigest()] = base64.b64encode(data).decode()
     return {"transcript": transcript, "blobs": blobs}
@@ -166,6 +170,9 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
 
     design = challenge.design(task.n_train)
     values = values.astype(np.float64)
+    if challenge.witness_limit is not None:  # the witness route: no spot-checks to re-train
+        return _audit_witness(rep, bundle, challenge, response, task, model, design, values,
+                              dict(verdict.figures))  # fmt: skip
     bad = None
     if (
         values.shape != (len(design), task.n_targets)
@@ -204,6 +211,38 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
         )
     decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert,
                       spot=report, bad_response=bad)  # fmt: skip
+    rep.recomputed = f"{decision.verdict}:{decision.reason}"
+    return rep
+
+
+def _audit_witness(
+    rep: AuditReport, bundle: dict[str, Any], challenge: Challenge, response: ResponseManifest,
+    task: Task, model: Datamodel, design: Any, values: NDArray[np.float64],
+    figures: dict[str, float],
+) -> AuditReport:  # fmt: skip
+    """The witness route's recomputation (verifier_client.witness): every subset's check and
+    the certificate, from the bundle's witness."""
+    from verifier_client import witness as route_module
+
+    try:
+        if response.witness is None:
+            raise BadResponseError("the response carries no witness")
+        blob = _blob(bundle, response.witness.sha256)
+        theta = np.asarray(array_from_npy(response.witness, blob), dtype=np.float64)
+        route = route_module.route_from_arrays(challenge, declared(task), design, theta, values,
+                                               len(blob))  # fmt: skip
+    except ProtocolError as exc:
+        rep.add("witness readable", False, str(exc))
+        return rep
+    rep.add("witness rejections recomputed", len(route.rejected) == figures.get(
+        "witness_rejected", -1), f"{len(route.rejected)} rejected here")  # fmt: skip
+    decision = route_module.witness_decision(challenge, declared(task), model, design, route)
+    if decision.certificate is not None:
+        recorded = figures.get("certified_epsilon", math.inf)
+        here = decision.certificate.certified_epsilon
+        rep.add("certificate recomputed from the transcript",
+                math.isclose(here, recorded, rel_tol=1e-9, abs_tol=1e-12),
+                f"certified epsilon {here:.6g} here, {recorded:.6g} recorded")  # fmt: skip
     rep.recomputed = f"{decision.verdict}:{decision.reason}"
     return rep
 

@@ -33,7 +33,13 @@ from protocol.tasks.certifiable import certifiable_of
 from protocol.witness import Rejection, WitnessCheck, check_witnesses
 from verifier_client.client import ProverClient
 
-__all__ = ["WitnessRoute", "check_route", "witness_certificate", "witness_decision"]
+__all__ = [
+    "WitnessRoute",
+    "check_route",
+    "route_from_arrays",
+    "witness_certificate",
+    "witness_decision",
+]
 
 
 @dataclass(frozen=True)
@@ -91,12 +97,23 @@ def check_route(
         raise BadResponseError(f"witness of {ref.dtype} {tuple(ref.shape)}; need <f8 {want}")
     before = client.bytes_received
     theta = np.asarray(client.array(ref), dtype=np.float64)
-    size = client.bytes_received - before
+    return route_from_arrays(challenge, task, design, theta, reported,
+                             client.bytes_received - before)  # fmt: skip
+
+
+def route_from_arrays(
+    challenge: Challenge, task: TaskBase, design: StabilityDesign, theta: NDArray[np.float64],
+    reported: NDArray[np.float64], witness_bytes: int,
+) -> WitnessRoute:  # fmt: skip
+    """The check on arrays already in hand (the session's download, or an audit's bundle)."""
+    cert = certifiable_of(task)
+    if cert is None or challenge.witness_limit is None:
+        raise InvalidParameterError(f"task {task.name!r} or its challenge has no witness route")
     t0 = time.process_time()
     check = check_witnesses(cert, theta, design_masks(design), reported, challenge.witness_limit)
     cpu = time.process_time() - t0
     return WitnessRoute(check.values, check.tau, check.rejected, check.limit, cpu,
-                        check.gradient_passes, size, check)  # fmt: skip
+                        check.gradient_passes, witness_bytes, check)  # fmt: skip
 
 
 def design_masks(design: StabilityDesign) -> NDArray[np.bool_]:

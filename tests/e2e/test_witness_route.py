@@ -21,9 +21,11 @@ import httpx
 import pytest
 
 from protocol.signing import generate_key
+from protocol.tasks import load_task
 from protocol.witness import witness_limit
 from protocol.witness_adversaries import WITNESS_ATTACKS
 from tests.serving import serve_prover
+from verifier_client.audit import audit, fetch_bundle
 from verifier_client.client import ProverClient
 from verifier_client.session import Options, run_verification
 from verifier_client.store import VerifierStore
@@ -83,7 +85,11 @@ def test_linear_probe_on_bundled_features_end_to_end(tmp_path: Path) -> None:
                    validity="clt", budget=2000, poll_s=0.05, seed=b"probe")  # fmt: skip
     with serve_prover(tmp_path / "p", task) as url, httpx.Client(base_url=url, timeout=120) as h:
         store = VerifierStore(f"sqlite:///{tmp_path}/v.db")
-        result = run_verification(ProverClient(h, key=KEY), store, KEY, opts, url)
+        client = ProverClient(h, key=KEY)
+        result = run_verification(client, store, KEY, opts, url)
+        bundle = fetch_bundle(client, result["session"], KEY)
+    report = audit(bundle, load_task(task))  # a third party recomputes the same decision
+    assert report.ok and report.recomputed == report.recorded == "accept:certified"
     assert result["verdict"] == "accept", (result["reason"], result.get("detail"))
     assert result["figures"]["witness_rejected"] == 0
     assert result["figures"]["witness_gradient_passes"] == 1024
