@@ -289,6 +289,7 @@ def before_regime(reps: int, seed: int) -> dict[str, Any]:
 SWEEP_P = (0.02, 0.05, 0.1, 0.3, 0.5)
 SWEEP_NOISE = (0.0, 0.02, 0.2)
 SWEEP_ADVERSARIES = ("extreme", "quiet", "neutral")
+ATTACK_AT = (1.0,)  # err / epsilon where the adversaries are run: the boundary, the hardest
 
 
 def simulate_shared(
@@ -312,8 +313,10 @@ def sweep_cell(
     training example, err = c epsilon exactly) on a planted task at subset fraction p and seed
     noise ``noise``, n shared bases, k = ceil(|E| / 10) spot-checks, epsilon = Var f / 4.
 
-    Honest: coverage (U >= err) at c = 1/2 and 1, and acceptance at c = 1/2 (completeness).
-    Every adversary at c = 1 and 2, for every count of strategic_counts (up to 2 m* + 2):
+    Spot-checks are whole bases (k = ceil(n / 10), a tenth of E's trainings), so m* counts
+    corrupted bases. Honest: coverage (U >= err) at c = 1/2 and 1, and acceptance at c = 1/2
+    (completeness).
+    Every adversary at c = 1 (the boundary), for every count of strategic_counts (up to 2 m* + 2):
     P(accept) = mean over challenges of P(all k checks miss the m values) x 1[accept]; the
     row reported is the adversary's best count. ``validity``: None is the product's default
     (:func:`protocol.certificate.default_validity`)."""
@@ -322,20 +325,21 @@ def sweep_cell(
     spec = task.spectrum(p)
     epsilon = 0.25 * float(spec.variance.mean())
     opt = task.optimal_datamodel(p)
-    models = {c: concentrated_error(opt, 0, c * epsilon, p) for c in (0.5, 1.0, 2.0)}
+    models = {c: concentrated_error(opt, 0, c * epsilon, p) for c in (0.5, 1.0)}
     truth = {c: float(task.err(g, p).mean() if aggregate == "mean" else task.err(g, p).max())
              for c, g in models.items()}  # fmt: skip
     ranges = {c: g.output_range() for c, g in models.items()}
     n_sub = 4 * n
-    k = math.ceil(n_sub / 10)
+    k = math.ceil(n / 10)  # whole bases checked: a tenth of E's trainings
     d_spot = delta / 2
-    m_star = max_undetected(n_sub, k, d_spot)
-    counts = strategic_counts(n_sub, k, d_spot)
+    m_star = max_undetected(n, k, d_spot)
+    counts = strategic_counts(n, k, d_spot)
     chosen = validity or default_validity(p, n)
     rng = np.random.default_rng(seed)
     honest_cover: dict[float, list[bool]] = {0.5: [], 1.0: []}
     honest_accept: list[bool] = []
     u_half: list[float] = []
+    sources: list[str] = []
     attack: dict[tuple[str, float, int], list[float]] = {}
     t0 = time.time()
     for _ in range(reps):
@@ -344,18 +348,21 @@ def sweep_cell(
         for c, g in models.items():
             preds = g.predict(masks)
 
-            def cert(values: Any, preds: Any = preds, c: float = c) -> Any:
+            def cert(
+                values: Any, checked: Any, preds: Any = preds, c: float = c, design: Any = design
+            ) -> Any:
                 return certify(values, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
-                               spot_checks=k, bound=task.bound, validity=chosen,  # type: ignore[arg-type]
+                               checked=checked, bound=task.bound, validity=chosen,  # type: ignore[arg-type]
                                prediction_range=ranges[c], detail=False)  # fmt: skip
 
             if c <= 1.0:
-                honest = cert(f)
+                honest = cert(f, rng.choice(n, k, replace=False))
                 honest_cover[c].append(honest.certified_epsilon >= truth[c])
                 if c == 0.5:
                     honest_accept.append(honest.accepts(epsilon))
                     u_half.append(honest.certified_epsilon)
-            if c < 1.0:
+                    sources.append(honest.source)
+            if c not in ATTACK_AT:
                 continue
             for name in SWEEP_ADVERSARIES:
                 for m in counts:
@@ -367,22 +374,31 @@ def sweep_cell(
                     else:
                         bad = corrupt_neutral(f, preds, design, m, bound=task.bound,
                                               aggregate=aggregate)  # type: ignore[arg-type]  # fmt: skip
-                    w = pass_probability(n_sub, m, k)
-                    attack.setdefault((name, c, m), []).append(w * cert(bad).accepts(epsilon))
+                    # the check passes iff every checked base is clean: weight by its
+                    # probability and draw the checked bases among the clean ones
+                    touched = np.unique(np.flatnonzero(np.any(bad != f, axis=1)) // 4)
+                    w = pass_probability(n, len(touched), k)
+                    if w <= 0.0:
+                        attack.setdefault((name, c, m), []).append(0.0)
+                        continue
+                    clean = np.setdiff1d(np.arange(n), touched)
+                    seen = cert(bad, rng.choice(clean, k, replace=False))
+                    attack.setdefault((name, c, m), []).append(w * seen.accepts(epsilon))
     rows = []
     for name in SWEEP_ADVERSARIES:
-        for c in (1.0, 2.0):
+        for c in ATTACK_AT:
             by_m = {m: float(np.mean(attack[(name, c, m)])) for m in counts}
             worst = max(by_m, key=lambda m: by_m[m])
             rows.append({"adversary": name, "err_over_eps": c, "worst_m": worst,
                          "p_accept": by_m[worst], "by_count": by_m})  # fmt: skip
     return {
         "p": p, "noise": noise, "aggregate": aggregate, "validity": chosen, "pairs": n,
-        "n_subsets": n_sub, "spot_checks": k, "max_corrupted": m_star, "epsilon": epsilon,
+        "n_subsets": n_sub, "checked_bases": k, "max_corrupted": m_star, "epsilon": epsilon,
         "delta": delta, "reps": reps, "exact_err": truth,
         "honest_coverage": {str(c): float(np.mean(v)) for c, v in honest_cover.items()},
         "completeness_half_eps": float(np.mean(honest_accept)),
         "median_U_half_eps": float(np.median(u_half)),
+        "trusted_share_half_eps": float(np.mean([x == "trusted" for x in sources])),
         "adversaries": rows, "seconds": time.time() - t0,
     }  # fmt: skip
 
