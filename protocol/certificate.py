@@ -80,7 +80,7 @@ Arrays: ``values``, ``predictions`` (|E|, Z) float64; per-target outputs (Z,).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -102,12 +102,14 @@ __all__ = [
     "VALIDITIES",
     "Validity",
     "certify",
+    "checked_groups",
     "clt_refusal",
     "default_validity",
     "max_undetected",
     "pass_probability",
     "pilot_figures",
     "plan_certificate",
+    "group_subsets",
     "predicted_width",
     "upper_bias_coefficient",
     "variance_lower_bound",
@@ -428,6 +430,36 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def default_validity(p: float, pairs_per_level: int) -> Validity:
     """The product's choice: ``clt`` where :func:`clt_refusal` allows it, else ``betting``."""
     return "clt" if clt_refusal(p, pairs_per_level) is None else "betting"
+
+
+def group_subsets(design: StabilityDesign, groups: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The subsets (design order, sorted) of pair-sum groups j: a base and its partners on the
+    shared-base layout, the j-th pair of every level on the pair layout."""
+    levels, n = len(design.rhos), int(design.pairs_per_level)
+    j = np.asarray(groups, dtype=np.int64)
+    if getattr(design, "layout", "pairs") == "shared-base":
+        out = (1 + levels) * j[:, None] + np.arange(1 + levels)[None, :]
+    else:
+        pair = np.arange(levels)[None, :] * n + j[:, None]
+        out = np.concatenate([2 * pair, 2 * pair + 1], axis=1)
+    return np.asarray(np.sort(out.ravel()), dtype=np.int64)
+
+
+def checked_groups(design: StabilityDesign, spots: Sequence[int]) -> NDArray[np.int64] | None:
+    """The groups j whose every subset is in ``spots``, if ``spots`` is exactly their union
+    (None otherwise, and for an empty set)."""
+    idx = np.unique(np.asarray(list(spots), dtype=np.int64))
+    if len(idx) == 0:
+        return None
+    levels, n = len(design.rhos), int(design.pairs_per_level)
+    if getattr(design, "layout", "pairs") == "shared-base":
+        owner = idx // (1 + levels)
+    else:
+        owner = (idx // 2) % n
+    groups = np.unique(owner)
+    if len(groups) >= n + 1 or not np.array_equal(group_subsets(design, groups), idx):
+        return None
+    return np.asarray(groups, dtype=np.int64)
 
 
 def clt_refusal(p: float, pairs_per_level: int) -> str | None:

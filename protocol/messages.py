@@ -151,7 +151,7 @@ class Challenge(_Message):
     # Left out of the payload at their defaults, so earlier challenges keep their bytes.
     layout: Literal["pairs", "shared-base"] = "pairs"
     aggregate: Literal["mean", "max"] = "mean"
-    validity: Literal["clt", "finite"] = "clt"
+    validity: Literal["clt", "finite", "betting"] = "clt"
 
     @model_serializer(mode="wrap")
     def _leave_out_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
