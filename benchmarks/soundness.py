@@ -353,7 +353,8 @@ def sweep_cell(
             ) -> Any:
                 return certify(values, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
                                checked=checked, bound=task.bound, validity=chosen,  # type: ignore[arg-type]
-                               prediction_range=ranges[c], detail=False)  # fmt: skip
+                               prediction_range=ranges[c], detail=False,
+                               decide_at=None if c == 0.5 else epsilon)  # fmt: skip
 
             if c <= 1.0:
                 honest = cert(f, rng.choice(n, k, replace=False))
@@ -403,18 +404,23 @@ def sweep_cell(
     }  # fmt: skip
 
 
-def sweep(reps: int, n: int, delta: float, seed: int, cells: str | None) -> list[dict[str, Any]]:
-    """Issue 18's grid: p x seed noise x aggregate (``cells`` filters "p:noise:agg,...")."""
+def sweep(
+    reps: int, n: int, delta: float, seed: int, cells: str | None, out_path: str | None = None
+) -> list[dict[str, Any]]:
+    """Issue 18's grid: p x seed noise x aggregate, or only ``cells`` ("p:noise:agg,...", in
+    that order). Each finished cell is printed and, with ``out_path``, the file rewritten."""
+    grid = [(p, z, a) for p in SWEEP_P for z in SWEEP_NOISE for a in ("mean", "max")]
+    seeds = {(f"{p:g}", f"{z:g}", a): seed + i for i, (p, z, a) in enumerate(grid)}
+    keys = list(seeds) if not cells else [tuple(c.split(":")) for c in cells.split(",")]
     out = []
-    todo = None if not cells else {tuple(c.split(":")) for c in cells.split(",")}
-    for i, (p, noise, agg) in enumerate(
-        (p, z, a) for p in SWEEP_P for z in SWEEP_NOISE for a in ("mean", "max")
-    ):
-        if todo is not None and (f"{p:g}", f"{noise:g}", agg) not in todo:
-            continue
-        cell = sweep_cell(p, noise, agg, reps, n, delta, seed + i)
+    for key in keys:
+        p, noise, agg = float(key[0]), float(key[1]), key[2]
+        cell = sweep_cell(p, noise, agg, reps, n, delta, seeds[key])  # type: ignore[index]
         print(json.dumps({k: v for k, v in cell.items() if k != "adversaries"}), flush=True)
         out.append(cell)
+        if out_path:
+            with open(out_path, "w") as fh:
+                fh.write(json.dumps({"benchmark": "soundness-sweep", "cells": out}, indent=1))
     return out
 
 
@@ -474,7 +480,7 @@ def main() -> None:
     ap.add_argument("--cells", default=None, help='sweep only these, e.g. "0.05:0.02:mean"')
     args = ap.parse_args()
     if args.sweep:
-        cells = sweep(args.reps, args.sweep_pairs, args.delta, args.seed, args.cells)
+        cells = sweep(args.reps, args.sweep_pairs, args.delta, args.seed, args.cells, args.out)
         text = json.dumps({"benchmark": "soundness-sweep", "cells": cells}, indent=1)
         print(text)
         if args.out:

@@ -121,6 +121,7 @@ def betting_upper(
     row_upper: FloatArray | None = None,
     slack: FloatArray | None = None,
     horizon: int | None = None,
+    stop_above: FloatArray | None = None,
 ) -> FloatArray:
     """Upper confidence bound (C,) at level 1 - delta on the mean of i.i.d. honest values that
     lie below ``upper`` (C,), from ``values`` (n, C) in an order fixed before they were seen, of
@@ -130,7 +131,10 @@ def betting_upper(
 
     Trusted values (``corrupted = 0``, no slack) use predictable plug-in bets tuned for
     ``horizon`` rows (default n): anytime-valid, and tighter than the grid. Otherwise the bets
-    are the fixed grid, which an adversary cannot steer."""
+    are the fixed grid, which an adversary cannot steer. ``stop_above`` (C,): where the bound
+    is known to exceed it (the capital there is below 1/delta), +inf is returned after one
+    evaluation instead of the bound (for a decision at a threshold; the product never uses it).
+    """
     y = np.asarray(values, dtype=np.float64)
     if y.ndim != 2 or y.shape[0] < 1:
         raise ShapeError(f"values must be (n, C) with n >= 1; got {y.shape}")
@@ -168,6 +172,15 @@ def betting_upper(
     # at m = lo every term is <= 0 and the capital <= 1 < 1/delta: never rejected
     lo = np.minimum(z.min(axis=0), hi) - 1e-12 * (1.0 + np.abs(hi))
     top = hi.copy()
+    above = np.zeros(cols, dtype=bool)
+    if stop_above is not None:
+        probe = np.broadcast_to(np.asarray(stop_above, dtype=np.float64), (cols,))
+        inside = (probe > lo) & (probe < hi)
+        if np.any(inside):
+            hit = capital(np.where(inside, probe, lo)[None, :])[0] >= target
+            above = inside & ~hit
+            top = np.where(inside & hit, probe, top)
+        above |= probe <= lo
     # bisection (the capital is increasing in m) to 1e-6 of the initial bracket
     tol = 1e-6 * (top - lo) + 1e-12 * (1.0 + np.abs(top))
     for _ in range(_ITERATIONS):
@@ -175,9 +188,9 @@ def betting_upper(
         rejected = capital(mid[None, :])[0] >= target
         top = np.where(rejected, mid, top)
         lo = np.where(rejected, lo, mid)
-        if np.all(top - lo <= tol):
+        if np.all((top - lo <= tol) | above):
             break
-    return np.asarray(top)
+    return np.asarray(np.where(above, np.inf, top))
 
 
 def betting_lower(
