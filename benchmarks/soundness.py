@@ -424,6 +424,34 @@ def sweep(
     return out
 
 
+def sweep_tables(paths: list[str]) -> str:
+    """The two tables of docs/soundness.md from sweep JSON files: soundness (the worst
+    adversary's P(accept) at err = epsilon, with its count) and honest coverage/completeness."""
+    cells = []
+    for path in paths:
+        with open(path) as fh:
+            cells += json.load(fh)["cells"]
+    cells.sort(key=lambda c: (c["aggregate"], c["p"], c["noise"]))
+    head = ("| aggregate | p | seed noise | validity | reps | m* | " +
+            " | ".join(f"{a}: P(accept), worst m" for a in SWEEP_ADVERSARIES) + " |")  # fmt: skip
+    lines = [head, "|" + "---|" * (6 + len(SWEEP_ADVERSARIES))]
+    for c in cells:
+        worst = {r["adversary"]: r for r in c["adversaries"] if r["err_over_eps"] == 1.0}
+        cols = [f"{worst[a]['p_accept']:.3f} (m = {worst[a]['worst_m']})" for a in
+                SWEEP_ADVERSARIES]  # fmt: skip
+        row = f"| {c['aggregate']} | {c['p']:g} | {c['noise']:g} | {c['validity']} | "
+        lines.append(row + f"{c['reps']} | {c['max_corrupted']} | " + " | ".join(cols) + " |")
+    lines += ["", "| aggregate | p | seed noise | validity | coverage at err = eps/2 | "
+              "coverage at err = eps | completeness at eps/2 | median U at eps/2 (eps) |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in cells:
+        cov = c["honest_coverage"]
+        lines.append(f"| {c['aggregate']} | {c['p']:g} | {c['noise']:g} | {c['validity']} | "
+                     f"{cov['0.5']:.3f} | {cov['1.0']:.3f} | {c['completeness_half_eps']:.3f} | "
+                     f"{c['median_U_half_eps']:.3g} ({c['epsilon']:.3g}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def plot(results: list[dict[str, Any]], path: str) -> None:
     import matplotlib
 
@@ -478,7 +506,11 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="issue 18's p x noise x aggregate grid")
     ap.add_argument("--sweep-pairs", type=int, default=1000, help="shared bases per challenge")
     ap.add_argument("--cells", default=None, help='sweep only these, e.g. "0.05:0.02:mean"')
+    ap.add_argument("--tables", nargs="*", default=None, help="print docs tables from sweep JSON")
     args = ap.parse_args()
+    if args.tables:
+        print(sweep_tables(args.tables))
+        return
     if args.sweep:
         cells = sweep(args.reps, args.sweep_pairs, args.delta, args.seed, args.cells, args.out)
         text = json.dumps({"benchmark": "soundness-sweep", "cells": cells}, indent=1)

@@ -859,7 +859,9 @@ def _bound_err(
         s_up, q_up = s_part.upper, q_part.upper
         u = (s_up + kappa * q_up) / (1.0 + kappa)
         u = np.where(np.isfinite(s_up) & np.isfinite(q_up), u, np.inf)
-        return u, u - s_up, q_up
+        with np.errstate(invalid="ignore"):  # inf - inf: no finite bias to report
+            bias = np.where(np.isfinite(u), u - s_up, 0.0)
+        return u, bias, q_up
 
     if detail or aggregate == "max":
         per_s, per_q = bound_all(
