@@ -249,3 +249,21 @@ def test_quiet_adversary_against_the_combined_clt_bound() -> None:
                        checked=rng.choice(clean, 100, replace=False), bound=task.bound)  # fmt: skip
         below += cert.certified_epsilon < 1.0
     assert _binomial_ok(below, 40, DELTA)
+
+
+def test_decide_at_gives_the_same_verdict() -> None:
+    # The benchmarks' shortcut: a betting bound known to exceed epsilon is reported as inf.
+    # The verdict at epsilon must be the same as the full bound's, on both sides of U.
+    task, _, runs = _rare_event_challenges(0.5, 0.2, 300, 4, 30)
+    g = concentrated_error(task.optimal_datamodel(0.5), 0, 0.2, 0.5)
+    rng = np.random.default_rng(1)
+    for design, masks, f in runs:
+        preds = g.predict(masks)
+        kw = {"delta": DELTA, "bound": task.bound, "prediction_range": g.output_range(),
+              "detail": False, "checked": rng.choice(300, 30, replace=False)}  # fmt: skip
+        full = certify(f, preds, design, **kw).certified_epsilon  # type: ignore[arg-type]
+        for eps in (0.99 * full, 1.01 * full, 0.5 * full, 3.0 * full):
+            quick = certify(f, preds, design, decide_at=eps, **kw)  # type: ignore[arg-type]
+            assert quick.accepts(eps) == (full <= eps)
+            if quick.accepts(eps):
+                assert quick.certified_epsilon == pytest.approx(full, rel=1e-5)
