@@ -975,6 +975,7 @@ def plan_certificate(
     spot_share: float = 0.5,
     n_targets_split: int = 1,
     layout: str = "pairs",
+    trusted: bool = False,
 ) -> CertificatePlan:
     """Smallest n pairs per level (with k = spot_fraction |E| spot-checks) such that a g with
     err = epsilon / 2 is accepted w.p. >= 1 - delta under the normal approximation:
@@ -982,14 +983,15 @@ def plan_certificate(
 
     ``sd_pair_sum``, ``mse``: from :func:`pilot_figures` (take an upper figure); for ``max``
     pass ``n_targets_split = Z``. ``layout``: ``pairs`` (|E| = 2 L n) or ``shared-base``
-    (|E| = (1 + L) n; ``sd_pair_sum`` then from a shared-base pilot).
+    (|E| = (1 + L) n; ``sd_pair_sum`` then from a shared-base pilot). ``trusted``: the
+    values are the Verifier's own (checking alone): m* = 0 and no delta for spot-checks.
     """
     eps = _check_positive_float("epsilon", epsilon)
     dlt = check_probability("delta", delta)
     frac = check_probability("spot_fraction", spot_fraction)
     levels = len(rhos)
     kappa = upper_bias_coefficient(np.asarray(rhos, dtype=np.float64))
-    d_spot = dlt * spot_share
+    d_spot = 0.0 if trusted else dlt * spot_share
     d_stat = (dlt - d_spot) / 2.0 / n_targets_split
     z_c = float(norm.ppf(1.0 - dlt))
 
@@ -999,7 +1001,7 @@ def plan_certificate(
     def margin(n: int) -> tuple[float, dict[str, float], int, int]:
         n_sub = per_j * n
         k = max(1, math.ceil(frac * n_sub))
-        m_star = max_undetected(n_sub, k, d_spot)
+        m_star = 0 if trusted else max_undetected(n_sub, k, d_spot)
         parts = predicted_width(n, m_star, sd_pair_sum, mse, d_stat, kappa)
         parts["completeness"] = z_c * sd_pair_sum / math.sqrt(n)
         return eps / 2 - sum(parts.values()), parts, k, m_star

@@ -304,6 +304,7 @@ class _Run:
                 epsilon, delta, sd_pair_sum=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
                 rhos=pilot.rhos, spot_fraction=o.spot_fraction, layout=o.layout,
                 n_targets_split=task.n_targets if o.aggregate == "max" else 1,
+                trusted=o.protocol == "noninteractive",  # checking alone: sized for itself
             )  # fmt: skip
             n, asked, predicted = plan.pairs_per_level, f"{plan.n_subsets:,}", plan.predicted_width
         except InvalidParameterError:  # no size reaches epsilon with this spread
