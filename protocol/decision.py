@@ -20,17 +20,28 @@ non-interactive protocol, the insecure naive one): accept iff a statistic <= a t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from protocol.certificate import Certificate
+import numpy as np
+from numpy.typing import NDArray
+
+from protocol.certificate import Certificate, certify, checked_groups
 from protocol.checkequiv import EquivReport, explain
 from protocol.errors import AbortReason, VerificationError
+
+if TYPE_CHECKING:
+    from protocol.datamodel import Datamodel
+    from protocol.messages import Challenge
+    from protocol.sampling import ChallengeDesign, SharedBaseDesign
 
 __all__ = [
     "AbortReason",
     "Decision",
     "abort_decision",
     "certificate_figures",
+    "certify_challenge",
     "decide",
     "decide_threshold",
 ]
@@ -61,6 +72,29 @@ def certificate_figures(cert: Certificate) -> dict[str, float]:
         "trim": float(cert.trim),
     }
     return {k: float(v) for k, v in raw.items() if math.isfinite(v)}
+
+
+def certify_challenge(
+    challenge: Challenge,
+    bound: float,
+    model: Datamodel,
+    design: ChallengeDesign | SharedBaseDesign,
+    values: NDArray[np.float64],
+    spots: Sequence[int],
+) -> Certificate:
+    """The certificate of a challenge's response, from its opened spot-check set: the one call
+    the session, ``vda-verifier audit`` and the Prover's audit page share.
+
+    A spot-check set that is a union of whole pair-sum groups (the Verifier's default: whole
+    bases) certifies with ``checked`` (m* over groups, and the checked groups' own bound);
+    any other set as uniformly drawn subsets (``spot_checks = |C|``, m* over subsets)."""
+    groups = checked_groups(design, spots)
+    return certify(
+        values, model.predict(design.masks()), design, delta=challenge.delta,
+        aggregate=challenge.aggregate, tau=challenge.tau, validity=challenge.validity,
+        bound=bound, prediction_range=model.output_range(), p=challenge.p,
+        checked=groups, spot_checks=None if groups is not None else len(spots),
+    )  # fmt: skip
 
 
 def abort_decision(

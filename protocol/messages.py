@@ -151,7 +151,7 @@ class Challenge(_Message):
     # Left out of the payload at their defaults, so earlier challenges keep their bytes.
     layout: Literal["pairs", "shared-base"] = "pairs"
     aggregate: Literal["mean", "max"] = "mean"
-    validity: Literal["clt", "finite"] = "clt"
+    validity: Literal["clt", "finite", "betting"] = "clt"
     # The witness route (protocol.witness): when set, the Prover returns theta(S) for every
     # subset, each certifying its values within this per-value bound (f's units). Left out of
     # the payload when absent.

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from protocol.certificate import Certificate, _members, certify
+from protocol.certificate import Certificate, _members
 from protocol.checkequiv import check_equiv
 from protocol.datamodel import Datamodel
-from protocol.decision import decide
+from protocol.decision import certify_challenge, decide
 from protocol.errors import ProtocolError
 from protocol.evaluation import run_task
 from protocol.messages import (
@@ -243,9 +243,7 @@ def audit_session(svc: Any, row: SessionRow) -> SessionAudit:
         rep.add("noise-stability fit from the signed values", False, str(exc))
     cert = None
     if spot.all_match and challenge.estimator != "residual":
-        cert = certify(values, predictions, design, delta=challenge.delta,
-                       aggregate=challenge.aggregate, spot_checks=len(idx), tau=challenge.tau,
-                       validity=challenge.validity, bound=task.bound)  # fmt: skip
+        cert = certify_challenge(challenge, task.bound, model, design, values, idx.tolist())
         rep.certificate = cert
         recorded = verdict.figures.get("certified_epsilon", math.inf)
         here = cert.certified_epsilon

@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from protocol.checkequiv import check_equiv
 from protocol.datamodel import Datamodel
-from protocol.decision import decide
+from protocol.decision import certify_challenge, decide
 from protocol.errors import BadResponseError, ProtocolError
 from protocol.messages import (
     AttributionManifest,
@@ -60,7 +60,7 @@ from protocol.transparency import (
     verify_inclusion,
 )
 from verifier_client.client import ProverClient
-from verifier_client.session import certify_challenge, train_local
+from verifier_client.session import train_local
 
 __all__ = ["AuditReport", "audit", "audit_log", "fetch_bundle", "load_bundle", "save_bundle"]
 
@@ -202,7 +202,7 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
         return rep
     cert = None
     if bad is None and report is not None and report.all_match:
-        cert = certify_challenge(challenge, task, model, design, values, len(idx))
+        cert = certify_challenge(challenge, task.bound, model, design, values, idx.tolist())
         recorded = figures.get("certified_epsilon", math.inf)
         rep.add(
             "certificate recomputed from the transcript",

@@ -98,6 +98,7 @@ def run(
         values, model.predict(design.masks()), design, delta=challenge.delta,
         aggregate=challenge.aggregate, spot_checks=None, tau=0.0,
         validity=challenge.validity, bound=task.bound,
+        prediction_range=model.output_range(), p=challenge.p,
     )  # fmt: skip
     decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert, spot=None)
     return run.finish(record, decision, None, None)

@@ -358,8 +358,12 @@ def verify(
         str, typer.Option(help="mean (over targets; default) | max (every target).")
     ] = "mean",
     validity: Annotated[
-        str, typer.Option(help="clt (normal approximation) | finite (finite-sample).")
-    ] = "clt",
+        str,
+        typer.Option(
+            help="auto (clt where n min(p,1-p)^2 >= 50, else betting) | betting (sound at any "
+            "p, wide) | clt (normal approximation) | finite (empirical Bernstein)."
+        ),
+    ] = "auto",
     layout: Annotated[str, typer.Option(help="shared-base (default) | pairs.")] = "shared-base",
     attribution: Annotated[
         str,

@@ -107,7 +107,13 @@ def summary_lines(result: dict[str, Any], explain: bool = True) -> list[str]:
         checks, bad = int(figures["spot_checks"]), int(figures.get("spot_mismatches", 0))
         matched = "all matched" if bad == 0 else f"{bad} did NOT match"
         tail = ""
-        if cert and cert.get("max_corrupted") is not None:
+        if cert and cert.get("checked_groups"):
+            tail = (f" ({int(cert['checked_groups']):,} whole bases); so at most "
+                    f"{int(cert['max_corrupted'])} bases can be wrong unseen. The bound is the "
+                    f"smaller of the checked bases' own ({_fmt(cert.get('trusted_bound'))}) and "
+                    f"all of E's with that corruption charged ({_fmt(cert.get('robust_bound'))}), "
+                    f"{cert.get('validity')}")  # fmt: skip
+        elif cert and cert.get("max_corrupted") is not None:
             tail = (f"; so at most {int(cert['max_corrupted'])} values can be wrong unseen, "
                     "charged as corruption")  # fmt: skip
         lines.append(

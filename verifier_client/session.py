@@ -12,9 +12,13 @@ The interactive protocol, top to bottom (:func:`run_verification`):
 3. **challenge**: seed, layout, sizes, ε, δ, τ and a commitment to the secret spot-checks C,
    signed; the secret is on disk before the challenge leaves;
 4. **response**: f on every subset of E, checked (shape, finite, [-b, b]);
-5. **spot-checks**: C re-trained here and compared under CHECKEQUIV (tau);
-6. **certificate**: :func:`protocol.certificate.certify` on the response, with m* from the
-   passed spot-checks; **decide** (:func:`protocol.decision.decide`): accept iff the certified
+5. **spot-checks**: C, whole pair-sum groups (a base and its partners) drawn uniformly,
+   re-trained here and compared under CHECKEQUIV (tau);
+6. **certificate**: :func:`protocol.decision.certify_challenge` on the response: m* corrupted
+   groups from the passed checks, and the smaller of the checked groups' own bound and the
+   robust bound on all of E; validity ``auto`` is ``clt`` where
+   :func:`protocol.certificate.clt_refusal` allows it, else ``betting`` (said before the
+   Prover trains); **decide** (:func:`protocol.decision.decide`): accept iff the certified
    ε is at most ε;
 7. **verdict**: signed, recorded, posted.
 
@@ -41,7 +45,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -49,14 +53,16 @@ from numpy.typing import NDArray
 
 from protocol.certificate import (
     Certificate,
-    certify,
+    clt_refusal,
+    default_validity,
+    group_subsets,
     pilot_figures,
     plan_certificate,
     variance_lower_bound,
 )
 from protocol.checkequiv import EquivReport, check_equiv
 from protocol.datamodel import Datamodel
-from protocol.decision import Decision, abort_decision, decide
+from protocol.decision import Decision, abort_decision, certify_challenge, decide
 from protocol.errors import BadResponseError, InvalidParameterError, VerificationError
 from protocol.evaluation import evaluate_with_probes, run_task
 from protocol.messages import LIMITS, Challenge, ResponseManifest, Verdict, commit_spot_checks
@@ -85,7 +91,7 @@ class Options:
     delta: float = 0.05
     relative: bool = False  # epsilon is a fraction of Var f (the mean over targets)
     aggregate: str = "mean"
-    validity: str = "clt"
+    validity: str = "auto"  # auto: clt where protocol.certificate.clt_refusal allows, else betting
     layout: str = "shared-base"
     protocol: str = "interactive"
     estimator: str = "gap"
@@ -113,7 +119,7 @@ class Options:
             "protocol": (self.protocol, ("interactive", "noninteractive", "naive", "witness")),
             "estimator": (self.estimator, ("gap", "residual")),
             "aggregate": (self.aggregate, ("mean", "max")),
-            "validity": (self.validity, ("clt", "finite")),
+            "validity": (self.validity, ("auto", "betting", "clt", "finite")),
             "layout": (self.layout, ("pairs", "shared-base")),
         }
         for name, (value, allowed) in choices.items():
@@ -277,7 +283,10 @@ class _Run:
         values, _ = self.train(task, masks, pilot.seeds(), "pilot")
         epsilon, var_lb = o.epsilon, None
         if o.relative:
-            lower = variance_lower_bound(values, o.delta / 4, validity=o.validity,  # type: ignore[arg-type]
+            # the variance of f itself: the normal approximation unless a finite-sample
+            # validity was asked for (then Maurer & Pontil's bound, valid but wide)
+            var_validity = "finite" if o.validity in ("betting", "finite") else "clt"
+            lower = variance_lower_bound(values, o.delta / 4, validity=var_validity,
                                          bound=task.bound)  # fmt: skip
             var_lb = float(lower.mean() if o.aggregate == "mean" else lower.min())
             if var_lb <= 0:
@@ -297,6 +306,7 @@ class _Run:
                 epsilon, delta, sd_pair_sum=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
                 rhos=pilot.rhos, spot_fraction=o.spot_fraction, layout=o.layout,
                 n_targets_split=task.n_targets if o.aggregate == "max" else 1,
+                trusted=o.protocol == "noninteractive",  # checking alone: sized for itself
             )  # fmt: skip
             n, asked, predicted = plan.pairs_per_level, f"{plan.n_subsets:,}", plan.predicted_width
         except InvalidParameterError:  # no size reaches epsilon with this spread
@@ -316,14 +326,22 @@ class _Run:
         self, task: TaskBase, task_hash: str, content: str, sizes: Sizes
     ) -> tuple[Record, Challenge]:
         o = self.opts
-        n_subsets = len(make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0,
-                                    sizes.pairs_per_level))  # fmt: skip
+        n = sizes.pairs_per_level
+        shape = make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0, n)
+        n_subsets = len(shape)
+        per_group = n_subsets // n
+        # spot-checks are whole pair-sum groups (a base and its partners): the checked groups
+        # are then the Verifier's own sample too (protocol.certificate, "Checked groups")
+        k_groups = min(n, max(1, math.ceil(min(sizes.spot_checks, n_subsets) / per_group)))
         witness = o.protocol == "witness"  # every subset checked by its witness: no spot-checks
-        k = 0 if witness else min(sizes.spot_checks, n_subsets)
+        if sizes.spot_checks == 0 or witness:
+            k_groups = 0
         chooser = (
             secrets.SystemRandom() if o.seed is None else random.Random(self.random("spots", 16))  # noqa: S311 - tests only
         )
-        spots = sorted(chooser.sample(range(n_subsets), k))
+        groups = np.array(sorted(chooser.sample(range(n), k_groups)), dtype=np.int64)
+        spots = [int(i) for i in group_subsets(shape, groups)]
+        validity = self.validity_for(n)
         salt = self.random("salt", 32)
         challenge = Challenge(
             task_hash=task_hash,
@@ -344,9 +362,9 @@ class _Run:
             prover_key=self.client.prover_key,
             layout=o.layout,  # type: ignore[arg-type]
             aggregate=o.aggregate,  # type: ignore[arg-type]
-            validity=o.validity,  # type: ignore[arg-type]
-            witness_limit=(o.witness_limit or witness_limit(sizes.epsilon, task.bound, make_design(
-                o.layout, bytes(32), task.n_train, o.p, o.rho0, 2).rhos)) if witness else None,
+            validity=validity,
+            witness_limit=(o.witness_limit or witness_limit(sizes.epsilon, task.bound, shape.rhos))
+            if witness else None,
         )  # fmt: skip
         signed = sign_message(self.key, challenge)
         secret = {"spot_checks": spots, "salt": salt.hex(), "sizes": sizes.__dict__,
@@ -367,6 +385,22 @@ class _Run:
         )
         self.store.add(record)  # the secret is on disk before the challenge leaves
         return record, challenge
+
+    def validity_for(self, n: int) -> Literal["betting", "clt", "finite"]:
+        """The challenge's validity: as asked, or for ``auto`` clt where it is allowed at this
+        p and n (:func:`protocol.certificate.clt_refusal`), else betting, saying why now."""
+        o = self.opts
+        if o.validity in ("betting", "clt", "finite"):
+            if o.validity == "clt" and (why := clt_refusal(o.p, n)) is not None:
+                raise InvalidParameterError(why)
+            return o.validity  # type: ignore[return-value]
+        chosen = default_validity(o.p, n)
+        if chosen != "clt":
+            self.note(
+                f"certificate: betting (sound at every p, but it pays for values an unseen rare "
+                f"event could carry, so it is wide at this size): {clt_refusal(o.p, n)}"
+            )
+        return chosen
 
     def send(self, record: Record) -> str:
         signed = SignedMessage.model_validate_json(record.challenge_json)
@@ -447,10 +481,10 @@ class _Run:
 
     # 6. certificate -------------------------------------------------------------------------
     def certificate(self, challenge: Challenge, task: Task, model: Datamodel, design: Design,
-                    values: NDArray[np.float64], k: int) -> Certificate:  # fmt: skip
+                    values: NDArray[np.float64], spots: list[int]) -> Certificate:  # fmt: skip
         t0 = time.perf_counter()
         self.progress("certificate", 0, 1)
-        cert = certify_challenge(challenge, task, model, design, values, k)
+        cert = certify_challenge(challenge, task.bound, model, design, values, spots)
         self.tick("certificate", t0)
         self.progress("certificate", 1, 1)
         return cert
@@ -539,18 +573,6 @@ def _witness(
     run.tick("witness_check", t0)
     run.store.update(record.id, spot_json=json.dumps({"witness": route.figures()}))
     return route_module.witness_decision(challenge, task, model, design, route)
-
-
-def certify_challenge(
-    challenge: Challenge, task: Task, model: Datamodel, design: Design,
-    values: NDArray[np.float64], spot_checks: int,
-) -> Certificate:  # fmt: skip
-    """The certificate of a challenge's response: the one call the session and the audit share."""
-    return certify(
-        values, model.predict(design.masks()), design, delta=challenge.delta,
-        aggregate=challenge.aggregate, spot_checks=spot_checks, tau=challenge.tau,
-        validity=challenge.validity, bound=task.bound,
-    )  # fmt: skip
 
 
 def result_of(store: VerifierStore, record_id: str, client: ProverClient | None) -> dict[str, Any]:
@@ -661,7 +683,7 @@ def run_verification(
         decision = baselines.residual_decision(run, task, model, design, values, report)
         return run.finish(record, decision, sid, response)
     # 6. certificate and decision
-    cert = run.certificate(challenge, task, model, design, values, len(spots)) \
+    cert = run.certificate(challenge, task, model, design, values, spots) \
         if report.all_match else None  # fmt: skip
     decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert,
                       spot=report)  # fmt: skip

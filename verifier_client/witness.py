@@ -133,7 +133,8 @@ def witness_certificate(
     return certify(
         route.values, model.predict(design_masks(design)), design, delta=challenge.delta,
         aggregate=challenge.aggregate, spot_checks=None, tau=route.tau,
-        validity=challenge.validity, bound=task.bound,
+        validity=challenge.validity, bound=task.bound, prediction_range=model.output_range(),
+        p=challenge.p,
     )  # fmt: skip
 
 
