@@ -23,6 +23,7 @@ from protocol.errors import InvalidParameterError
 from protocol.sampling import seed_from_text
 from protocol.signing import load_private_key
 from verifier_client.client import ProverClient
+from verifier_client.limits import prover_http
 from verifier_client.session import Notify, Options, Progress, run_verification
 from verifier_client.store import VerifierStore
 
@@ -86,8 +87,8 @@ def verify(
         raise InvalidParameterError(f"verify: {exc}") from None
     if resume is None:
         opts.validate()
-    with httpx.Client(base_url=prover, timeout=timeout_s, transport=transport) as http:
-        client = ProverClient(http, key=signing_key)
+    with prover_http(prover, timeout_s, transport) as http:
+        client = ProverClient(http, key=signing_key, deadline_s=timeout_s)
         return run_verification(
             client, VerifierStore(db), signing_key, opts, prover, progress, resume, notify
         )

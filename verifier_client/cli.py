@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import numpy as np
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,6 +36,7 @@ from verifier_client.api import parse_epsilon
 from verifier_client.api import verify as verify_api
 from verifier_client.audit import audit, audit_log, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
+from verifier_client.limits import prover_http
 from verifier_client.report import summary_lines
 from verifier_client.session import Options
 from verifier_client.store import VerifierStore
@@ -536,7 +536,7 @@ def audit_cmd(
         elif prover is not None and session is not None:
             signing_key = load_private_key(key) if key is not None else None
             store = VerifierStore(db) if db is not None else None
-            with httpx.Client(base_url=prover, timeout=120) as http:
+            with prover_http(prover, 120) as http:
                 client = ProverClient(http, key=signing_key)
                 bundle = fetch_bundle(client, session, signing_key)
                 if save is not None:

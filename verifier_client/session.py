@@ -413,7 +413,7 @@ class _Run:
                 raise BadResponseError("the response answers another challenge")
             values = self.client.values(manifest.values, (len(design), task.n_targets),
                                         task.bound)  # fmt: skip
-            probes = self.client.array(manifest.probes).astype(np.float32)
+            probes = self.client.array(manifest.probes, (len(design), None)).astype(np.float32)
             if probes.ndim != 2 or len(probes) != len(design) or not np.isfinite(probes).all():
                 raise BadResponseError(f"probes of shape {probes.shape} (or not finite)")
         except VerificationError as exc:  # the Prover misbehaved: an abort with its reason
@@ -456,6 +456,9 @@ class _Run:
     ) -> dict[str, Any]:
         secret = json.loads(record.secret_json)
         verdict_json = None
+        if sid is not None and response is None and decision.reason == "malformed_response":
+            digest = SignedMessage.model_validate_json(record.challenge_json).digest
+            response = self.client.response_to_sign(sid, digest)  # an abort signed and posted
         if sid is not None and response is not None:
             challenge = SignedMessage.model_validate_json(record.challenge_json)
             verdict = Verdict(
