@@ -31,7 +31,15 @@ from numpy.lib import format as npy_format
 
 from protocol.errors import ShapeError
 
-__all__ = ["NPY_HEADER_MAX", "NpyHeader", "check_npy_header", "npy_max_bytes", "read_npy_header"]
+__all__ = [
+    "NPY_HEADER_MAX",
+    "NpyHeader",
+    "check_npy_header",
+    "npy_max_bytes",
+    "read_npy_header",
+    "shape_matches",
+    "shape_text",
+]
 
 NPY_HEADER_MAX = 4096  # numpy writes about 128 bytes for a shape of rank 3
 
@@ -96,12 +104,9 @@ def check_npy_header(
     if fortran_order is not None and head.fortran_order != fortran_order:
         order = "Fortran" if head.fortran_order else "C"
         raise ShapeError(f"{name}: an array in {order} order, expected the other")
-    want = tuple(shape)
-    if len(head.shape) != len(want) or any(
-        w is not None and w != d for w, d in zip(want, head.shape, strict=False)
-    ):
-        shown = tuple("*" if w is None else w for w in want)
-        raise ShapeError(f"{name}: .npy header says shape {head.shape}, expected {shown}")
+    if not shape_matches(head.shape, shape):
+        raise ShapeError(f"{name}: .npy header says shape {head.shape}, "
+                         f"expected {shape_text(shape)}")  # fmt: skip
     if head.nbytes > max_bytes:
         raise ShapeError(f"{name}: {head.nbytes} bytes of data announced, at most {max_bytes}")
     if complete and len(data) != head.offset + head.nbytes:
@@ -116,3 +121,16 @@ def npy_max_bytes(dtype: str, shape: Sequence[int]) -> int:
     """The most bytes an ``.npy`` of ``dtype`` and ``shape`` takes (header included): the cap
     for downloading one whose signed reference gives its dtype and shape."""
     return NPY_HEADER_MAX + 12 + math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def shape_matches(shape: Sequence[int], expected: Sequence[int | None]) -> bool:
+    """Whether ``shape`` has the rank of ``expected`` and its every fixed (non-None) size."""
+    return len(shape) == len(expected) and all(
+        w is None or w == d for w, d in zip(expected, shape, strict=True)
+    )
+
+
+def shape_text(expected: Sequence[int | None]) -> str:
+    """An expected shape as a person reads it: ``(64, *)`` for ``(64, None)``."""
+    parts = ["*" if w is None else str(w) for w in expected]
+    return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"

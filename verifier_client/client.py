@@ -55,7 +55,7 @@ from protocol.messages import (
     ResponseManifest,
     array_from_npy,
 )
-from protocol.npy import npy_max_bytes
+from protocol.npy import npy_max_bytes, shape_matches, shape_text
 from protocol.signing import SignedMessage, open_signed, sign_request
 from protocol.transparency import TreeHead
 from protocol.wire import (
@@ -311,14 +311,9 @@ class ProverClient:
         ``shape`` (``None`` entries: any size; checked before anything is downloaded), its bytes
         hash to it and their ``.npy`` header announces that dtype and shape (checked before
         anything is allocated)."""
-        if shape is not None:
-            want = tuple(shape)
-            if len(ref.shape) != len(want) or any(
-                w is not None and w != d for w, d in zip(want, ref.shape, strict=False)
-            ):
-                shown = tuple("*" if w is None else w for w in want)
-                raise BadResponseError(f"array {ref.name!r} of signed shape {ref.shape}, "
-                                       f"expected {shown}")  # fmt: skip
+        if shape is not None and not shape_matches(ref.shape, shape):
+            raise BadResponseError(f"array {ref.name!r} of signed shape {ref.shape}, "
+                                   f"expected {shape_text(shape)}")  # fmt: skip
         if npy_max_bytes(ref.dtype, ref.shape) > LIMITS["array_bytes"]:
             raise BadResponseError(f"array {ref.name!r} of shape {ref.shape} is larger than "
                                    f"the protocol's {LIMITS['array_bytes']:,} bytes")  # fmt: skip

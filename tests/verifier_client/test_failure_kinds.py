@@ -218,24 +218,21 @@ def test_html_or_a_redirect_is_a_signed_and_posted_abort(world: World, case: str
 def _lying_npy(kind: str) -> Callable[..., tuple[object, bytes]]:
     """``array_to_npy`` of a Prover whose signed values are a .npy announcing a huge array:
     in its header only (``header``), or in the signed shape too (``signed shape``)."""
+    import hashlib
     import sys
 
     from protocol.messages import ArrayRef, array_to_npy
+    from tests.verifier_client.test_malicious_prover import forged
 
     def lying(name: str, array: object) -> tuple[object, bytes]:
         ref, data = array_to_npy(name, array)  # type: ignore[arg-type]
         if name != "values" or sys._getframe(1).f_code.co_name != "_finish":
-            return ref, data
+            return ref, data  # the chunks it keeps for itself stay honest
         huge = (2**20, 2**20)  # 8 TiB of float64
-        text = data[10 : 10 + int.from_bytes(data[8:10], "little")].decode("latin-1")
-        fake = text.replace(repr(tuple(ref.shape)), repr(huge))
-        head = fake.ljust(len(text)).encode("latin-1")
-        forged = data[:10] + head + data[10 + len(text) :]
+        lie = forged(data, huge)
         shape = huge if kind == "signed shape" else ref.shape
-        import hashlib
-
-        sha = hashlib.sha256(forged).hexdigest()
-        return ArrayRef(name=name, sha256=sha, dtype=ref.dtype, shape=shape), forged
+        sha = hashlib.sha256(lie).hexdigest()
+        return ArrayRef(name=name, sha256=sha, dtype=ref.dtype, shape=shape), lie
 
     return lying
 
