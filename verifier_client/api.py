@@ -70,8 +70,9 @@ def verify(
 
     ``epsilon`` is absolute (``0.25``) or a share of Var f (``"5%"``); ``key`` the Verifier's
     signing key (a PEM file or the key); ``db`` where the record goes (``history``/``show``
-    read it); ``seed`` derives every secret (repeatable runs; random when None). ``options``
-    are :class:`~verifier_client.session.Options` fields: ``delta``, ``aggregate``,
+    read it); ``seed`` fixes the design (the pilot, the challenge's subsets and training seeds:
+    repeatable figures), never a secret: the nonce, salt and spot-checks are always random.
+    ``options`` are :class:`~verifier_client.session.Options` fields: ``delta``, ``aggregate``,
     ``pairs_per_level``, ``spot_checks``, ``method``, ``budget``, ``attribution``, ...
 
     The result is what ``verify --json`` prints: ``verdict`` ("accept"/"abort"), ``reason``,
@@ -79,6 +80,10 @@ def verify(
     ``session``, ``notes``. Raises :class:`protocol.errors.ProtocolError` on bad input and
     :class:`verifier_client.client.TransportError` when the network fails (never a verdict).
     """
+    if "secrets_seed" in options:  # a secret derived from a chosen value is no secret
+        raise InvalidParameterError(
+            "verify: secrets_seed is for tests only; the nonce, salt and spot-checks are random"
+        )
     signing_key = key if isinstance(key, Ed25519PrivateKey) else load_private_key(Path(key))
     eps, relative = parse_epsilon(epsilon)
     try:

@@ -410,7 +410,11 @@ def verify(
         str | None, typer.Option(help="Finish a recorded, incomplete session.")
     ] = None,
     seed: Annotated[
-        str | None, typer.Option(help="Derive every secret from this (reproducible runs).")
+        str | None,
+        typer.Option(
+            help="Fix the design (subsets, training seeds) for a repeatable run; the "
+            "nonce, salt and spot-checks stay random."
+        ),  # fmt: skip
     ] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,

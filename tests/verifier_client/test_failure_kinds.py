@@ -41,8 +41,10 @@ class World:
     service: ProverService
     root: Path
 
-    def verify(self, tamper: Tamper | None = None, resume: str | None = None) -> dict[str, object]:
-        """One verification through ``tamper`` (None: the honest wire)."""
+    def verify(
+        self, tamper: Tamper | None = None, resume: str | None = None, **over: object
+    ) -> dict[str, object]:
+        """One verification through ``tamper`` (None: the honest wire); ``over``: options."""
 
         def upstream(request: httpx.Request) -> httpx.Response:
             headers = {k: v for k, v in request.headers.items() if k != "host"}
@@ -56,8 +58,10 @@ class World:
             return (tamper or (lambda r, up: up(r)))(request, upstream)
 
         with httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p") as http:
-            opts = Options(task=TASK, epsilon=0.5, pairs_per_level=4, spot_checks=2, poll_s=0.0,
-                           seed=b"failure kinds")  # fmt: skip
+            fields: dict[str, object] = dict(task=TASK, epsilon=0.5, pairs_per_level=4,
+                                             spot_checks=2, poll_s=0.0,
+                                             seed=b"failure kinds")  # fmt: skip
+            opts = Options(**(fields | over))  # type: ignore[arg-type]
             return run_verification(ProverClient(http, key=OWNER), self.store, OWNER, opts,
                                     "http://p", resume=resume)  # fmt: skip
 
