@@ -74,6 +74,14 @@ def _db_url(db: str | None) -> str | None:
     return url
 
 
+def _store(db: str) -> VerifierStore:
+    """The records at ``db``; a database file this user may not make private is exit 2."""
+    try:
+        return VerifierStore(db)
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+
+
 DbOpt = Annotated[
     str, typer.Option(help="SQLAlchemy URL of the records, or a file (SQLite).", callback=_db_url)
 ]
@@ -465,7 +473,7 @@ def history(
     json_out: JsonOpt = False,
 ) -> None:
     """Every recorded verification."""
-    rows = [r.as_dict() for r in VerifierStore(db).all()]
+    rows = [r.as_dict() for r in _store(db).all()]
     if json_out:
         typer.echo(json.dumps(rows))
         return
@@ -495,7 +503,7 @@ def show(
     db: DbOpt = "sqlite:///verifier.db",
 ) -> None:
     """One recorded verification, as JSON; SESSION may be any unique prefix of an id."""
-    store = VerifierStore(db)
+    store = _store(db)
     row = store.get(session)
     if row is None and session:
         found = [
