@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from protocol.errors import ShapeError
+from protocol.npy import check_npy_header
 from protocol.sampling import ChallengeDesign, SharedBaseDesign
 
 __all__ = [
@@ -261,11 +262,16 @@ def array_to_npy(name: str, array: NDArray[np.generic]) -> tuple[ArrayRef, bytes
 
 
 def array_from_npy(ref: ArrayRef, data: bytes) -> NDArray[np.generic]:
-    """Parse ``.npy`` bytes after checking them against their reference (hash, dtype, shape)."""
+    """Parse ``.npy`` bytes after checking them against their reference (hash, then the header's
+    dtype, shape and length: :func:`protocol.npy.check_npy_header`), so nothing is allocated
+    beyond what the signed reference announces."""
     if len(data) > LIMITS["array_bytes"]:
         raise ShapeError(f"array {ref.name!r} is larger than {LIMITS['array_bytes']} bytes")
     if hashlib.sha256(data).hexdigest() != ref.sha256:
         raise ShapeError(f"array {ref.name!r} does not match its signed SHA-256")
+    # the header against the signed dtype and shape before np.load allocates what it announces
+    check_npy_header(data, shape=ref.shape, dtypes=(ref.dtype,), max_bytes=LIMITS["array_bytes"],
+                     name=f"array {ref.name!r}")  # fmt: skip
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError) as exc:

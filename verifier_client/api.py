@@ -23,6 +23,7 @@ from protocol.errors import InvalidParameterError
 from protocol.sampling import seed_from_text
 from protocol.signing import load_private_key
 from verifier_client.client import ProverClient
+from verifier_client.limits import prover_http
 from verifier_client.session import Notify, Options, Progress, run_verification
 from verifier_client.store import VerifierStore
 
@@ -69,8 +70,9 @@ def verify(
 
     ``epsilon`` is absolute (``0.25``) or a share of Var f (``"5%"``); ``key`` the Verifier's
     signing key (a PEM file or the key); ``db`` where the record goes (``history``/``show``
-    read it); ``seed`` derives every secret (repeatable runs; random when None). ``options``
-    are :class:`~verifier_client.session.Options` fields: ``delta``, ``aggregate``,
+    read it); ``seed`` fixes the design (the pilot, the challenge's subsets and training seeds:
+    repeatable figures), never a secret: the nonce, salt and spot-checks are always random.
+    ``options`` are :class:`~verifier_client.session.Options` fields: ``delta``, ``aggregate``,
     ``pairs_per_level``, ``spot_checks``, ``method``, ``budget``, ``attribution``, ...
 
     The result is what ``verify --json`` prints: ``verdict`` ("accept"/"abort"), ``reason``,
@@ -78,6 +80,10 @@ def verify(
     ``session``, ``notes``. Raises :class:`protocol.errors.ProtocolError` on bad input and
     :class:`verifier_client.client.TransportError` when the network fails (never a verdict).
     """
+    if "secrets_seed" in options:  # a secret derived from a chosen value is no secret
+        raise InvalidParameterError(
+            "verify: secrets_seed is for tests only; the nonce, salt and spot-checks are random"
+        )
     signing_key = key if isinstance(key, Ed25519PrivateKey) else load_private_key(Path(key))
     eps, relative = parse_epsilon(epsilon)
     try:
@@ -86,8 +92,8 @@ def verify(
         raise InvalidParameterError(f"verify: {exc}") from None
     if resume is None:
         opts.validate()
-    with httpx.Client(base_url=prover, timeout=timeout_s, transport=transport) as http:
-        client = ProverClient(http, key=signing_key)
+    with prover_http(prover, timeout_s, transport) as http:
+        client = ProverClient(http, key=signing_key, deadline_s=timeout_s)
         return run_verification(
             client, VerifierStore(db), signing_key, opts, prover, progress, resume, notify
         )

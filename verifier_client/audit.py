@@ -14,11 +14,19 @@ the task can run it; no private key is needed. The checks, in order:
    recomputed from the response and the opened spot-checks, and the decision
    (:func:`protocol.decision.decide`) reproduces the recorded verdict and reason.
 
-7. (online, :func:`audit_log`) the Prover's transparency log: its tree head is signed by the
+7. every unsigned field the Prover shows beside the signed verdict (the transcript's and the
+   session's ``verdict`` and ``status``, its ``session_id``) agrees with it: a Prover that
+   flips an abort to accept in its database, where its listings read it, is caught;
+8. (online, :func:`audit_log`) the Prover's transparency log: its tree head is signed by the
    Prover, every message of the transcript is included in it, and it is consistent with every
    earlier head the auditor holds (the Verifier's records keep the last head each audit saw),
    so a Prover that drops or rewrites a session, an aborted one say, is caught. These checks
-   are added to the report; the decision is recomputed as above, unchanged.
+   are added to the report; the decision is recomputed as above, unchanged;
+9. (online, :func:`audit_session`, with the Verifier's records: ``audit`` reads them by
+   default) every session a held head covers is still in the log (its challenge, response and
+   verdict, as recorded here), still shown by the Prover, with the verdict signed here; a
+   session the records hold and the Prover no longer shows fails the audit (exit 1), it is
+   not an error.
 
 A transcript can be saved to one self-contained JSON file (arrays base64-encoded) and audited
 offline with ``audit --file``; tampering with any byte of it is detected.
@@ -42,6 +50,7 @@ from protocol.datamodel import Datamodel
 from protocol.decision import certify_challenge, decide
 from protocol.errors import BadResponseError, ProtocolError
 from protocol.messages import (
+    ArrayRef,
     AttributionManifest,
     Challenge,
     ResponseManifest,
@@ -59,10 +68,22 @@ from protocol.transparency import (
     verify_consistency,
     verify_inclusion,
 )
-from verifier_client.client import ProverClient
+from protocol.wire import SessionOut
+from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.session import train_local
+from verifier_client.store import Record
 
-__all__ = ["AuditReport", "audit", "audit_log", "fetch_bundle", "load_bundle", "save_bundle"]
+__all__ = [
+    "AuditReport",
+    "audit",
+    "audit_held",
+    "audit_log",
+    "audit_session",
+    "fetch_bundle",
+    "load_bundle",
+    "save_bundle",
+    "unsigned_fields",
+]
 
 
 @dataclass
@@ -95,15 +116,16 @@ def fetch_bundle(client: ProverClient, session_id: str, key: Any) -> dict[str, A
     transcript = client.transcript(session_id, key).model_dump(mode="json")
     blobs: dict[str, str] = {}
     content = transcript["attribution"]["payload"]["content_hash"]
-    raw = client._call("GET", f"/v1/attributions/{content}/datamodel").content
+    task = transcript["attribution"]["payload"]["task_hash"]
+    raw = client.datamodel_bytes(content, task)
     blobs[hashlib.sha256(raw).hexdigest()] = base64.b64encode(raw).decode()
     if transcript.get("response"):
         payload = transcript["response"]["payload"]
         for name in ("values", "probes", "witness"):
             if payload.get(name) is None:  # the witness only on the witness route
                 continue
-            sha = payload[name]["sha256"]
-            data = client._call("GET", f"/v1/arrays/{sha}").content
+            ref = ArrayRef.model_validate(payload[name])
+            data = client.array_bytes(ref)
             blobs[hashlib.sha256(data).hexdigest()] = base64.b64encode(data).decode()
     return {"transcript": transcript, "blobs": blobs}
 
@@ -164,6 +186,7 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
         )
         opened = commit_spot_checks(verdict.spot_check_indices, bytes.fromhex(verdict.salt))
         rep.add("spot-check commitment opens", opened == challenge.spot_check_commitment)
+        unsigned_fields(rep, t, verdict)
     except ProtocolError as exc:
         rep.add("signatures, hashes and formats", False, str(exc))
         return rep
@@ -292,3 +315,118 @@ def audit_log(
             size = earlier_signed.payload.get("size")
             rep.add(f"log: consistent with the held head of size {size}", False, str(exc))
     return signed_head
+
+
+def unsigned_fields(
+    rep: AuditReport, transcript: dict[str, Any], verdict: Verdict, state: SessionOut | None = None
+) -> bool:
+    """Check (module doc, 7) that what the Prover shows unsigned -- the transcript's
+    ``verdict``, ``status`` and ``session_id``, and the session's (``state``, if read) --
+    agrees with the signed ``verdict``; the disagreements are named in the check's detail."""
+    want = {"verdict": verdict.verdict, "status": "decided", "session_id": verdict.session_id}
+    shown = {f"transcript.{k}": (transcript.get(k), v) for k, v in want.items()}
+    if state is not None:
+        shown |= {f"session.{k}": (getattr(state, k), v) for k, v in want.items()}
+    bad = [f"{name} is {got!r}, signed {signed!r}" for name, (got, signed) in shown.items()
+           if got != signed]  # fmt: skip
+    return rep.add("unsigned fields agree with the signed verdict", not bad, "; ".join(bad))
+
+
+def _signed(text: str | None) -> SignedMessage | None:
+    return SignedMessage.model_validate_json(text) if text else None
+
+
+def _logged(record: Record) -> list[tuple[str, SignedMessage]]:
+    """The signed messages of a recorded session that its Prover's log must hold."""
+    fields = (("challenge", record.challenge_json), ("response", record.response_json),
+              ("verdict", record.verdict_json))  # fmt: skip
+    return [(name, SignedMessage.model_validate_json(text)) for name, text in fields if text]
+
+
+def audit_held(
+    rep: AuditReport, client: ProverClient, head: SignedMessage, records: list[Record]
+) -> None:
+    """Check (module doc, 9) every recorded session of this Prover that a held head covers:
+    its messages are included in the tree of ``head`` (the current one), and, when the client
+    may read sessions (a key), the Prover still shows it with the verdict signed here."""
+    current = open_signed(head, TreeHead, signer=client.prover_key)
+    root = bytes.fromhex(current.root_hash)
+    covered = [r for r in records if r.log_head_json and r.prover_session]
+    missing, gone, changed = [], [], []
+    for record in covered:
+        sid = record.prover_session or ""
+        for name, signed in _logged(record):
+            leaf = leaf_hash(log_entry(signed))
+            try:
+                doc = client.log_inclusion(leaf.hex(), current.size)
+                verify_inclusion(leaf, doc.index, current.size,
+                                 [bytes.fromhex(p) for p in doc.proof], root)  # fmt: skip
+            except (ProtocolError, KeyError, ValueError) as exc:
+                missing.append(f"{sid} {name}: {exc}")
+        if client.key is None:
+            continue
+        try:
+            shown = client.transcript(sid)
+        except ProverRefused as exc:
+            gone.append(f"{sid} ({record.verdict}:{record.reason} here): {exc}")
+            continue
+        signed = _signed(record.verdict_json)
+        held_digest = shown.verdict_message.digest if shown.verdict_message else None
+        if signed is not None and held_digest != signed.digest:
+            changed.append(f"{sid}: the Prover shows another verdict than the one signed here")
+    n = len(covered)
+    rep.add(f"log: every session a held head covers is included ({n} held)", not missing,
+            "; ".join(missing))  # fmt: skip
+    if client.key is not None:
+        rep.add(f"the Prover still shows every session decided here ({n})", not gone and
+                not changed, "; ".join(gone + changed))  # fmt: skip
+
+
+def audit_session(
+    client: ProverClient, session_id: str, task: Task, records: list[Record],
+    prover_key: str | None = None, key: Any = None,
+) -> tuple[AuditReport, dict[str, Any] | None, SignedMessage | None]:  # fmt: skip
+    """The online audit of one session (module doc, 1-9) against the Verifier's ``records``:
+    the report, the fetched bundle (None if the Prover no longer shows the session) and the
+    log's current signed head (None if it has none). A session the records hold that the
+    Prover answers 404 for is a failed check, not an error."""
+    client.info()
+    wanted = prover_key or client.prover_key
+    rep = AuditReport()
+    if prover_key is not None and client.prover_key != prover_key:
+        rep.add("the Prover's key is the expected one", False,
+                f"it shows {client.prover_key}")  # fmt: skip
+    client.prover_key = wanted
+    mine = [r for r in records if r.prover_key == wanted]
+    ours = next((r for r in mine if session_id in (r.prover_session, r.id)), None)
+    bundle: dict[str, Any] | None = None
+    try:
+        bundle = fetch_bundle(client, session_id, key)
+    except ProverRefused as exc:
+        if exc.status != 404 or ours is None:
+            raise
+        rep.add("the Prover shows the session decided here", False,
+                f"{exc}; recorded here: {ours.verdict}:{ours.reason}")  # fmt: skip
+    if bundle is not None:
+        found = audit(bundle, task, wanted)
+        rep.checks[:0], rep.recorded, rep.recomputed = (
+            found.checks,
+            found.recorded,
+            found.recomputed,
+        )
+        t = bundle["transcript"]
+        if ours is not None and ours.verdict_json:
+            signed = SignedMessage.model_validate_json(ours.verdict_json).digest
+            shown = t.get("verdict_message")
+            same = shown is not None and SignedMessage.model_validate(shown).digest == signed
+            rep.add("the Prover shows the verdict signed here", same,
+                    "" if same else f"recorded here: {ours.verdict}:{ours.reason}")  # fmt: skip
+        if client.key is not None and t.get("verdict_message"):
+            verdict = open_signed(SignedMessage.model_validate(t["verdict_message"]), Verdict)
+            unsigned_fields(rep, t, verdict, client.session(session_id))
+    held = [SignedMessage.model_validate_json(r.log_head_json) for r in mine if r.log_head_json]
+    transcript = bundle["transcript"] if bundle is not None else {"prover_key": wanted}
+    head = audit_log(rep, client, transcript, held)
+    if head is not None:
+        audit_held(rep, client, head, mine)
+    return rep, bundle, head

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import numpy as np
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,12 +30,13 @@ from protocol.errors import ProtocolError
 from protocol.evaluation import evaluate_design, run_task
 from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
-from protocol.signing import SignedMessage, create_key_file, load_private_key
+from protocol.signing import create_key_file, load_private_key
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from verifier_client.api import parse_epsilon
 from verifier_client.api import verify as verify_api
-from verifier_client.audit import audit, audit_log, fetch_bundle, load_bundle, save_bundle
+from verifier_client.audit import audit, audit_session, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
+from verifier_client.limits import prover_http
 from verifier_client.report import summary_lines
 from verifier_client.session import Options
 from verifier_client.store import VerifierStore
@@ -72,6 +72,28 @@ def _db_url(db: str | None) -> str | None:
     except (SQLAlchemyError, ValueError) as exc:
         raise _fail(f"--db {db!r} is not a database URL (or a file path): {exc}") from None
     return url
+
+
+def _store(db: str) -> VerifierStore:
+    """The records at ``db``; a database file this user may not make private is exit 2."""
+    try:
+        return VerifierStore(db)
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _records(db: str | None) -> VerifierStore | None:
+    """The Verifier's records for an audit: ``--db``, or ``verifier.db`` here if it exists
+    (a third party without records is told its log check has no held heads)."""
+    if db is None:
+        if not Path("verifier.db").is_file():
+            _err.print("note: no Verifier records (verifier.db, or --db): the log is checked "
+                       "against no held tree head", highlight=False)  # fmt: skip
+            return None
+        db = "sqlite:///verifier.db"
+    elif db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).is_file():
+        raise _fail(f"--db {db!r}: no such database")
+    return _store(db)
 
 
 DbOpt = Annotated[
@@ -414,7 +436,11 @@ def verify(
         str | None, typer.Option(help="Finish a recorded, incomplete session.")
     ] = None,
     seed: Annotated[
-        str | None, typer.Option(help="Derive every secret from this (reproducible runs).")
+        str | None,
+        typer.Option(
+            help="Fix the design (subsets, training seeds) for a repeatable run; the "
+            "nonce, salt and spot-checks stay random."
+        ),  # fmt: skip
     ] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
@@ -465,7 +491,7 @@ def history(
     json_out: JsonOpt = False,
 ) -> None:
     """Every recorded verification."""
-    rows = [r.as_dict() for r in VerifierStore(db).all()]
+    rows = [r.as_dict() for r in _store(db).all()]
     if json_out:
         typer.echo(json.dumps(rows))
         return
@@ -495,7 +521,7 @@ def show(
     db: DbOpt = "sqlite:///verifier.db",
 ) -> None:
     """One recorded verification, as JSON; SESSION may be any unique prefix of an id."""
-    store = VerifierStore(db)
+    store = _store(db)
     row = store.get(session)
     if row is None and session:
         found = [
@@ -525,32 +551,34 @@ def audit_cmd(
     key: Annotated[Path | None, typer.Option(help="Key to sign the transcript request.")] = None,
     db: Annotated[
         str | None,
-        typer.Option(help="Verifier records: check the log against their heads.", callback=_db_url),
+        typer.Option(
+            help="The Verifier's records (default verifier.db, if there): held log "
+            "heads, sessions and verdicts to check the Prover against.",
+            callback=_db_url,
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check every signature and hash of a transcript and recompute its decision; exit 0 if it
-    matches the recorded verdict, 1 if not, 2 on error. Online, also check the Prover's
-    transparency log: the transcript's inclusion, and consistency with every tree head held in
-    ``--db`` (the session's record then keeps the new head)."""
+    matches the recorded verdict, 1 if not (or if anything the Prover shows disagrees with what
+    is signed or recorded), 2 on error. Online, also check the Prover's transparency log: the
+    transcript's inclusion, consistency with every tree head held in the Verifier's records,
+    and that every session they hold is still logged and shown with the verdict signed here;
+    the session's record then keeps the new head."""
     try:
         t = load_task(task)
         if file is not None:
             report = audit(load_bundle(file), t, prover_key)
         elif prover is not None and session is not None:
             signing_key = load_private_key(key) if key is not None else None
-            store = VerifierStore(db) if db is not None else None
-            with httpx.Client(base_url=prover, timeout=120) as http:
+            store = _records(db)
+            with prover_http(prover, 120) as http:
                 client = ProverClient(http, key=signing_key)
-                bundle = fetch_bundle(client, session, signing_key)
-                if save is not None:
+                records = store.all() if store is not None else []
+                report, bundle, head = audit_session(client, session, t, records, prover_key,
+                                                     signing_key)  # fmt: skip
+                if save is not None and bundle is not None:
                     save_bundle(bundle, save)
-                report = audit(bundle, t, prover_key)
-                client.prover_key = prover_key or bundle["transcript"]["prover_key"]
-                held = [SignedMessage.model_validate_json(r.log_head_json)
-                        for r in (store.all() if store else [])
-                        if r.log_head_json and r.prover_key == client.prover_key]  # fmt: skip
-                head = audit_log(report, client, bundle["transcript"], held)
             record = store.get(session) if store is not None else None
             if store is not None and record is not None and head is not None and report.ok:
                 store.update(record.id, log_head_json=head.model_dump_json())

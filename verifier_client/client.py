@@ -18,13 +18,20 @@ Three outcomes besides success, never mixed:
   verify, :class:`~protocol.errors.BadResponseError` for arrays and datamodels that do not match
   their signed hashes or values that are the wrong shape, not finite or outside [-b, b]. The
   session turns these into an abort verdict with the error's ``reason``, never a traceback or
-  NaN figures.
+  NaN figures. A redirect (3xx) is not a reply: malformed.
+
+Every reply is read as a stream against a cap known before it arrives (:mod:`verifier_client.
+limits`): an array's exact size from its signed reference (whose dtype and shape are checked
+first), a datamodel's from the task's sizes, a JSON reply's the protocol's JSON limit, an error
+body's a few KiB; the cap holds after decompression too. Every request has one total deadline
+(``deadline_s``, by default the client's read time-out): past it, a :class:`TransportError`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -41,7 +48,14 @@ from protocol.errors import (
     ProtocolError,
     ShapeError,
 )
-from protocol.messages import ArrayRef, AttributionManifest, ResponseManifest, array_from_npy
+from protocol.messages import (
+    LIMITS,
+    ArrayRef,
+    AttributionManifest,
+    ResponseManifest,
+    array_from_npy,
+)
+from protocol.npy import npy_max_bytes, shape_matches, shape_text
 from protocol.signing import SignedMessage, open_signed, sign_request
 from protocol.transparency import TreeHead
 from protocol.wire import (
@@ -58,10 +72,27 @@ from protocol.wire import (
     TranscriptOut,
     parse_reply,
 )
+from verifier_client.limits import ReplyTooLarge, deadline, read_capped
 
-__all__ = ["ProverClient", "ProverRefused", "TransportError"]
+__all__ = ["ProverClient", "ProverRefused", "Reply", "TransportError"]
 
 T = TypeVar("T")
+JSON_CAP = LIMITS["json_bytes"]  # the protocol's bound on a JSON message
+ERROR_CAP = 16 * 1024  # an error body is read only to show its first 200 characters
+DEFAULT_DEADLINE_S = 300.0  # a client without a read time-out still gives up
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A Prover's reply, read whole within its cap: status, headers and decoded body."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
 
 
 class TransportError(Exception):
@@ -91,23 +122,31 @@ class ProverClient:
     READ_RETRIES = 8
     MAX_RETRY_WAIT_S = 30.0
 
-    def __init__(self, http: httpx.Client, key: Ed25519PrivateKey | None = None) -> None:
+    def __init__(
+        self, http: httpx.Client, key: Ed25519PrivateKey | None = None,
+        deadline_s: float | None = None,
+    ) -> None:  # fmt: skip
         self.http = http
         self.sleep: Callable[[float], None] = time.sleep  # injectable for tests
         self.key = key
         self.prover_key: str | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.deadline_s = deadline_s or http.timeout.read or DEFAULT_DEADLINE_S
+        self._sizes: dict[str, tuple[int, int]] = {}  # task hash -> (Z, N), from info()
 
     def _call(
-        self, method: str, path: str, key: Ed25519PrivateKey | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        """Send (signed if there is a key); :class:`TransportError` on a network failure or a
-        5xx, :class:`ProverRefused` on a 4xx. A read (GET) over the Prover's read rate (429) is
-        sent again, freshly signed, after its ``Retry-After`` (at most :attr:`READ_RETRIES`
-        times, each wait capped at :attr:`MAX_RETRY_WAIT_S`); writes are never re-sent here."""
+        self, method: str, path: str, key: Ed25519PrivateKey | None = None, *,
+        cap: int = JSON_CAP, too_large: type[Exception] = MalformedResponseError, **kwargs: Any,
+    ) -> Reply:  # fmt: skip
+        """Send (signed if there is a key) and read the reply within ``cap`` bytes (past it:
+        ``too_large``, the Prover's misbehaviour); :class:`TransportError` on a network failure,
+        a 5xx or the deadline, :class:`ProverRefused` on a 4xx. A read (GET) over the Prover's
+        read rate (429) is sent again, freshly signed, after its ``Retry-After`` (at most
+        :attr:`READ_RETRIES` times, each wait capped at :attr:`MAX_RETRY_WAIT_S`); writes are
+        never re-sent here."""
         for attempt in range(self.READ_RETRIES + 1):
-            resp = self._send(method, path, key, **kwargs)
+            resp = self._send(method, path, key, cap, too_large, **kwargs)
             if resp.status_code != 429 or method != "GET" or attempt == self.READ_RETRIES:
                 break
             retry = resp.headers.get("retry-after", "")
@@ -115,23 +154,43 @@ class ProverClient:
         return self._checked(method, path, resp)
 
     def _send(
-        self, method: str, path: str, key: Ed25519PrivateKey | None, **kwargs: Any
-    ) -> httpx.Response:
+        self, method: str, path: str, key: Ed25519PrivateKey | None, cap: int,
+        too_large: type[Exception], **kwargs: Any,
+    ) -> Reply:  # fmt: skip
+        what = f"{method} {path}"
         try:
             request = self.http.build_request(method, path, **kwargs)
             signer = key or self.key
             if signer is not None:
                 target = request.url.raw_path.decode("latin-1")
                 request.headers.update(sign_request(signer, method, target, request.content))
-            return self.http.send(request)
+            self.bytes_sent += len(request.content or b"")
+            with deadline(self.deadline_s):
+                resp = self.http.send(request, stream=True)
+                try:
+                    ok = 200 <= resp.status_code < 300
+                    body = read_capped(resp, cap if ok else ERROR_CAP, what, truncate=not ok)
+                finally:
+                    resp.close()
+        except httpx.TimeoutException as exc:
+            within = f"no whole reply within the request's {self.deadline_s:g} s"
+            raise TransportError(f"{what}: {within}: {type(exc).__name__}: {exc}") from None
         except httpx.HTTPError as exc:
-            raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+            raise TransportError(f"{what}: {type(exc).__name__}: {exc}") from None
+        except ReplyTooLarge as exc:
+            raise too_large(str(exc)) from None
+        self.bytes_received += len(body)
+        return Reply(resp.status_code, resp.headers, body)
 
-    def _checked(self, method: str, path: str, resp: httpx.Response) -> httpx.Response:
-        self.bytes_received += len(resp.content)
-        self.bytes_sent += len(resp.request.content or b"")
+    def _checked(self, method: str, path: str, resp: Reply) -> Reply:
         if resp.status_code >= 500:
             raise TransportError(f"{method} {path}: Prover error {resp.status_code}")
+        if resp.status_code < 200 or 300 <= resp.status_code < 400:  # a redirect: no reply
+            where = resp.headers.get("location", "")[:200]
+            to = f" to {where!r}" if where else ""
+            raise MalformedResponseError(
+                f"{method} {path}: a {resp.status_code} reply{to}, not the documented reply"
+            )
         if resp.status_code >= 400:
             retry = resp.headers.get("retry-after", "")
             wait = float(retry) if retry.isdigit() else None
@@ -153,9 +212,11 @@ class ProverClient:
         return parse_reply(model, resp.content, what)
 
     def info(self) -> InfoOut:
-        """``GET /v1/info``; remembers the Prover's public key (every later signature's signer)."""
+        """``GET /v1/info``; remembers the Prover's public key (every later signature's signer)
+        and each task's sizes (the cap on its datamodel's bytes)."""
         doc = self._parse(InfoOut, "GET", "/v1/info")
         self.prover_key = doc.public_key
+        self._sizes.update({t.task_hash: (t.n_targets, t.n_train) for t in doc.tasks})
         return doc
 
     def task_entry(self, name_or_hash: str) -> TaskInfo:
@@ -193,7 +254,7 @@ class ProverClient:
         """The signed manifest and the datamodel, both checked against each other."""
         doc = self._parse(AttributionOut, "GET", f"/v1/attributions/{content_hash}")
         manifest = open_signed(doc.manifest, AttributionManifest, signer=self.prover_key)
-        raw = self._call("GET", f"/v1/attributions/{content_hash}/datamodel").content
+        raw = self.datamodel_bytes(content_hash, manifest.task_hash)
         try:
             model = Datamodel.from_bytes(raw)
         except ShapeError as exc:
@@ -215,9 +276,48 @@ class ProverClient:
         signed = self._parse(SignedMessage, "GET", f"/v1/sessions/{session_id}/response")
         return signed, open_signed(signed, ResponseManifest, signer=self.prover_key)
 
-    def array(self, ref: ArrayRef) -> NDArray[np.generic]:
-        """The array bound by ``ref``; :class:`BadResponseError` unless its bytes hash to it."""
-        data = self._call("GET", f"/v1/arrays/{ref.sha256}").content
+    def datamodel_bytes(self, content_hash: str, task_hash: str) -> bytes:
+        """A datamodel's bytes, read within the size of one for the task's Z and N (from
+        :meth:`info`; the protocol's array limit for a task it did not list)."""
+        z, n = self._sizes.get(task_hash, (0, 0))
+        cap = 64 + 8 * z * (n + 1) if z else LIMITS["array_bytes"]
+        path = f"/v1/attributions/{content_hash}/datamodel"
+        return self._call("GET", path, cap=cap, too_large=BadResponseError).content
+
+    def response_to_sign(self, session_id: str, challenge_digest: str) -> SignedMessage | None:
+        """The session's signed response as the transcript holds it, for an abort decided
+        without one (a reply that was HTML, a redirect, not its model): the verdict is signed
+        over the response the Prover signed, so the Prover can record it. None if the Prover
+        shows none that verifies and answers ``challenge_digest`` (nothing to sign over)."""
+        try:
+            signed = self.transcript(session_id).response
+            if signed is None:
+                return None
+            manifest = open_signed(signed, ResponseManifest, signer=self.prover_key)
+        except (ProtocolError, TransportError):
+            return None
+        return signed if manifest.challenge_digest == challenge_digest else None
+
+    def array_bytes(self, ref: ArrayRef) -> bytes:
+        """The ``.npy`` bytes of ``ref``, read within the size its dtype and shape announce."""
+        cap = min(npy_max_bytes(ref.dtype, ref.shape), LIMITS["array_bytes"])
+        path = f"/v1/arrays/{ref.sha256}"
+        return self._call("GET", path, cap=cap, too_large=BadResponseError).content
+
+    def array(
+        self, ref: ArrayRef, shape: Sequence[int | None] | None = None
+    ) -> NDArray[np.generic]:
+        """The array bound by ``ref``; :class:`BadResponseError` unless its signed shape is
+        ``shape`` (``None`` entries: any size; checked before anything is downloaded), its bytes
+        hash to it and their ``.npy`` header announces that dtype and shape (checked before
+        anything is allocated)."""
+        if shape is not None and not shape_matches(ref.shape, shape):
+            raise BadResponseError(f"array {ref.name!r} of signed shape {ref.shape}, "
+                                   f"expected {shape_text(shape)}")  # fmt: skip
+        if npy_max_bytes(ref.dtype, ref.shape) > LIMITS["array_bytes"]:
+            raise BadResponseError(f"array {ref.name!r} of shape {ref.shape} is larger than "
+                                   f"the protocol's {LIMITS['array_bytes']:,} bytes")  # fmt: skip
+        data = self.array_bytes(ref)
         try:
             return array_from_npy(ref, data)
         except ShapeError as exc:
@@ -229,7 +329,7 @@ class ProverClient:
         Anything else is the Prover's misbehaviour: :class:`BadResponseError` with the reason, so
         the session aborts with a signable verdict instead of carrying NaN into its figures.
         """
-        values = np.asarray(self.array(ref), dtype=np.float64)
+        values = np.asarray(self.array(ref, shape), dtype=np.float64)
         if values.shape != shape:
             raise BadResponseError(f"values of shape {values.shape}, expected {shape}")
         finite = np.isfinite(values)

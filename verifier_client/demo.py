@@ -19,8 +19,9 @@ any size: the cap (``max_prover_trainings``) only bounds what is spent on a Prov
 cannot size. float32 (``TASK``) halves the CPU time of every training; ``--task digits-logreg``
 runs the float64 default (tau = 1e-9) with the same figures but the tau part.
 
-Seeded (``seed``): the Verifier's secrets derive from it and the Prover's attribution is
-deterministic, so two runs print the same figures (only the times differ).
+Seeded (``seed``): the challenge's design derives from it (the secrets never do) and the
+Prover's attribution is deterministic, so two runs print the same figures (only the times
+differ: an honest Prover and a scaled one pass every spot-check, whichever are drawn).
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total), at every pha
 Notify = Callable[[str], None]  # a sentence the user should read now (e.g. a reused attribution)
 Design = ChallengeDesign | SharedBaseDesign
 SIZING_MARGIN = 1.25  # the pilot's spread is itself an estimate: plan for 25 % more
+DESIGN_LABELS = ("pilot", "challenge", "fresh")  # what a seed may fix: the Prover sees E anyway
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class Options:
     budget: int = 2000
     poll_s: float = 0.25
     timeout_s: float = 3600.0
-    seed: bytes | None = None  # tests only: derive every secret from it (default: os.urandom)
+    seed: bytes | None = None  # fixes the design (pilot, E, fresh samples), never a secret
+    secrets_seed: bytes | None = None  # tests only (verify() refuses it): nonce, salt, spots
 
     def validate(self) -> None:
         """Refuse bad options before any traffic (the user's error, not the Prover's)."""
@@ -213,9 +215,12 @@ class _Run:
         self.device_class = ""  # the Prover's, from its signed response
 
     def random(self, label: str, n: int) -> bytes:
-        if self.opts.seed is None:
+        """``n`` bytes for ``label``: from ``seed`` for the design, from ``secrets_seed`` (tests
+        only) for a secret (nonce, salt, spot-checks), else fresh (issue 21, item 15)."""
+        seed = self.opts.seed if label in DESIGN_LABELS else self.opts.secrets_seed
+        if seed is None:
             return os.urandom(n)
-        return hashlib.sha256(self.opts.seed + label.encode()).digest()[:n]
+        return hashlib.sha256(seed + label.encode()).digest()[:n]
 
     def tick(self, phase: str, started: float) -> None:
         self.times[phase] = round(self.times.get(phase, 0.0) + time.perf_counter() - started, 3)
@@ -337,7 +342,9 @@ class _Run:
         if sizes.spot_checks == 0 or witness:
             k_groups = 0
         chooser = (
-            secrets.SystemRandom() if o.seed is None else random.Random(self.random("spots", 16))  # noqa: S311 - tests only
+            secrets.SystemRandom()
+            if o.secrets_seed is None
+            else random.Random(self.random("spots", 16))  # noqa: S311 - tests only
         )
         groups = np.array(sorted(chooser.sample(range(n), k_groups)), dtype=np.int64)
         spots = [int(i) for i in group_subsets(shape, groups)]
@@ -452,7 +459,7 @@ class _Run:
                 raise BadResponseError("the response answers another challenge")
             values = self.client.values(manifest.values, (len(design), task.n_targets),
                                         task.bound)  # fmt: skip
-            probes = self.client.array(manifest.probes).astype(np.float32)
+            probes = self.client.array(manifest.probes, (len(design), None)).astype(np.float32)
             if probes.ndim != 2 or len(probes) != len(design) or not np.isfinite(probes).all():
                 raise BadResponseError(f"probes of shape {probes.shape} (or not finite)")
         except VerificationError as exc:  # the Prover misbehaved: an abort with its reason
@@ -495,6 +502,9 @@ class _Run:
     ) -> dict[str, Any]:
         secret = json.loads(record.secret_json)
         verdict_json = None
+        if sid is not None and response is None and decision.reason == "malformed_response":
+            digest = SignedMessage.model_validate_json(record.challenge_json).digest
+            response = self.client.response_to_sign(sid, digest)  # an abort signed and posted
         if sid is not None and response is not None:
             challenge = SignedMessage.model_validate_json(record.challenge_json)
             verdict = Verdict(

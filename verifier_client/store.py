@@ -9,6 +9,7 @@ A client killed in between leaves an ``incomplete`` row that ``verify --resume``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import weakref
@@ -18,7 +19,11 @@ from typing import Any
 from sqlalchemy import Float, Integer, String, Text, create_engine, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-__all__ = ["Record", "VerifierStore"]
+from protocol.errors import InvalidParameterError
+
+__all__ = ["Record", "VerifierStore", "private_files"]
+
+_log = logging.getLogger(__name__)
 
 _SCHEMA_LOCK = 0x56444132  # PostgreSQL advisory lock key for the Verifier's schema ("VDA2")
 
@@ -87,7 +92,7 @@ class Record(_Base):
 
 def _as_url(url: str) -> str:
     """A bare path means SQLite; a new SQLite file is created 0600 (it holds the secret
-    spot-check sets until each verdict)."""
+    spot-check sets until each verdict), an existing one tightened (:func:`private_files`)."""
     if "://" not in url:
         url = f"sqlite:///{url}"
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -98,7 +103,36 @@ def _as_url(url: str) -> str:
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             except FileExistsError:
                 pass
+        private_files(path)
     return url
+
+
+def private_files(path: Path) -> list[Path]:
+    """Make a SQLite database and its side files (``-wal``, ``-shm``, ``-journal``) readable
+    by their owner only, as keys are: each one open to group or others is set to 0600 and a
+    warning logged (SQLite gives new side files the database's mode); one this user may not
+    change is refused with the command that fixes it. Returns the files tightened."""
+    if os.name != "posix":
+        return []
+    tightened = []
+    for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        try:
+            mode = file.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        try:
+            os.chmod(file, 0o600)
+        except PermissionError:
+            raise InvalidParameterError(
+                f"database file {str(file)!r} is readable by group or others (mode "
+                f"{mode:o}) and is not yours to change: run chmod 600 {file}"
+            ) from None
+        _log.warning("database file %s was mode %o: set to 600 (it holds the secret "
+                     "spot-checks until each verdict)", file, mode)  # fmt: skip
+        tightened.append(file)
+    return tightened
 
 
 class VerifierStore:

@@ -42,7 +42,7 @@ def _verify(url: str, root: Path, task: str, **over: object) -> dict:  # type: i
     with httpx.Client(base_url=url, timeout=120) as http:
         return run_verification(
             ProverClient(http, key=KEY), VerifierStore(f"sqlite:///{root}/v.db"), KEY,
-            Options(**(fields | over)), url,  # type: ignore[arg-type]
+            Options(**(fields | over | {"secrets_seed": (fields | over)["seed"]})), url,  # type: ignore[arg-type]
         )  # fmt: skip
 
 

@@ -41,8 +41,10 @@ class World:
     service: ProverService
     root: Path
 
-    def verify(self, tamper: Tamper | None = None, resume: str | None = None) -> dict[str, object]:
-        """One verification through ``tamper`` (None: the honest wire)."""
+    def verify(
+        self, tamper: Tamper | None = None, resume: str | None = None, **over: object
+    ) -> dict[str, object]:
+        """One verification through ``tamper`` (None: the honest wire); ``over``: options."""
 
         def upstream(request: httpx.Request) -> httpx.Response:
             headers = {k: v for k, v in request.headers.items() if k != "host"}
@@ -56,8 +58,10 @@ class World:
             return (tamper or (lambda r, up: up(r)))(request, upstream)
 
         with httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p") as http:
-            opts = Options(task=TASK, epsilon=0.5, pairs_per_level=4, spot_checks=2, poll_s=0.0,
-                           seed=b"failure kinds")  # fmt: skip
+            fields: dict[str, object] = dict(task=TASK, epsilon=0.5, pairs_per_level=4,
+                                             spot_checks=2, poll_s=0.0,
+                                             seed=b"failure kinds")  # fmt: skip
+            opts = Options(**(fields | over))  # type: ignore[arg-type]
             return run_verification(ProverClient(http, key=OWNER), self.store, OWNER, opts,
                                     "http://p", resume=resume)  # fmt: skip
 
@@ -180,3 +184,74 @@ def test_a_transport_failure_is_never_an_abort(world: World, case: str) -> None:
         assert held.verdict is None and held.status != "decided"
     done = world.verify(resume=row.id)  # and the record is finished once the network is back
     assert done["status"] == "decided" and done["reason"] in ("certified", "not_certified")
+
+
+def _redirect(request: httpx.Request, upstream: Upstream) -> httpx.Response:
+    return httpx.Response(307, headers={"location": "http://evil.example/v1/x"})
+
+
+def _html(request: httpx.Request, upstream: Upstream) -> httpx.Response:
+    return httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>busy</html>")
+
+
+NOT_A_REPLY = {
+    "html for the response": _failing(RESPONSE, lambda r: _html(r, _unused)),
+    "a 307 for the response": _failing(RESPONSE, lambda r: _redirect(r, _unused)),
+    "a 307 for the session's state": _failing(SESSION, lambda r: _redirect(r, _unused)),
+}
+
+
+def _unused(request: httpx.Request) -> httpx.Response:
+    raise AssertionError("not forwarded")
+
+
+@pytest.mark.parametrize("case", sorted(NOT_A_REPLY))
+def test_html_or_a_redirect_is_a_signed_and_posted_abort(world: World, case: str) -> None:
+    # issue 21, item 14: the abort is signed over the response the Prover signed (its
+    # transcript's), recorded with its verdict and delivered, like any other malformed reply
+    result = world.verify(NOT_A_REPLY[case])
+    assert (result["status"], result["verdict"]) == ("decided", "abort")
+    assert result["reason"] == "malformed_response"
+    assert ("307" in str(result["detail"])) == ("307" in case)
+    (row,) = world.store.all()
+    assert row.verdict_json is not None and result["verdict_posted"]
+    held = world.service.session(row.prover_session or "", public_key_hex(OWNER))
+    assert (held.status, held.verdict) == ("decided", "abort")
+
+
+def _lying_npy(kind: str) -> Callable[..., tuple[object, bytes]]:
+    """``array_to_npy`` of a Prover whose signed values are a .npy announcing a huge array:
+    in its header only (``header``), or in the signed shape too (``signed shape``)."""
+    import hashlib
+    import sys
+
+    from protocol.messages import ArrayRef, array_to_npy
+    from tests.verifier_client.test_malicious_prover import forged
+
+    def lying(name: str, array: object) -> tuple[object, bytes]:
+        ref, data = array_to_npy(name, array)  # type: ignore[arg-type]
+        if name != "values" or sys._getframe(1).f_code.co_name != "_finish":
+            return ref, data  # the chunks it keeps for itself stay honest
+        huge = (2**20, 2**20)  # 8 TiB of float64
+        lie = forged(data, huge)
+        shape = huge if kind == "signed shape" else ref.shape
+        sha = hashlib.sha256(lie).hexdigest()
+        return ArrayRef(name=name, sha256=sha, dtype=ref.dtype, shape=shape), lie
+
+    return lying
+
+
+@pytest.mark.parametrize("kind", ["header", "signed shape"])
+def test_a_npy_announcing_a_huge_array_is_a_bad_response_abort(
+    world: World, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 21, item 13: checked against the expected shape before anything is allocated
+    import prover_service.sessions
+
+    monkeypatch.setattr(prover_service.sessions, "array_to_npy", _lying_npy(kind))
+    result = world.verify()
+    assert (result["status"], result["verdict"]) == ("decided", "abort")
+    assert result["reason"] == "bad_response" and "shape" in str(result["detail"])
+    assert "1048576" in str(result["detail"])
+    (row,) = world.store.all()
+    assert row.verdict_json is not None and result["verdict_posted"]
