@@ -223,7 +223,8 @@ class ProverService:
         known now (the inferred orientation, a small budget)."""
         task = self.task(task_hash)
         self._check_budget(budget, p, MIN_CALIBRATION)
-        loaded = orient_scores(scores_from_npy_bytes(body), task.n_targets, task.n_train,
+        shapes = [(task.n_targets, task.n_train), (task.n_train, task.n_targets)]
+        loaded = orient_scores(scores_from_npy_bytes(body, shapes), task.n_targets, task.n_train,
                                orientation, "the upload")  # fmt: skip
         prov = self.provenance(provenance, owner)
         if owner != LOCAL:
