@@ -166,7 +166,7 @@ class TorchTask(TaskBase):
         try:
             if self._train_batch is not None:
                 self._seed_everything(s[0] if s else 0)
-                extra = {"generator": [self._generator(x) for x in s]} \
+                extra: dict[str, Any] = {"generator": [self._generator(x) for x in s]} \
                     if self._wants_generator else {}  # fmt: skip
                 models = list(self._train_batch(indices, s, **extra))
                 if len(models) != len(s):
