@@ -6,7 +6,8 @@ Tables: ``attributions`` (signed manifests), ``jobs`` (training work with progre
 chunks of a challenge job, which is how a restarted service resumes), ``nonces`` (every
 challenge nonce ever accepted), ``request_nonces`` and ``rate_buckets`` (the signed requests'
 nonces and the per-key and per-caller token buckets, shared by every Prover process on the
-database: :mod:`prover_service.auth`), ``session_arrays`` (which session's response serves
+database: :mod:`prover_service.auth`), ``known_keys`` (every Verifier key admitted, with the
+address it first came from), ``session_arrays`` (which session's response serves
 which array, for read authorisation), and the transparency log (:mod:`prover_service.log`):
 ``log_leaves`` (one per signed message), ``log_nodes`` (every perfect subtree's hash) and
 ``log_state`` (its size and compact range, one row that serialises appends). Arrays are files
@@ -61,6 +62,7 @@ __all__ = [
     "Base",
     "ChunkRow",
     "JobRow",
+    "KnownKeyRow",
     "LogLeafRow",
     "LogNodeRow",
     "LogStateRow",
@@ -107,6 +109,11 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
+    # bytes the job will write (its arrays), counted against the disk quota until it ends
+    reserved_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # which Prover process runs the job, until when (jobs.py: claims and leases)
+    lease_owner: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SessionRow(Base):
@@ -159,6 +166,16 @@ class RateBucketRow(Base):
     subject: Mapped[str] = mapped_column(String(80), primary_key=True)
     tokens: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class KnownKeyRow(Base):
+    """A Verifier key the Prover has admitted once, and the address it first came from (new
+    keys are admitted at a limited rate per address: :mod:`prover_service.auth`)."""
+
+    __tablename__ = "known_keys"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(80))
+    first_seen: Mapped[float] = mapped_column(Float, default=now)
 
 
 class SessionArrayRow(Base):
