@@ -7,12 +7,14 @@ server as shipped, a temporary SQLite database, open registration on loopback) a
 seconds. Attackers connect from 127.0.0.2 and up; a probe on 127.0.0.1 sends a small GET
 (``/v1/info``) every 0.2 s throughout, with a 10 s time-out (a time-out counts as 10 s). For
 each attack the JSON gives the probe's p50 / p99 / max latency and time-outs, the Prover's peak
-RSS (``VmHWM`` of /proc/PID/status) against its RSS before the attack, and the status codes
+RSS (``VmHWM`` of /proc/PID/status, reset once an attack's set-up is done) against its RSS
+before the attack, and the status codes
 the attackers got, with what the attack is about:
 
 =================  ============================================================================
 ``big_challenge``  4: 48 unsigned 8 MB JSON bodies on ``/v1/challenges`` at once
-``slowloris``      5: 1,100 sockets sending partial headers, and one body dripped at 1 byte/2 s,
+``slowloris``      5: 1,100 sockets from one address sending partial headers (a header line
+                   every 2 s), and one body dripped at 1 byte/2 s,
                    against a server whose open-file limit is 1,024: how many are still open
                    after 35 s, and whether new connections are served meanwhile
 ``sybil``          6: 33 fresh keys from one address, 2 challenges of |E| = 249,996 each; then a
@@ -21,7 +23,7 @@ the attackers got, with what the attack is about:
 ``disk_quota``     8: a 3 MB disk quota; 16 challenges of ~1.58 MB (estimated) each, from 8
                    keys on 8 addresses: how many are admitted, and the store's size at the end
 ``audit_get``      9: 8 clients reading ``/audit/sessions/ID`` (public transcripts) of a decided
-                   digits-logreg session with 400 spot-checks, for 10 s
+                   digits-logreg session with 400 spot-checks, for 20 s
 =================  ============================================================================
 
 Goals (issue 21): RSS growth under 256 MB and a small-GET p99 under 1 s for every attack.
@@ -103,6 +105,7 @@ class Prover:
         self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=self.log,
                                      stderr=subprocess.STDOUT, preexec_fn=limit)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
+        self.baseline: int | None = None
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -114,6 +117,12 @@ class Prover:
                 pass
             time.sleep(0.2)
         raise RuntimeError("the Prover did not start")
+
+    def mark(self) -> None:
+        """The attack starts now: its set-up (publishing, training) is not counted; the peak
+        RSS is reset (``/proc/PID/clear_refs``) and the RSS now is the baseline."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        self.baseline = _status(self.proc.pid)["VmRSS"]
 
     def client(self, address: str = "127.0.0.1", timeout: float = 60) -> httpx.Client:
         transport = httpx.HTTPTransport(local_address=address)
@@ -232,9 +241,9 @@ def big_challenge(p: Prover) -> dict[str, Any]:
 def slowloris(p: Prover) -> dict[str, Any]:
     socks: list[socket.socket] = []
     refused = 0
-    for i in range(1100):
+    for _ in range(1100):
         s = socket.socket()
-        s.bind((f"127.0.0.{2 + i % 200}", 0))
+        s.bind(("127.0.0.2", 0))
         s.settimeout(5)
         try:
             s.connect(("127.0.0.1", p.port))
@@ -283,6 +292,7 @@ def _held(s: socket.socket) -> bool:
 def sybil(p: Prover) -> dict[str, Any]:
     honest = generate_key()
     task_hash, content, bound = _publish(p, honest)
+    p.mark()
     keys = [generate_key() for _ in range(33)]
     with p.client("127.0.0.2") as c:
 
@@ -322,6 +332,7 @@ def disk_quota(p: Prover) -> dict[str, Any]:
     task_hash, content, bound = _publish(p, owner)
     keys = [generate_key() for _ in range(8)]
     before = _store_bytes(p.root)
+    p.mark()
 
     def post(i: int) -> str:
         with p.client(f"127.0.0.{10 + i // 2}") as c:
@@ -364,8 +375,9 @@ def audit_get(p: Prover) -> dict[str, Any]:
                           timestamp=int(time.time()))  # fmt: skip
         r = c.post(f"/v1/sessions/{sid}/verdict", json=sign_message(vkey, verdict).model_dump())
         r.raise_for_status()
+    p.mark()
     statuses: Counter[str] = Counter()
-    stop = time.time() + 10
+    stop = time.time() + 20
 
     def reader(i: int) -> str:
         with p.client(f"127.0.0.{20 + i}", timeout=60) as c:
@@ -408,6 +420,7 @@ def run(name: str) -> dict[str, Any]:
             time.sleep(1.0)
         peak = _status(p.proc.pid)["VmHWM"] if p.proc.poll() is None else -1
         alive = p.proc.poll() is None
+        before = p.baseline or before
     return {"attack": name, "seconds": round(time.perf_counter() - started, 1),
             "rss_before_mb": round(before / 2**20, 1), "rss_peak_mb": round(peak / 2**20, 1),
             "rss_growth_mb": round((peak - before) / 2**20, 1), "prover_alive": alive,

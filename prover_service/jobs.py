@@ -79,6 +79,7 @@ DAY_S = 86_400.0
 LEASE_S = 120.0  # a claim lasts this long unless renewed (the heartbeat renews every third)
 log = logging.getLogger("prover_service")
 _HOST = socket.gethostname()[:40]
+_LIVE: set[str] = set()  # the worker ids of this process's Jobs (several in one process: tests)
 
 
 def _left(row: Any) -> int:
@@ -110,6 +111,7 @@ class Jobs:
         self.run_attribution: RunFn | None = None
         self.executor: Executor = executor_from_settings(settings)
         self.worker_id = f"{_HOST}:{os.getpid()}:{os.urandom(4).hex()}"
+        _LIVE.add(self.worker_id)
         self._held: set[str] = set()  # jobs whose lease this process holds
         self._held_lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
@@ -248,8 +250,8 @@ class Jobs:
         pid = rest.partition(":")[0]
         if host != _HOST or not pid.isdigit():
             return False
-        if int(pid) == os.getpid():
-            return True  # our pid, another tag: the process that held it is gone
+        if int(pid) == os.getpid():  # this process, or one that had our pid (a container's 1)
+            return lease_owner not in _LIVE
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
