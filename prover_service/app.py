@@ -3,7 +3,8 @@
 Every error reply, FastAPI's and Starlette's own included (unknown route, wrong method, a body
 that does not parse), is ``ErrorResponse{code, detail}``: the domain's
 :class:`~prover_service.errors.ServiceError` tree is mapped here, once. Request bodies are
-limited while they stream in (:class:`BodyLimit`), whatever the transfer encoding. Every route
+limited in size and time while they stream in, whatever the transfer encoding, and unsigned
+POSTs per address (:mod:`prover_service.limits`). Every route
 reads under ``read_rate_per_minute`` (:func:`~prover_service.api.deps.limit_reads`), and the
 service's Gate keeps its nonces and rate buckets in the database, shared by every process on it.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,15 +23,16 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.errors import ProtocolError
 from prover_service.api.deps import limit_reads
 from prover_service.api.routes import attributions, audit, info, sessions
 from prover_service.api.routes import log as log_routes
 from prover_service.errors import ServiceError
+from prover_service.limits import BodyLimit, UnsignedPostLimit, error_response
 from prover_service.service import ProverService
 from prover_service.settings import Settings
+from prover_service.store import now
 
 __all__ = ["BodyLimit", "create_app"]
 
@@ -64,82 +66,7 @@ def _allowed(request: Request) -> str:
     return ", ".join(m for m in _METHODS if serves(m))
 
 
-def _error(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"code": code, "detail": detail}, status_code=status, headers=headers)
-
-
-class BodyLimit:
-    """ASGI middleware: refuse a body over ``limit`` bytes without ever holding more than that.
-
-    A ``Content-Length`` over the limit is refused before any byte is read; a chunked body is
-    counted as it streams in and refused (413) at the first chunk past the limit, leaving the
-    rest unread. A body within the limit is handed to the app as one message.
-
-    The upload paths (``uploads``: outside scores and datamodels, which for a large task exceed
-    the default) get ``upload_limit`` instead, but only for a request whose ``X-VDA-Key`` header
-    names a key that ``may_upload`` accepts (on the allow-list, when there is one): an anonymous
-    caller never makes the Prover hold more than ``limit`` bytes. The signature itself is checked
-    after the body is read, as for every signed request.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        limit: int,
-        uploads: tuple[str, ...] = (),
-        upload_limit: int | None = None,
-        may_upload: Callable[[str], bool] | None = None,
-    ) -> None:
-        self.app, self.limit = app, limit
-        self.uploads, self.upload_limit, self.may_upload = uploads, upload_limit, may_upload
-
-    def _limit(self, scope: Scope, headers: dict[bytes, bytes]) -> int:
-        if self.upload_limit is None or scope.get("path") not in self.uploads:
-            return self.limit
-        key = headers.get(b"x-vda-key", b"").decode("latin-1")
-        if key and (self.may_upload is None or self.may_upload(key.lower())):
-            return max(self.limit, self.upload_limit)
-        return self.limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        limit = self._limit(scope, headers)
-        too_large = _error(413, "too_large", f"request body over {limit} bytes")
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            await too_large(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                del chunks
-                await too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+_error = error_response
 
 
 def create_app(settings: Settings, service: ProverService | None = None) -> FastAPI:
@@ -160,6 +87,7 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         description="Publishes signed attributions and answers signed challenges "
         "(PROTOCOL.md section 4). Errors are `{code, detail}` (`ErrorResponse`).",
         lifespan=lifespan,
+        redirect_slashes=False,  # no 307 built from the Host header: an unknown path is a 404
         dependencies=[Depends(limit_reads)],  # every GET: read_rate_per_minute per caller
     )
     app.state.service = svc
@@ -170,6 +98,23 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         uploads=("/v1/attributions/import", "/v1/attributions/datamodel"),
         upload_limit=settings.max_upload_bytes,
         may_upload=lambda key: not gate.allow or key in gate.allow,
+        message_limits={
+            "/v1/challenges": settings.max_challenge_bytes,
+            "/v1/sessions/[^/]+/verdict": settings.max_verdict_bytes,
+        },
+        deadline_s=settings.body_timeout_s,
+        authenticate=lambda headers, method, target, sha: gate.authenticate(
+            headers,  # type: ignore[arg-type]
+            method,
+            target,
+            b"",
+            body_sha256=sha,
+        ),
+        max_uploads=settings.max_concurrent_uploads,
+    )
+    rate = settings.post_rate_per_minute  # outermost: before any body is read
+    app.add_middleware(
+        UnsignedPostLimit, take=lambda who: gate.ledger.take("post", who, rate, now()), rate=rate
     )
 
     @app.exception_handler(ServiceError)

@@ -6,7 +6,10 @@ is accepted once: the time stamp must lie within ``request_window_s`` of the Pro
 its nonce is recorded until well after the window has closed on it, so an older replay is stale
 and a newer one is a repeat (401 either way).
 
-**Admission**: with an allow-list only listed keys may start work (403); every key is held to
+**Admission**: with an allow-list only listed keys may start work (403); without one (open
+registration) a key the Prover has not seen is admitted at most ``new_keys_per_hour`` times
+per hour per client address (429), so one machine cannot mint keys to multiply the per-key
+quotas; every key is held to
 ``rate_per_minute`` expensive requests, and every caller (its key when the request is signed,
 else its address) to ``read_rate_per_minute`` reads: token buckets, 429 with ``Retry-After``.
 Quotas that need the jobs (unfinished jobs, trainings per day, queue, disk) are in :mod:`jobs`.
@@ -36,13 +39,15 @@ from sqlalchemy.orm import sessionmaker
 from protocol.signing import BadSignatureError, signed_request_bytes, verify_bytes
 from prover_service.errors import Forbidden, StoreError, TooManyRequests, Unauthorized
 from prover_service.settings import Settings
-from prover_service.store import RateBucketRow, RequestNonceRow, insert_once, now
+from prover_service.store import KnownKeyRow, RateBucketRow, RequestNonceRow, insert_once, now
 
 __all__ = ["DatabaseLedger", "Gate", "Ledger", "MemoryLedger", "SignedHeaders", "load_allow_list"]
 
 PRUNE_EVERY_S = 10.0  # how often one process deletes expired nonces and idle buckets
 _NONCES = cast(Table, RequestNonceRow.__table__)
 _BUCKETS = cast(Table, RateBucketRow.__table__)
+_KNOWN = cast(Table, KnownKeyRow.__table__)
+NEW_KEYS = "new_keys"  # the bucket scope of new keys per address (per hour)
 
 SignedHeaders = tuple[str | None, str | None, str | None, str | None]  # key, time, nonce, sig
 
@@ -75,9 +80,17 @@ class Ledger(Protocol):
         """Record ``nonce`` until ``expires_at``; False if it is recorded and not expired."""
         ...
 
-    def take(self, scope: str, subject: str, rate: int, t: float) -> float:
-        """Take a token from the bucket (``rate`` tokens, refilled at ``rate`` per minute):
-        0.0 if taken, else the seconds until one will be there."""
+    def take(self, scope: str, subject: str, rate: int, t: float, period_s: float = 60.0) -> float:
+        """Take a token from the bucket (``rate`` tokens, refilled at ``rate`` per
+        ``period_s``): 0.0 if taken, else the seconds until one will be there."""
+        ...
+
+    def known(self, key: str) -> bool:
+        """Whether ``key`` has been admitted before (:meth:`remember`)."""
+        ...
+
+    def remember(self, key: str, address: str, t: float) -> None:
+        """Record ``key`` as admitted, first from ``address`` (idempotent)."""
         ...
 
 
@@ -90,6 +103,7 @@ class MemoryLedger:
         self._lock = threading.Lock()
         self._seen: dict[str, float] = {}  # request nonce -> when it may be forgotten
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # -> (tokens, when)
+        self._known: dict[str, str] = {}  # admitted key -> the address it first came from
 
     def spend(self, nonce: str, key: str, expires_at: float, t: float) -> bool:
         with self._lock:
@@ -100,14 +114,22 @@ class MemoryLedger:
             self._seen[nonce] = expires_at
             return True
 
-    def take(self, scope: str, subject: str, rate: int, t: float) -> float:
+    def take(self, scope: str, subject: str, rate: int, t: float, period_s: float = 60.0) -> float:
         with self._lock:
             tokens, last = self._buckets.get((scope, subject), (float(rate), t))
-            tokens = min(float(rate), tokens + max(0.0, t - last) * rate / 60.0)
+            tokens = min(float(rate), tokens + max(0.0, t - last) * rate / period_s)
             if tokens < 1.0:
-                return (1.0 - tokens) * 60.0 / rate
+                return (1.0 - tokens) * period_s / rate
             self._buckets[(scope, subject)] = (tokens - 1.0, max(t, last))
             return 0.0
+
+    def known(self, key: str) -> bool:
+        with self._lock:
+            return key in self._known
+
+    def remember(self, key: str, address: str, t: float) -> None:
+        with self._lock:
+            self._known.setdefault(key, address)
 
 
 class DatabaseLedger:
@@ -132,11 +154,11 @@ class DatabaseLedger:
             result: Any = s.execute(renew.values(verifier_key=key, expires_at=expires_at))
             return bool(result.rowcount == 1)
 
-    def take(self, scope: str, subject: str, rate: int, t: float) -> float:
+    def take(self, scope: str, subject: str, rate: int, t: float, period_s: float = 60.0) -> float:
         self._prune(t)
         table = _BUCKETS
         b = table.c
-        per_s = rate / 60.0
+        per_s = rate / period_s
         fresh = b.updated_at < t  # another process's clock may be a little ahead: no refill then
         level = b.tokens + case((fresh, (t - b.updated_at) * per_s), else_=0.0)
         level = case((level >= float(rate), float(rate)), else_=level)
@@ -163,16 +185,27 @@ class DatabaseLedger:
                     return (1.0 - tokens) / per_s
         return 1.0 / per_s
 
+    def known(self, key: str) -> bool:
+        with self.db() as s:
+            return s.get(KnownKeyRow, key) is not None
+
+    def remember(self, key: str, address: str, t: float) -> None:
+        with self.db.begin() as s:
+            insert_once(s, _KNOWN, {"key": key, "address": address[:80], "first_seen": t})
+
     def _prune(self, t: float) -> None:
         """Delete expired nonces and buckets idle for two minutes (full again, so the same as
-        absent), at most every ``PRUNE_EVERY_S`` in this process; two indexed DELETEs."""
+        absent; a per-hour bucket after a day), at most every ``PRUNE_EVERY_S`` in this
+        process; indexed DELETEs."""
         with self._lock:
             if t < self._next_prune:
                 return
             self._next_prune = t + PRUNE_EVERY_S
         with self.db.begin() as s:
             s.execute(delete(_NONCES).where(_NONCES.c.expires_at < t))
-            s.execute(delete(_BUCKETS).where(_BUCKETS.c.updated_at < t - 120))
+            b = _BUCKETS.c
+            s.execute(delete(_BUCKETS).where(b.scope != NEW_KEYS, b.updated_at < t - 120))
+            s.execute(delete(_BUCKETS).where(b.scope == NEW_KEYS, b.updated_at < t - 86_400))
 
 
 class Gate:
@@ -189,9 +222,11 @@ class Gate:
         self.ledger = DatabaseLedger(db)
 
     def authenticate(
-        self, headers: SignedHeaders, method: str, target: str, body: bytes
-    ) -> str | None:
-        """The signer's key if the request's signature verifies; None if it is unsigned."""
+        self, headers: SignedHeaders, method: str, target: str, body: bytes,
+        body_sha256: str | None = None,
+    ) -> str | None:  # fmt: skip
+        """The signer's key if the request's signature verifies; None if it is unsigned.
+        ``body_sha256`` stands for ``body`` when the body was hashed as it streamed in."""
         key, timestamp, nonce, signature = headers
         if key is None and signature is None:
             return None
@@ -204,7 +239,8 @@ class Gate:
             raise Unauthorized("X-VDA-Nonce must be 32 hex digits")
         try:
             ts = int(timestamp)
-            data = signed_request_bytes(method, target, ts, nonce, hashlib.sha256(body).hexdigest())
+            sha = body_sha256 or hashlib.sha256(body).hexdigest()
+            data = signed_request_bytes(method, target, ts, nonce, sha)
             verify_bytes(key, signature, data)
         except (ValueError, BadSignatureError):
             raise Unauthorized("request signature does not verify") from None
@@ -226,10 +262,22 @@ class Gate:
             raise Unauthorized(f"{what} needs a signed request (X-VDA-* headers)")
         return key
 
-    def admit(self, key: str) -> None:
-        """403 unless the key may start work; 429 if it is over its request rate."""
+    def admit(self, key: str, address: str = "local") -> None:
+        """403 unless the key may start work; 429 if it is over its request rate, or if it is a
+        new key (open registration) from an address that brought ``new_keys_per_hour`` new
+        keys already. ``address`` "local" is the operator's own in-process call."""
         if self.allow and key not in self.allow:
             raise Forbidden("this Verifier key is not on the Prover's allow-list")
+        if not self.allow and address != "local" and not self.ledger.known(key):
+            per_hour = self.settings.new_keys_per_hour
+            t = now()
+            wait = self.ledger.take(NEW_KEYS, f"ip:{address}"[:80], per_hour, t, 3600.0)
+            if wait > 0:
+                raise TooManyRequests(
+                    f"over {per_hour} new Verifier keys per hour from this address (open "
+                    "registration); use a key this Prover knows", retry_after=int(wait) + 1
+                )  # fmt: skip
+            self.ledger.remember(key, address, t)
         rate = self.settings.rate_per_minute
         wait = self.ledger.take("expensive", key, rate, now())
         if wait > 0:

@@ -318,21 +318,33 @@ def serve(
     verifier_keys: Annotated[
         Path | None, typer.Option(help="Allow-list: one Verifier public key (hex) per line.")
     ] = None,
+    open_registration: Annotated[
+        bool,
+        typer.Option(
+            help="Without --verifier-keys, let any key spend compute within its "
+            "quotas even on a public address (loopback always may)."
+        ),
+    ] = False,
     max_budget: Annotated[int, typer.Option(help="Largest attribution budget.")] = 100_000,
     max_subsets: Annotated[int, typer.Option(help="Largest challenge |E|.")] = 250_000,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Run the Prover service (FastAPI on uvicorn); checks its database and every stored array
-    first (one line and exit 2 if damaged), then resumes unfinished jobs. More settings (quotas,
-    disk) come from VDA_PROVER_* variables (prover_service/settings.py)."""
+    """Run the Prover service (FastAPI on uvicorn, with header and body time-outs and
+    connection caps: prover_service/server.py); checks each task's declared tau, its database
+    and every stored array first (one line and exit 2 if damaged), then resumes unfinished
+    jobs. On an address other than loopback it needs --verifier-keys (an allow-list) or
+    --open-registration. More settings (quotas, disk, time-outs) come from VDA_PROVER_*
+    variables (prover_service/settings.py)."""
     import uvicorn
     from pydantic import ValidationError
 
     from prover_service.app import create_app
     from prover_service.errors import ServiceError
     from prover_service.executor import ExecutorUnavailable
+    from prover_service.server import server_config
     from prover_service.settings import Settings
+    from prover_service.task_check import check_served_tasks
 
     try:
         settings = Settings(db=db, key_file=key, key_env=key_env, tasks=task, adversary=adversary,
@@ -340,6 +352,18 @@ def serve(
                             verifier_keys_file=verifier_keys, max_budget=max_budget,
                             max_subsets=max_subsets, executor=executor,
                             ray_address=ray_address)  # fmt: skip
+        if (
+            not _loopback(host)
+            and not open_registration
+            and not (settings.verifier_keys or settings.verifier_keys_file)
+        ):
+            raise _fail(
+                f"refusing to serve {host} with open registration: give --verifier-keys FILE "
+                "(an allow-list), or --open-registration to let any key in within its quotas"
+            )
+        if check_tasks:
+            for ref, advice in check_served_tasks(task, settings.resolved_array_dir()):
+                raise _fail(f"refusing to serve {ref!r}: {advice}")
         application = create_app(settings)
         started = time.perf_counter()
         bad = application.state.service.check_integrity()
@@ -360,7 +384,19 @@ def serve(
         raise _fail(f"cannot start: {exc}") from None
     except ExecutorUnavailable as exc:
         raise _fail(str(exc)) from None
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(application, settings, host, port)).run()
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or name (only this machine can connect)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command("check-task")

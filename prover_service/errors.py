@@ -5,6 +5,7 @@ The tree::
     ServiceError              root; ``status`` is the HTTP status, ``code`` a stable string
     ├── Malformed             422 the request body or a parameter does not parse
     ├── Invalid               422 a well-formed request whose content the protocol refuses
+    ├── RequestTimeout        408 a request body that did not arrive within its deadline
     ├── Unauthorized          401 bad or missing signature, replayed request nonce, stale time
     ├── Forbidden             403 a signed request from a key that may not do this
     ├── NotFound              404 unknown task, attribution, job, session, array or route
@@ -13,6 +14,7 @@ The tree::
     ├── TooLarge              413 a body, |E| or budget beyond the operator's limits
     ├── TooManyRequests       429 a per-key rate, concurrency or trainings quota, or a full
     │                             queue; ``retry_after`` seconds go out as ``Retry-After``
+    ├── Busy                  503 a bounded resource (large uploads, audits) is in use; retry
     ├── InsufficientStorage   507 the array store's disk quota would be exceeded
     └── StoreError            503 the database or array store is damaged or unreachable
         └── CorruptArray          an array's bytes no longer hash to their name
@@ -25,6 +27,7 @@ signed message) maps to 422 ``invalid``.
 from __future__ import annotations
 
 __all__ = [
+    "Busy",
     "Conflict",
     "CorruptArray",
     "Forbidden",
@@ -33,6 +36,7 @@ __all__ = [
     "Malformed",
     "MethodNotAllowed",
     "NotFound",
+    "RequestTimeout",
     "ServiceError",
     "StoreError",
     "TooLarge",
@@ -106,6 +110,22 @@ class TooManyRequests(ServiceError):
     status, code = 429, "too_many_requests"
 
     def __init__(self, detail: str, retry_after: int = 60) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+class RequestTimeout(ServiceError):
+    """The request body did not arrive within the server's deadline (a slow or stalled sender)."""
+
+    status, code = 408, "timeout"
+
+
+class Busy(ServiceError):
+    """A bounded resource is in use (large uploads, audits); try again after ``retry_after``."""
+
+    status, code = 503, "busy"
+
+    def __init__(self, detail: str, retry_after: int = 5) -> None:
         super().__init__(detail)
         self.retry_after = max(1, int(retry_after))
 

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from protocol.codec import sha256_hex
 from protocol.datamodel import Datamodel
@@ -52,6 +53,8 @@ from prover_service.attribution.calibration import (
     orient_scores,
     scores_from_npy_bytes,
 )
+from prover_service.audit_cache import AuditCache
+from prover_service.audit_page import audit_session
 from prover_service.auth import Gate
 from prover_service.errors import Forbidden, Invalid, NotFound, TooLarge, Unauthorized
 from prover_service.jobs import JobCancelled, Jobs
@@ -104,6 +107,7 @@ class ProverService:
         if settings.adversary and parse_adversary(settings.adversary).has("witness"):
             witness_hook = parse_adversary(settings.adversary).tamper_witness
         self.sessions = Sessions(self, self.jobs, values_hook, witness_hook)
+        self.audits = AuditCache(audit_session)
 
     def _hooks(self, spec: str | None) -> tuple[ModelHook, ValuesHook | None]:
         if not spec:
@@ -176,8 +180,9 @@ class ProverService:
 
     # -- jobs -------------------------------------------------------------------------------
     def submit_attribution(
-        self, task_hash: str, method: str, budget: int, p: float, seed: str, owner: str = LOCAL
-    ) -> JobRow:
+        self, task_hash: str, method: str, budget: int, p: float, seed: str, owner: str = LOCAL,
+        address: str = LOCAL,
+    ) -> JobRow:  # fmt: skip
         """Queue an attribution job for ``owner`` (a Verifier key, or the operator)."""
         task = self.task(task_hash)  # 404 for an unknown task
         if method.split(":", 1)[0] == Method.IMPORT.value:
@@ -192,7 +197,7 @@ class ProverService:
             raise Invalid(str(exc)) from None
         self._check_budget(budget, p)
         if owner != LOCAL:
-            self.gate.admit(owner)
+            self.gate.admit(owner, address)
         params = {"task_hash": task_hash, "method": method, "budget": budget, "p": p, "seed": seed}
         job = JobRow(id=os.urandom(16).hex(), kind="attribution", total=budget,
                      params_json=json.dumps(params))  # fmt: skip
@@ -218,7 +223,7 @@ class ProverService:
     def submit_import(
         self, task_hash: str, body: bytes, budget: int, p: float = 0.5, seed: str = "",
         orientation: str | None = None, provenance: dict[str, Any] | None = None,
-        owner: str = LOCAL,
+        owner: str = LOCAL, address: str = LOCAL,
     ) -> tuple[JobRow, LoadedScores, list[str]]:  # fmt: skip
         """Queue the calibration of uploaded scores (``.npy`` bytes, (Z, N) or (N, Z)) with
         ``budget`` trainings. Format, shape, orientation, finite values and provenance are all
@@ -226,11 +231,12 @@ class ProverService:
         known now (the inferred orientation, a small budget)."""
         task = self.task(task_hash)
         self._check_budget(budget, p, MIN_CALIBRATION)
-        loaded = orient_scores(scores_from_npy_bytes(body), task.n_targets, task.n_train,
+        shapes = [(task.n_targets, task.n_train), (task.n_train, task.n_targets)]
+        loaded = orient_scores(scores_from_npy_bytes(body, shapes), task.n_targets, task.n_train,
                                orientation, "the upload")  # fmt: skip
         prov = self.provenance(provenance, owner)
         if owner != LOCAL:
-            self.gate.admit(owner)
+            self.gate.admit(owner, address)
         notes = [loaded.note()] if loaded.inferred else []
         if budget < RECOMMENDED_CALIBRATION:
             notes.append(f"small calibration budget: {budget} trainings (recommended: at least "
@@ -254,7 +260,7 @@ class ProverService:
 
     def publish_datamodel(
         self, task_hash: str, model: Datamodel, provenance: dict[str, Any] | Provenance | None,
-        owner: str = LOCAL,
+        owner: str = LOCAL, address: str = LOCAL,
     ) -> str:  # fmt: skip
         """Publish a complete outside datamodel as it is (no training here); its content hash."""
         task = self.task(task_hash)
@@ -267,7 +273,7 @@ class ProverService:
             provenance if isinstance(provenance, Provenance) else self.provenance(provenance, owner)
         )
         if owner != LOCAL:
-            self.gate.admit(owner)
+            self.gate.admit(owner, address)
         model = self.tamper_attribution(model, f"{task_hash}:{Method.IMPORT.value}")
         return self._publish(task_hash, Method.IMPORT.value, prov.outside_trainings, model, prov)
 
@@ -385,16 +391,23 @@ class ProverService:
             provenance=provenance,
         )  # fmt: skip
         signed = sign_message(self.key, manifest)
-        with self.db.begin() as s:
-            if s.get(AttributionRow, content_hash) is None:
-                s.add(AttributionRow(content_hash=content_hash, task_hash=task_hash, method=method,
-                                     signed_json=signed.model_dump_json()))  # fmt: skip
-                self.log.append(s, signed, content_hash)
+        try:
+            with self.db.begin() as s:
+                if s.get(AttributionRow, content_hash) is None:
+                    row = AttributionRow(content_hash=content_hash, task_hash=task_hash,
+                                         method=method,
+                                         signed_json=signed.model_dump_json())  # fmt: skip
+                    s.add(row)
+                    self.log.append(s, signed, content_hash)
+        except IntegrityError:  # another process published the same datamodel meanwhile
+            with self.db() as s:
+                if s.get(AttributionRow, content_hash) is None:
+                    raise
         return content_hash
 
     # -- sessions (delegated; ``requester`` is a verified key, None, or LOCAL) ----------------
-    def submit_challenge(self, signed: SignedMessage) -> SessionRow:
-        return self.sessions.submit(signed)
+    def submit_challenge(self, signed: SignedMessage, address: str = LOCAL) -> SessionRow:
+        return self.sessions.submit(signed, address)
 
     def session(self, session_id: str, requester: str | None = LOCAL) -> SessionRow:
         return self.sessions.read(session_id, requester)

@@ -24,11 +24,12 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import select, update
+from pydantic import ValidationError
+from sqlalchemy import Table, select, update
 from sqlalchemy.exc import IntegrityError
 
 from protocol.errors import ProtocolError
@@ -47,24 +48,49 @@ from prover_service.errors import (
     CorruptArray,
     Forbidden,
     Invalid,
+    Malformed,
     NotFound,
     TooLarge,
     Unauthorized,
 )
 from prover_service.executor import Chunk
 from prover_service.jobs import JobCancelled, Jobs
-from prover_service.store import ChunkRow, JobRow, NonceRow, SessionArrayRow, SessionRow, now
+from prover_service.store import (
+    ChunkRow,
+    JobRow,
+    NonceRow,
+    SessionArrayRow,
+    SessionRow,
+    insert_once,
+    now,
+)
 from prover_service.witnesses import WitnessHook, WitnessOutputs, require_certifiable, solve_chunk
 
 __all__ = ["LOCAL", "Sessions", "ValuesHook"]
 
 CHUNK_MODELS = 1024
+_CHUNKS = cast(Table, ChunkRow.__table__)
+_SESSION_ARRAYS = cast(Table, SessionArrayRow.__table__)
 LOCAL = "local"  # the operator's own in-process calls: never a hex key, so never a request's
 ValuesHook = Callable[[NDArray[np.float64], SessionRow, TaskBase, ChallengeDesign], NDArray[Any]]
 
 
 def _load_npy(data: bytes) -> NDArray[Any]:
     return np.asarray(np.load(io.BytesIO(data), allow_pickle=False))
+
+
+def _schema(signed: SignedMessage, model: type[Challenge] | type[Verdict]) -> None:
+    """422 unless the payload is a well-formed ``model`` (no extra fields): checked before the
+    signature, whose canonical encoding costs time in the payload's size."""
+    want = model.model_fields["type"].default
+    if signed.type != want:
+        raise Malformed(f"expected a {want} message; got {signed.type}")
+    try:
+        model.model_validate(signed.payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise Malformed(f"{want} payload: {where}: {first['msg']}") from None
 
 
 def _identity(values: NDArray[np.float64], *_: Any) -> NDArray[np.float64]:
@@ -86,8 +112,10 @@ class Sessions:
         jobs.step_challenge = self.step
 
     # -- challenges -------------------------------------------------------------------------
-    def submit(self, signed: SignedMessage) -> SessionRow:
-        """Accept a signed challenge and queue its training job (module doc for the order)."""
+    def submit(self, signed: SignedMessage, address: str = LOCAL) -> SessionRow:
+        """Accept a signed challenge from ``address`` and queue its training job (module doc
+        for the order): the schema first, then the signature, then anything that costs."""
+        _schema(signed, Challenge)
         try:
             challenge = open_signed(signed, Challenge)
         except BadSignatureError as exc:
@@ -101,12 +129,12 @@ class Sessions:
                 raise Conflict("nonce already used: a challenge is never accepted twice")
             self._pending.add(challenge.nonce)
         try:
-            return self._submit(signed, challenge)
+            return self._submit(signed, challenge, address)
         finally:
             with self._pending_lock:
                 self._pending.discard(challenge.nonce)
 
-    def _submit(self, signed: SignedMessage, challenge: Challenge) -> SessionRow:
+    def _submit(self, signed: SignedMessage, challenge: Challenge, address: str) -> SessionRow:
         settings = self.svc.settings
         with self.svc.db() as s:
             held = s.get(NonceRow, challenge.nonce)
@@ -122,7 +150,7 @@ class Sessions:
             )
         if challenge.prover_key is None and settings.require_prover_key:
             raise Invalid("this Prover requires the challenge to name its key (prover_key)")
-        self.svc.gate.admit(challenge.verifier_key)
+        self.svc.gate.admit(challenge.verifier_key, address)
         task = self.svc.task(challenge.task_hash)
         self.svc.attribution_row(challenge.attribution_hash, challenge.task_hash)
         n_subsets = challenge.n_subsets  # 4 n on the shared-base layout, 6 n on pairs
@@ -176,9 +204,10 @@ class Sessions:
                 wsha = None
                 if isinstance(out, WitnessOutputs):
                     wsha = self.svc.arrays.put(array_to_npy("witness", out.theta)[1])
-                with self.svc.db.begin() as s:
-                    s.add(ChunkRow(job_id=job.id, start=chunk.start, stop=chunk.stop,
-                                   values_sha=vsha, probes_sha=psha, witness_sha=wsha))  # fmt: skip
+                with self.svc.db.begin() as s:  # a row another process wrote counts as done
+                    insert_once(s, _CHUNKS, {"job_id": job.id, "start": chunk.start,
+                                             "stop": chunk.stop, "values_sha": vsha,
+                                             "probes_sha": psha, "witness_sha": wsha})  # fmt: skip
                 trained[0] += chunk.stop - chunk.start
                 if not self.jobs.set(job.id, done=trained[0]):
                     raise JobCancelled(job.id)
@@ -249,12 +278,16 @@ class Sessions:
             live = s.get(JobRow, job.id)
             if live is None or live.status == "cancelled":
                 raise JobCancelled(job.id)
-            s.merge(SessionArrayRow(sha=vref.sha256, session_id=row.id))
-            s.merge(SessionArrayRow(sha=pref.sha256, session_id=row.id))
-            if wref is not None:
-                s.merge(SessionArrayRow(sha=wref.sha256, session_id=row.id))
-            s.execute(update(SessionRow).where(SessionRow.id == row.id)
-                      .values(response_json=signed.model_dump_json(), status="ready"))  # fmt: skip
+            served: Any = s.execute(
+                update(SessionRow)
+                .where(SessionRow.id == row.id, SessionRow.response_json.is_(None))
+                .values(response_json=signed.model_dump_json(), status="ready")
+            )  # the first signed response wins; a second process's is dropped
+            if served.rowcount != 1:
+                return True
+            shas = [vref.sha256, pref.sha256] + ([wref.sha256] if wref is not None else [])
+            for sha in shas:
+                insert_once(s, _SESSION_ARRAYS, {"sha": sha, "session_id": row.id})
             live.status, live.result, live.done = "done", vref.sha256, live.total
             live.updated_at = now()
             self.svc.log.append(s, signed, row.id)  # logged in the same transaction
@@ -308,6 +341,7 @@ class Sessions:
     def post_verdict(self, session_id: str, signed: SignedMessage) -> SessionRow:
         """Record the verdict once (module doc); an identical re-post is accepted again."""
         row = self.get(session_id)
+        _schema(signed, Verdict)
         try:
             verdict = open_signed(signed, Verdict, signer=row.verifier_key)
         except BadSignatureError as exc:

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     # outside scores / datamodels from a signed caller (app.BodyLimit): float64 (Z, N) at
     # Z = 1,000 targets and N = 8,000 training examples is 61 MiB
     max_upload_bytes: int = Field(default=64 * 2**20, ge=1024)
+    max_concurrent_uploads: int = Field(default=2, ge=1)  # bodies over max_body_bytes at once
+    # signed messages, bounded before they are parsed: a challenge is ~1 KB; a verdict carries
+    # up to LIMITS["spot_checks"] = 100,000 indices (< 1 MB)
+    max_challenge_bytes: int = Field(default=16 * 2**10, ge=1024)
+    max_verdict_bytes: int = Field(default=2**20, ge=1024)
+    post_rate_per_minute: int = Field(default=60, ge=1)  # unsigned POSTs per client address
+    # the server (prover_service.server, docs/service.md): time-outs and connection caps
+    header_timeout_s: float = Field(default=10.0, gt=0)  # the request line and headers
+    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body, from its first read
+    keep_alive_s: float = Field(default=5.0, gt=0)  # an idle connection between requests
+    max_connections: int = Field(default=1000, ge=1)  # open at once (and below the fd limit)
+    max_connections_per_address: int = Field(default=64, ge=1)
     array_dir: Path | None = None
     run_worker: bool = True
     check_tasks: bool = True  # refuse a task that breaks its declared tau (task_check.quick_check)
@@ -62,6 +74,8 @@ class Settings(BaseSettings):
     rate_per_minute: int = Field(default=30, ge=1)
     read_rate_per_minute: int = Field(default=600, ge=1)  # GETs per key (signed) or address
     max_active_jobs_per_key: int = Field(default=2, ge=1)
+    new_keys_per_hour: int = Field(default=8, ge=1)  # per client address, open registration
+    max_queued_trainings: int = Field(default=4_000_000, ge=1)  # unfinished work (jobs.py)
     trainings_per_day: int = Field(default=2_000_000, ge=1)
     max_queued_jobs: int = Field(default=64, ge=1)
     max_disk_bytes: int = Field(default=50 * 2**30, ge=0)

@@ -6,15 +6,18 @@ Tables: ``attributions`` (signed manifests), ``jobs`` (training work with progre
 chunks of a challenge job, which is how a restarted service resumes), ``nonces`` (every
 challenge nonce ever accepted), ``request_nonces`` and ``rate_buckets`` (the signed requests'
 nonces and the per-key and per-caller token buckets, shared by every Prover process on the
-database: :mod:`prover_service.auth`), ``session_arrays`` (which session's response serves
+database: :mod:`prover_service.auth`), ``known_keys`` (every Verifier key admitted, with the
+address it first came from), ``session_arrays`` (which session's response serves
 which array, for read authorisation), and the transparency log (:mod:`prover_service.log`):
 ``log_leaves`` (one per signed message), ``log_nodes`` (every perfect subtree's hash) and
 ``log_state`` (its size and compact range, one row that serialises appends). Arrays are files
 named by the SHA-256 of their bytes, written atomically (temporary file + rename, mode 0600),
-so a crash never leaves a half-written array behind; every read re-hashes the bytes, so a file
+so a crash never leaves a half-written array behind (the temporary files of a killed writer are
+removed at start-up); every read re-hashes the bytes, so a file
 damaged afterwards is never served or signed.
 
-A SQLite database file is created with mode 0600, runs in WAL mode with a busy timeout (so
+A SQLite database file is created with mode 0600 (an existing one, and its ``-wal`` and ``-shm``,
+that group or others may read is made 0600 with a warning), runs in WAL mode with a busy timeout (so
 concurrent writers wait rather than fail), and columns added since a database was created are
 added on open, safely with several Prover processes on one database (:func:`make_engine`).
 Any database failure surfaces as :class:`~prover_service.errors.StoreError`.
@@ -23,6 +26,7 @@ Any database failure surfaces as :class:`~prover_service.errors.StoreError`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -50,12 +54,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from prover_service.errors import CorruptArray, StoreError
 
+log = logging.getLogger("prover_service")
+
 __all__ = [
     "ArrayStore",
     "AttributionRow",
     "Base",
     "ChunkRow",
     "JobRow",
+    "KnownKeyRow",
     "LogLeafRow",
     "LogNodeRow",
     "LogStateRow",
@@ -102,6 +109,11 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
+    # bytes the job will write (its arrays), counted against the disk quota until it ends
+    reserved_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # which Prover process runs the job, until when (jobs.py: claims and leases)
+    lease_owner: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SessionRow(Base):
@@ -155,6 +167,16 @@ class RateBucketRow(Base):
     subject: Mapped[str] = mapped_column(String(80), primary_key=True)
     tokens: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class KnownKeyRow(Base):
+    """A Verifier key the Prover has admitted once, and the address it first came from (new
+    keys are admitted at a limited rate per address: :mod:`prover_service.auth`)."""
+
+    __tablename__ = "known_keys"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(80))
+    first_seen: Mapped[float] = mapped_column(Float, default=now)
 
 
 class SessionArrayRow(Base):
@@ -212,6 +234,7 @@ def make_engine(url: str) -> tuple[Engine, sessionmaker]:  # type: ignore[type-a
     else:  # a server may drop idle connections (restart, failover): test each one before use
         kwargs["pool_pre_ping"] = True
     if path is not None:
+        _tighten(path)
         if not path.parent.is_dir():
             raise StoreError(f"cannot create database {str(path)!r}: folder does not exist")
         if not path.exists():
@@ -226,9 +249,27 @@ def make_engine(url: str) -> tuple[Engine, sessionmaker]:  # type: ignore[type-a
         if path is not None:
             event.listen(engine, "connect", _sqlite_pragmas)
         _create_schema(engine)
+        if path is not None:
+            _tighten(path)  # the -wal and -shm files the first connection made
     except SQLAlchemyError as exc:
         raise StoreError(f"database {url!r} cannot be opened: {_one_line(exc)}") from None
     return engine, sessionmaker(engine, expire_on_commit=False)
+
+
+def _tighten(path: Path) -> None:
+    """Make a SQLite database file and its ``-wal`` and ``-shm`` files 0600 where group or
+    others may read them (they hold the sessions and the nonces), with a warning."""
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = f.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(f, 0o600)
+                log.warning("database file %s was mode %o; made it 0600", f, mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"database file {str(f)!r} is mode {mode:o} and cannot be made 0600: "
+                             f"{exc.strerror}") from None  # fmt: skip
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -321,6 +362,26 @@ def check_database(engine: Engine) -> None:
         raise StoreError(f"database is damaged or unreadable: {_one_line(exc)}") from None
 
 
+_STARTED = time.time()
+
+
+def _alive(pid: int, tmp: Path) -> bool:
+    """Whether the writer ``pid`` of ``tmp`` may still be writing it: a live process here (our
+    own pid only for a file newer than this process, as PID 1 in a restarted container)."""
+    if pid == os.getpid():
+        try:
+            return tmp.stat().st_mtime >= _STARTED
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ArrayStore:
     """Content-addressed files: ``root/ab/abcdef...`` named by the SHA-256 of their bytes.
 
@@ -335,7 +396,28 @@ class ArrayStore:
         except OSError as exc:
             raise StoreError(f"cannot create array store {str(root)!r}: {exc.strerror}") from None
         self._lock = threading.Lock()
+        self.removed_temporaries = self._remove_orphans()
         self.used_bytes = sum(p.stat().st_size for p in self._files())
+
+    def _remove_orphans(self) -> int:
+        """Delete temporary files that no live writer holds: a write killed before its rename
+        (``tmp.PID.*`` of a process no longer running here, or a ``tmp*`` of an older
+        version). The count removed."""
+        removed = 0
+        for p in self.root.glob("??/tmp*"):
+            parts = p.name.split(".")
+            if len(parts) >= 3 and parts[0] == "tmp" and parts[1].isdigit():
+                if _alive(int(parts[1]), p):
+                    continue
+            try:
+                p.unlink()
+                removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.warning("array store %s: removed %d temporary file(s) of interrupted writes",
+                        self.root, removed)  # fmt: skip
+        return removed
 
     def _files(self) -> list[Path]:
         return [p for p in self.root.glob("??/*") if p.is_file() and len(p.name) == 64]
@@ -356,7 +438,7 @@ class ArrayStore:
             except CorruptArray:
                 pass  # rewritten below
         path.parent.mkdir(exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"tmp.{os.getpid()}.")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -16,8 +16,10 @@ then again
 Every variant's values and probe outputs are compared with the reference. The report gives the
 largest difference, what to declare (tau = 0 when every variant is bit-identical; otherwise the
 largest difference times ``SAFETY``, rounded up to one significant digit) and whether the
-declared tau holds. ``serve`` runs the in-process part on a few rows at start-up
-(:func:`quick_check`) and refuses a task that breaks its own declaration.
+declared tau holds. Every Prover runs the in-process part on a few rows at start-up
+(:func:`quick_check`), and ``serve`` the whole check, fresh processes included, on a task
+loaded from a file (:func:`check_served_tasks`); either refuses a task that breaks its own
+declaration.
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ from protocol.sampling import sample_masks, training_seeds
 from protocol.tasks import TaskBase, load_task
 from protocol.tasks.base import cpu_instruction_set
 
-__all__ = ["SAFETY", "TaskCheck", "check_task", "quick_check", "recommend_tau"]
+__all__ = [
+    "SAFETY",
+    "TaskCheck",
+    "check_served_tasks",
+    "check_task",
+    "quick_check",
+    "recommend_tau",
+]
 
 SAFETY = 10.0  # declared tau = SAFETY x the largest difference measured, rounded up
 _SEED = b"VDA/v1/check-task".ljust(32, b"\0")
@@ -257,6 +266,57 @@ def quick_check(task: TaskBase, rows: int = 4) -> TaskCheck:
     out = run_task(task, masks, seeds)
     _in_process(task, check, masks, seeds, (out.values, out.probes), lambda _s: None)
     return check
+
+
+def check_served_tasks(refs: list[str], cache_dir: Path, rows: int = 4) -> list[tuple[str, str]]:
+    """``serve``'s check of tasks loaded from a file (``FILE.py:FACTORY``): :func:`check_task`
+    with its fresh processes (1 and 2 threads, the other instruction sets), on ``rows`` rows;
+    the refused ones as (ref, advice). The in-process part runs for every task when the service
+    starts (:func:`quick_check`); the built-in tasks are exact or declare what this project's
+    tests measure, so only a file's task is checked here. A passed check is remembered in
+    ``cache_dir/task-checks.json``, keyed by the file's bytes, the task's spec hash, the CPU's
+    instruction set and the library versions, so a restart does not repeat it."""
+    from protocol.tasks import spec_hash
+
+    refused = []
+    cache_file = cache_dir / "task-checks.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    for ref in refs:
+        path = Path(ref.split(":", 1)[0])
+        if path.suffix != ".py" or not path.is_file():
+            continue
+        import hashlib
+
+        import torch
+
+        key = hashlib.sha256(
+            path.read_bytes()
+            + json.dumps(
+                [
+                    ref,
+                    spec_hash(load_task(ref)),
+                    cpu_instruction_set(),
+                    torch.__version__,
+                    np.__version__,
+                ]
+            ).encode()  # fmt: skip
+        ).hexdigest()
+        if cache.get(key) == "ok":
+            continue
+        report = check_task(ref, rows, processes=True)
+        if not report.ok:
+            refused.append((ref, report.advice()))
+            continue
+        cache[key] = "ok"
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cache_file.write_text(json.dumps(cache))
+        except OSError:
+            pass
+    return refused
 
 
 def _worker_main(argv: list[str]) -> int:

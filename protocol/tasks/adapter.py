@@ -13,6 +13,16 @@ determinism settings before every training run: torch's, numpy's and Python's gl
 seeded from the run's seed (so code that calls ``torch.randn`` or shuffles a ``DataLoader``
 is reproducible), ``torch.use_deterministic_algorithms(True)``, cuDNN autotuning off, and
 ``CUBLAS_WORKSPACE_CONFIG`` set on CUDA; the previous settings are restored afterwards.
+
+**Threads.** Those generators and settings are global to the process, and the Prover trains in
+several threads (two job lanes, the audit page). Every call of the user's code therefore runs
+under one process-wide lock, :data:`GLOBAL_TORCH_STATE`, from the seeding to the last read-out,
+so each training's randomness is its own: concurrent trainings give the values serial ones do.
+(Other code that draws on torch's global generator should hold the same lock.) Where your code
+can take a generator, give ``train`` (or ``train_batch``) a keyword parameter ``generator``: it
+receives a ``torch.Generator`` seeded from the run's seed (for ``torch.randn(...,
+generator=g)``, ``DataLoader(..., generator=g)``), its own per model, which no other thread
+touches; layer initialisers still use the global one, hence the lock.
 ``probes(model)`` (optional) adds the outputs on a public probe set to CHECKEQUIV's fingerprint;
 ``train_batch(list of indices, list of seeds) -> list of models`` (optional) trains several
 models in one call when your code can batch them. ``certifiable=`` (optional) declares a
@@ -29,8 +39,10 @@ holds a complete task on scikit-learn's wine data.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,7 +56,11 @@ from protocol.tasks.base import TaskBase, TrainingOutputs
 from protocol.tasks.certifiable import Certifiable
 from protocol.tasks.trained import pick_device, torch_device_class
 
-__all__ = ["TorchTask"]
+__all__ = ["GLOBAL_TORCH_STATE", "TorchTask"]
+
+#: Held while user code runs with torch's, numpy's and Python's global generators seeded and
+#: torch's determinism settings changed (module doc); re-entrant.
+GLOBAL_TORCH_STATE = threading.RLock()
 
 Model = Any
 TrainOne = Callable[[NDArray[np.int64], int], Model]
@@ -91,6 +107,8 @@ class TorchTask(TaskBase):
         self._outputs, self._probes = outputs, probes
         self._spec = dict(spec)
         self._certifiable = certifiable
+        fn = train if train is not None else train_batch
+        self._wants_generator = _takes_keyword(fn, "generator")
 
     def certifiable(self) -> Certifiable | None:
         """Your convex objective, if you declared one (``certifiable=``): then ``train`` must
@@ -121,13 +139,32 @@ class TorchTask(TaskBase):
         np.random.seed(seed % 2**32)  # noqa: NPY002 - user code may use the legacy global RNG
         random.seed(seed)
 
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed % 2**63)
+
     def evaluate_outputs(
         self, masks: NDArray[np.bool_], seeds: NDArray[np.uint64]
     ) -> TrainingOutputs:
-        """Train one model per row under the determinism settings; read f and the probes."""
+        """Train one model per row under the determinism settings; read f and the probes.
+
+        Runs under :data:`GLOBAL_TORCH_STATE` (module doc), so calls from several threads give
+        the values they give one after another."""
         m = as_mask_matrix(masks, self.n_train)
         s = [int(x) for x in np.asarray(seeds, dtype=np.uint64)]
         indices = [np.flatnonzero(row).astype(np.int64) for row in m]
+        with GLOBAL_TORCH_STATE:
+            values, probe_rows = self._train_and_read(indices, s)
+        probes = (
+            np.stack(probe_rows).astype(np.float32)
+            if probe_rows
+            else np.zeros((len(s), 0), dtype=np.float32)
+        )
+        return TrainingOutputs(np.clip(values, -self.bound, self.bound), probes)
+
+    def _train_and_read(
+        self, indices: list[NDArray[np.int64]], s: list[int]
+    ) -> tuple[NDArray[np.float64], list[NDArray[np.float64]]]:
+        """The user's code under the determinism settings (caller holds the lock)."""
         previous = (
             torch.are_deterministic_algorithms_enabled(),
             torch.backends.cudnn.benchmark,
@@ -140,7 +177,9 @@ class TorchTask(TaskBase):
         try:
             if self._train_batch is not None:
                 self._seed_everything(s[0] if s else 0)
-                models = list(self._train_batch(indices, s))
+                extra: dict[str, Any] = {"generator": [self._generator(x) for x in s]} \
+                    if self._wants_generator else {}  # fmt: skip
+                models = list(self._train_batch(indices, s, **extra))
                 if len(models) != len(s):
                     raise TaskError(f"train_batch returned {len(models)} models for {len(s)} rows")
             else:
@@ -148,7 +187,8 @@ class TorchTask(TaskBase):
                 models = []
                 for idx, seed in zip(indices, s, strict=True):
                     self._seed_everything(seed)
-                    models.append(self._train(idx, seed))
+                    extra = {"generator": self._generator(seed)} if self._wants_generator else {}
+                    models.append(self._train(idx, seed, **extra))
             with torch.no_grad():
                 values = np.stack(
                     [_as_row("outputs", self._outputs(mdl), self.n_targets) for mdl in models]
@@ -159,9 +199,16 @@ class TorchTask(TaskBase):
             torch.use_deterministic_algorithms(previous[0])
             torch.backends.cudnn.benchmark = previous[1]
             torch.random.set_rng_state(previous[2])
-        probes = (
-            np.stack(probe_rows).astype(np.float32)
-            if probe_rows
-            else np.zeros((len(s), 0), dtype=np.float32)
-        )
-        return TrainingOutputs(np.clip(values, -self.bound, self.bound), probes)
+        return values, probe_rows
+
+
+def _takes_keyword(fn: Callable[..., Any] | None, name: str) -> bool:
+    """Whether ``fn`` has a parameter ``name`` that may be passed by keyword."""
+    if fn is None:
+        return False
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)  # fmt: skip

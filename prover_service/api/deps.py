@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prover_service.service import ProverService
 
-__all__ = ["RequesterDep", "ServiceDep", "SignerDep", "limit_reads"]
+__all__ = ["AddressDep", "RequesterDep", "ServiceDep", "SignerDep", "limit_reads"]
 
 _READS = ("GET", "HEAD")
 _UNCHECKED = object()
@@ -27,6 +27,14 @@ def get_service(request: Request) -> ProverService:
 
 
 ServiceDep = Annotated[ProverService, Depends(get_service)]
+
+
+def client_address(request: Request) -> str:
+    """The client's address (uvicorn takes it from ``X-Forwarded-For`` behind a trusted proxy)."""
+    return request.client.host if request.client else "unknown"
+
+
+AddressDep = Annotated[str, Depends(client_address)]
 
 
 def request_target(request: Request) -> str:

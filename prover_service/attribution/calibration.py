@@ -21,7 +21,9 @@ the shape and said so; when N = Z the shape cannot tell, and the scores are refu
 from __future__ import annotations
 
 import io
+import math
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -250,8 +252,39 @@ def load_scores(
     return read_scores(path, task, orientation).scores
 
 
-def scores_from_npy_bytes(data: bytes) -> NDArray[Any]:
-    """An array sent as ``.npy`` bytes (the upload endpoint); never unpickles."""
+def scores_from_npy_bytes(
+    data: bytes, shapes: Collection[tuple[int, ...]] | None = None
+) -> NDArray[Any]:
+    """An array sent as ``.npy`` bytes (the upload endpoint); never unpickles.
+
+    The header is read first: a version other than 1.0 or 2.0, a dtype that is not a number, a
+    shape outside ``shapes`` (when given) or a body whose length is not what the header's shape
+    and dtype need is a :class:`ShapeError` before anything is allocated, so a header that
+    claims a huge shape costs nothing.
+    """
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise ShapeError(f"the body is .npy version {version}; send 1.0 or 2.0 (numpy.save)")
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ShapeError(f"the body is not a .npy array: {exc}") from None
+    if dtype.kind not in "biuf" or dtype.hasobject:
+        raise ShapeError(f"the .npy array must hold numbers; its header says dtype {dtype}")
+    shape = tuple(int(d) for d in shape)
+    if shapes is not None and shape not in {tuple(s) for s in shapes}:
+        want = " or ".join(str(tuple(s)) for s in shapes)
+        raise ShapeError(f"the .npy header says shape {shape}; this task needs {want}")
+    need = fp.tell() + math.prod(shape) * dtype.itemsize
+    if len(data) != need:
+        raise ShapeError(
+            f"the .npy body is {len(data)} bytes; its header (shape {shape}, dtype {dtype}) "
+            f"needs {need}"
+        )
     try:
         return np.asarray(np.load(io.BytesIO(data), allow_pickle=False))
     except (ValueError, OSError, EOFError) as exc:

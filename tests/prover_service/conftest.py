@@ -82,7 +82,8 @@ class Prover:
 
 def make_settings(tmp_path: Path, **over: object) -> Settings:
     """Settings of a Prover kept in ``tmp_path`` (key, arrays) on the test's database backend:
-    ``sqlite:///tmp_path/prover.db`` or a PostgreSQL database of its own for this folder."""
+    ``sqlite:///tmp_path/prover.db`` or a PostgreSQL database of its own for this folder; the
+    per-address limits on new keys and unsigned POSTs are lifted unless ``over`` sets them."""
     key = tmp_path / "prover.pem"
     if not key.exists():
         save_private_key(generate_key(), key)
@@ -91,6 +92,10 @@ def make_settings(tmp_path: Path, **over: object) -> Settings:
         "key_file": key,
         "tasks": [TASK],
         "run_worker": False,
+        # tests mint a fresh key per case and post from one address: the per-address limits
+        # (tested with their defaults in test_attacks.py) would stand in their way
+        "new_keys_per_hour": 100_000,
+        "post_rate_per_minute": 100_000,
     }
     fields.update(over)
     if "db" not in fields:

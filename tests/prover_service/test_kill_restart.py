@@ -51,17 +51,26 @@ def _serve(root: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def _until(client: httpx.Client, url: str, ok, timeout: float = 120) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def _until(  # type: ignore[no-untyped-def]
+    client: httpx.Client, url: str, ok, proc: subprocess.Popen[bytes], stall: float = 900
+) -> dict:  # type: ignore[type-arg]
+    """Poll ``url`` until ``ok(doc)``: an event, however slow the machine. It fails only if the
+    Prover exits, or if nothing about the answer changes for ``stall`` seconds (a hang guard,
+    reset by every sign of progress), never because the work takes long."""
+    last, changed = None, time.monotonic()
+    while time.monotonic() - changed < stall:
+        if proc.poll() is not None:
+            raise AssertionError(f"the Prover exited ({proc.returncode}) while waiting on {url}")
         try:
             doc = client.get(url).json()
             if ok(doc):
                 return doc  # type: ignore[no-any-return]
+            if doc != last:
+                last, changed = doc, time.monotonic()
         except httpx.TransportError:
-            pass
+            pass  # still starting
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting on {url}")
+    raise AssertionError(f"no progress on {url} for {stall} s: {last}")
 
 
 @pytest.mark.slow
@@ -94,26 +103,28 @@ def test_sigkill_mid_job_then_restart_gives_identical_response(tmp_path: Path) -
     proc = _serve(live_root, port)
     try:
         with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", timeout=30, auth=SignedAuth(VKEY)
+            base_url=f"http://127.0.0.1:{port}", timeout=300, auth=SignedAuth(VKEY)
         ) as client:
-            _until(client, "/v1/info", lambda d: "public_key" in d)
+            _until(client, "/v1/info", lambda d: "public_key" in d, proc)
             j = client.post(
                 "/v1/attributions",
                 json={"task_hash": task_hash, "method": "influence", "budget": 50},
             ).json()
             assert (
-                _until(client, f"/v1/jobs/{j['id']}", lambda d: d["status"] == "done")["result"]
+                _until(client, f"/v1/jobs/{j['id']}", lambda d: d["status"] == "done", proc)[
+                    "result"
+                ]
                 == content
             )
             sid = client.post("/v1/challenges", json=make().model_dump()).json()["session_id"]
-            _until(client, f"/v1/sessions/{sid}", lambda d: d["job"]["done"] >= 1024)
+            _until(client, f"/v1/sessions/{sid}", lambda d: d["job"]["done"] >= 1024, proc)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         proc = _serve(live_root, port)  # restart on the same database
         with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", timeout=30, auth=SignedAuth(VKEY)
+            base_url=f"http://127.0.0.1:{port}", timeout=300, auth=SignedAuth(VKEY)
         ) as client:
-            doc = _until(client, f"/v1/sessions/{sid}", lambda d: d["status"] == "ready")
+            doc = _until(client, f"/v1/sessions/{sid}", lambda d: d["status"] == "ready", proc)
             assert doc["job"]["done"] == 2400
             got = ResponseManifest.model_validate(
                 client.get(f"/v1/sessions/{sid}/response").json()["payload"]

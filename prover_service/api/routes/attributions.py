@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from protocol.datamodel import Datamodel
-from prover_service.api.deps import RequesterDep, ServiceDep, SignerDep
+from prover_service.api.deps import AddressDep, RequesterDep, ServiceDep, SignerDep
 from prover_service.api.schemas import (
     BINARY,
     READ_ERRORS,
@@ -31,12 +31,15 @@ def job_out(row: JobRow) -> JobOut:
 
 @router.post("/attributions", status_code=status.HTTP_202_ACCEPTED, responses=WRITE_ERRORS,
              summary="Compute and publish an attribution (a signed request; a job)")  # fmt: skip
-def create_attribution(body: AttributionRequest, service: ServiceDep, signer: SignerDep) -> JobOut:
+def create_attribution(
+    body: AttributionRequest, service: ServiceDep, signer: SignerDep, address: AddressDep
+) -> JobOut:
     """Start a job that trains what the method needs and publishes the signed datamodel. The
     request must be signed by a Verifier key the Prover admits; 429 with ``Retry-After`` over a
     quota, 413 over the operator's maximum budget."""
     return job_out(service.submit_attribution(body.task_hash, body.method, body.budget, body.p,
-                                              body.seed, owner=signer))  # fmt: skip
+                                              body.seed, owner=signer,
+                                              address=address))  # fmt: skip
 
 
 _BINARY_BODY: dict[str, Any] = {
@@ -91,7 +94,7 @@ ProvenanceDep = Annotated[dict[str, Any], Depends(provenance_query)]
              summary="Upload scores to calibrate and publish (signed; a job)")  # fmt: skip
 def import_attribution(
     service: ServiceDep, signer: SignerDep, body: RawBodyDep, provenance: ProvenanceDep,
-    task_hash: Annotated[str, Query(pattern=_HEX64)],
+    address: AddressDep, task_hash: Annotated[str, Query(pattern=_HEX64)],
     budget: Annotated[int, Query(ge=1, description="Calibration trainings (64 or more advised)")],
     p: Annotated[float, Query(gt=0, lt=1)] = 0.5,
     seed: Annotated[str, Query(pattern=r"^([0-9a-f]{64})?$")] = "",
@@ -104,10 +107,13 @@ def import_attribution(
     ``settings`` as JSON) are in the query string, which the request signature covers. Shape,
     orientation and finite values are checked before the job is queued; the job trains
     ``budget`` subsets, fits each target's scale and publishes the datamodel with its
-    provenance and calibration figures in the signed manifest. The body is limited like every
-    request (``max_body_bytes``, 413 past it)."""
+    provenance and calibration figures in the signed manifest. The body may reach
+    ``max_upload_bytes`` for an admitted key; past ``max_body_bytes`` it is streamed to disk and
+    its signature checked before it is loaded (:mod:`prover_service.limits`). The ``.npy``
+    header is checked against the task's shape before anything is allocated."""
     job, loaded, notes = service.submit_import(task_hash, body, budget, p, seed, orientation,
-                                               provenance, owner=signer)  # fmt: skip
+                                               provenance, owner=signer,
+                                               address=address)  # fmt: skip
     return ImportAccepted(job=job_out(job), orientation=loaded.orientation.value,
                           orientation_inferred=loaded.inferred, notes=notes)  # fmt: skip
 
@@ -120,12 +126,13 @@ def publish_datamodel(
     signer: SignerDep,
     body: RawBodyDep,
     provenance: ProvenanceDep,
+    address: AddressDep,
     task_hash: Annotated[str, Query(pattern=_HEX64)],
 ) -> AttributionOut:
     """The body is ``Datamodel.to_bytes()`` (intercept (Z,) and weights (Z, N)); nothing is
     trained. The signed manifest records the provenance; its ``trainings`` are the tool's."""
     content_hash = service.publish_datamodel(task_hash, Datamodel.from_bytes(body), provenance,
-                                             owner=signer)  # fmt: skip
+                                             owner=signer, address=address)  # fmt: skip
     return AttributionOut(content_hash=content_hash, manifest=service.attribution(content_hash)[0])
 
 

@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from prover_service.api.deps import ServiceDep
 from prover_service.api.schemas import HTML_READ_ERRORS
-from prover_service.audit_page import audit_session, bounds_chart, summary
+from prover_service.audit_page import bounds_chart, summary
 from prover_service.errors import NotFound
 
 router = APIRouter(tags=["audit"])
@@ -50,7 +50,7 @@ def audit_session_page(session_id: str, request: Request, service: ServiceDep) -
     if not service.settings.public_transcripts:
         raise NotFound(f"unknown session {session_id!r}")
     row = service.session(session_id, None)
-    rep = audit_session(service, row)
+    rep = service.audits.audit(service, row)  # a decided session's audit is computed once
     s = summary(row)
     chart = bounds_chart(rep.certificate, s["epsilon"]) if rep.certificate is not None else ""
     arrays = []

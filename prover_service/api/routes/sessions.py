@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from protocol.signing import SignedMessage
-from prover_service.api.deps import RequesterDep, ServiceDep
+from prover_service.api.deps import AddressDep, RequesterDep, ServiceDep
 from prover_service.api.routes.attributions import job_out
 from prover_service.api.schemas import (
     BINARY,
@@ -34,11 +34,13 @@ def _session_out(row: SessionRow, service: ServiceDep) -> SessionOut:
 
 @router.post("/challenges", status_code=status.HTTP_201_CREATED, responses=WRITE_ERRORS,
              summary="Send a signed challenge; training starts in the background")  # fmt: skip
-def create_challenge(body: SignedMessage, service: ServiceDep) -> SessionCreated:
+def create_challenge(
+    body: SignedMessage, service: ServiceDep, address: AddressDep
+) -> SessionCreated:
     """Signed by the key it names, with a fresh nonce and time stamp, from a key the Prover
     admits, within its quotas. A nonce seen before is 409 (naming the session when the challenge
     is the same), even after the time window: a resuming Verifier finds its session."""
-    row = service.submit_challenge(body)
+    row = service.submit_challenge(body, address)
     return SessionCreated(session_id=row.id, job_id=row.job_id)
 
 
