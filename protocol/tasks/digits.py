@@ -599,7 +599,7 @@ class DigitsMLP(TrainedTask):
             torch.baddbmm(b2u, w2u, hu, out=logits)
             logits.mul_(2.0 ** -(g.h_frac + g.w2_frac))
             logits.sub_(logits.amax(1, keepdim=True))
-            eu = to_units(exp_nonpositive(logits, out=prob), g.e_frac, 1.0)
+            eu = exp_nonpositive(logits, out=prob).mul_(2.0**g.e_frac).round_()  # in [0, 1]
             eu.div_(eu.sum(1, keepdim=True))
             eu.scatter_add_(1, labels[t], minus_one)  # p - onehot
             du = eu.mul_(2.0**d_frac).round_()  # |du| <= 2^d_frac: p - y in [-1, 1]

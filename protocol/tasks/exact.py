@@ -35,6 +35,7 @@ on another.
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import torch
 
@@ -132,6 +133,11 @@ _EXP_SQUARINGS = 8  # exp(t) = exp(t / 256) ^ 256
 _EXP_TERMS = tuple(1.0 / math.factorial(k) for k in range(9))  # Taylor to degree 8
 
 
+@cache
+def _exp_terms(dtype: torch.dtype) -> tuple[float, ...]:
+    return tuple(representable(c, dtype) for c in _EXP_TERMS)
+
+
 def exp_nonpositive(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """exp(t) for t <= 0 from ``*`` and ``+`` only: the same bits on every device.
 
@@ -147,7 +153,7 @@ def exp_nonpositive(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
     else:
         u, p = t.clamp_(-64.0, 0.0), out
     u.mul_(1.0 / 2**_EXP_SQUARINGS)
-    terms = [representable(c, t.dtype) for c in _EXP_TERMS]
+    terms = _exp_terms(t.dtype)
     p.fill_(terms[-1])
     for coef in reversed(terms[:-1]):
         p.mul_(u)
