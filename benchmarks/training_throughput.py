@@ -1,13 +1,17 @@
 """Training throughput of the trained tasks, with the sequential baselines beside. Prints JSON.
 
     OMP_NUM_THREADS=2 python benchmarks/training_throughput.py [--device cpu|cuda] [--models 1024]
-        [--threads 2] [--mlp-models 256] [--cifar-models 2] [--cross-device]
+        [--threads 2] [--tasks logreg,mlp] [--mlp-models 256] [--mlp-threads 1]
+        [--cifar-models 2] [--cross-device]
 
 Reports, per task: models/s, FLOPs per model (counted from the recipe), achieved GFLOP/s and
 its fraction of the float32 GEMM rate measured in the same run, peak memory, and for
 digits-logreg the solution quality against scikit-learn's optimum on the same subsets (max
 |margin difference| over targets and checked models) and scikit-learn's own rates: one
-process, and two single-thread processes. ``--cross-device`` (needs CUDA) trains the same
+process, and two single-thread processes; for digits-mlp (exact arithmetic) the float32
+trainer it replaced (``benchmarks/float32_mlp.py``), alternated with it in the same process on
+the same subsets, at ``--mlp-threads`` threads (rates per wall and per CPU second, with the load
+average). ``--cross-device`` (needs CUDA) trains the same
 subsets on CPU and CUDA and reports the largest difference of values and probe logits
 (what CHECKEQUIV's tolerance must absorb). The CIFAR-10 timing uses random stand-in images of
 CIFAR-10's shape (50,000 x 3 x 32 x 32) when no ``--cifar-dir`` is given: valid for speed only.
@@ -20,6 +24,7 @@ import json
 import os
 import pickle
 import resource
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for benchmarks.*
 
 
 def _pin(threads: int) -> None:
@@ -144,26 +151,67 @@ def bench_logreg(device: str, models: int, threads: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def bench_mlp(device: str, models: int) -> dict[str, Any]:
+def _rates(run: Any, models: int) -> tuple[float, float]:
+    """(models per wall second, models per CPU second of this process) of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    run()
+    return models / (time.perf_counter() - w0), models / (time.process_time() - c0)
+
+
+def bench_mlp(device: str, models: int, threads: int, reps: int = 2) -> dict[str, Any]:
+    """Exact digits-mlp beside the float32 trainer it replaced, alternated in one process on
+    the same subsets, ``threads`` threads; rates per wall and per CPU second (the machine may
+    be shared: the load average is reported)."""
+    import torch
+
+    from benchmarks.float32_mlp import Float32MLP
     from protocol.tasks.digits import DigitsMLP
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     task = DigitsMLP(device=device)
+    ref = Float32MLP(device=device)
     rng = np.random.default_rng(1)
     masks = rng.random((models, task.n_train)) < 0.5
     seeds = np.arange(models, dtype=np.uint64)
-    task.evaluate_outputs(masks[: task.chunk_size], seeds[: task.chunk_size])
-    _sync(device)
-    t0 = time.perf_counter()
-    out = task.evaluate_outputs(masks, seeds)
-    _sync(device)
-    seconds = time.perf_counter() - t0
+    task.evaluate_outputs(masks[:4], seeds[:4])  # warm-up
+    ref.train(masks[:4], seeds[:4])
+    load_before = os.getloadavg()
+    exact: list[tuple[float, float]] = []
+    f32: list[tuple[float, float]] = []
+    result: dict[str, Any] = {}
+    for _ in range(reps):
+
+        def run_exact() -> None:
+            result["exact"] = task.evaluate_outputs(masks, seeds).values
+            _sync(device)
+
+        def run_f32() -> None:
+            result["f32"] = ref.train(masks, seeds)
+            _sync(device)
+
+        exact.append(_rates(run_exact, models))
+        f32.append(_rates(run_f32, models))
+    load_after = os.getloadavg()
+    torch.set_num_threads(before)
     d, h, c, b = 65, task.hidden, 10, task.batch
     flops = task.steps * 3 * 2 * b * (d * h + (h + 1) * c)
-    rate = models / seconds
+    best = max(r[0] for r in exact)
+    best_f32 = max(r[0] for r in f32)
     return {
-        "task": "digits-mlp", "device": device, "models": models, "models_per_second": rate,
-        "flops_per_model": flops, "achieved_gflops": rate * flops / 1e9,
-        "target_accuracy": float((out.values > 0).mean()),
+        "task": "digits-mlp", "device": device, "threads": threads, "models": models,
+        "chunk_size": task.chunk_size, "reps": reps,
+        "models_per_second": best, "models_per_cpu_second": max(r[1] for r in exact),
+        "float32_reference_models_per_second": best_f32,
+        "float32_reference_models_per_cpu_second": max(r[1] for r in f32),
+        "speedup_vs_float32_reference": best / best_f32,
+        "per_rep_wall_rates": {"exact": [r[0] for r in exact], "float32": [r[0] for r in f32]},
+        "flops_per_model": flops, "achieved_gflops": best * flops / 1e9,
+        "target_accuracy": float((result["exact"] > 0).mean()),
+        "float32_reference_target_accuracy": float((result["f32"] > 0).mean()),
+        "mean_margin": float(result["exact"].mean()),
+        "float32_reference_mean_margin": float(result["f32"].mean()),
+        "load_average_1min_before_after": [load_before[0], load_after[0]],
         "peak_memory_mb": _peak_memory_mb(device),
     }  # fmt: skip
 
@@ -231,15 +279,21 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", type=int, default=1024)
+    ap.add_argument("--tasks", default="logreg,mlp", help="comma-separated: logreg, mlp")
     ap.add_argument("--mlp-models", type=int, default=256)
+    ap.add_argument("--mlp-threads", type=int, default=1, help="threads for digits-mlp")
     ap.add_argument("--cifar-models", type=int, default=0)
     ap.add_argument("--cifar-epochs", type=int, default=8)
     ap.add_argument("--cifar-dir", default=None)
     ap.add_argument("--cross-device", action="store_true")
     args = ap.parse_args()
     _pin(args.threads)
-    rows = [bench_logreg(args.device, args.models, args.threads)]
-    rows.append(bench_mlp(args.device, args.mlp_models))
+    tasks = set(args.tasks.split(","))
+    rows = []
+    if "logreg" in tasks:
+        rows.append(bench_logreg(args.device, args.models, args.threads))
+    if "mlp" in tasks:
+        rows.append(bench_mlp(args.device, args.mlp_models, args.mlp_threads))
     if args.cifar_models:
         rows.append(bench_cifar(args.device, args.cifar_models, args.cifar_dir, args.cifar_epochs))
     result: dict[str, Any] = {"benchmark": "training_throughput", "rows": rows}

@@ -41,6 +41,7 @@ parameter matrix.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
@@ -53,7 +54,17 @@ from protocol.codec import sha256_hex
 from protocol.errors import InvalidParameterError
 from protocol.sampling import stream_words
 from protocol.tasks.certified_logreg import certified_chunk, certified_problem, certified_spec
-from protocol.tasks.exact import check_exact_product, exp_nonpositive, to_units, unit_bits
+from protocol.tasks.exact import (
+    EXACT_BITS_FLOAT32,
+    check_exact_product,
+    check_float32_matmul_exact,
+    exp_nonpositive,
+    floor_log2,
+    pow2,
+    representable,
+    to_units,
+    unit_bits,
+)
 from protocol.tasks.multinomial import MultinomialProblem
 from protocol.tasks.trained import TrainedTask, correct_class_margin, splitmix64
 
@@ -216,19 +227,44 @@ class DigitsLogReg(TrainedTask):
         ``certifiable=1``, else None."""
         return self._problem
 
+    def _label_gradient(self, m: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        """X^T (m * onehot): (D C, K), the part of every gradient that does not depend on W."""
+        n, d, c = self._x.shape[0], self._d, self._c
+        k = m.shape[1]
+        y = work.view(n, c, k).zero_()
+        y.scatter_(1, self._labels.view(n, 1, 1).expand(n, 1, k), m[:, None, :])
+        return torch.mm(self._x.T, work).view(d * c, k)
+
     def _loss_grad(
-        self, w: torch.Tensor, m: torch.Tensor, linear: torch.Tensor | None
+        self,
+        w: torch.Tensor,
+        m: torch.Tensor,
+        linear: torch.Tensor | None,
+        work: torch.Tensor | None = None,
+        label_grad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Objective (K,) and gradient (D C, K) of the K models w (D C, K) with pool weights
+        m (N, K): f = sum_i m_i (logsumexp(z_i) - z_i,y_i) + 0.5 |W|^2_reg, with the label
+        terms taken from ``label_grad`` (:meth:`_label_gradient`, as sum_i m_i z_i,y_i =
+        <W, X^T (m * onehot)>). ``work`` (N, C K) holds the logits; every pass over it is in
+        place (four elementwise passes and two GEMMs per call)."""
         n, d, c = self._x.shape[0], self._d, self._c
         k = w.shape[1]
-        logits = (self._x @ w.view(d, c * k)).view(n, c, k)
-        z = logits - logits.amax(1, keepdim=True)
-        e = z.exp()
+        if work is None:
+            work = torch.empty((n, c * k), dtype=w.dtype, device=w.device)
+        if label_grad is None:
+            label_grad = self._label_gradient(m, work)
+        flat = torch.mm(self._x, w.view(d, c * k), out=work)
+        z = flat.view(n, c, k)
+        top = z.amax(1, keepdim=True)
+        e = z.sub_(top).exp_()
         s = e.sum(1, keepdim=True)
-        true = z.gather(1, self._labels.view(n, 1, 1).expand(n, 1, k)).squeeze(1)
-        f = ((s.squeeze(1).log() - true) * m).sum(0) + 0.5 * (self._reg * w * w).sum(0)
-        e.div_(s).sub_(self._onehot).mul_(m[:, None, :])
-        g = (self._x.T @ e.view(n, c * k)).view(d * c, k) + self._reg * w
+        scale = m[:, None, :] / s
+        lse = s.log_().add_(top).squeeze(1)
+        reg_w = self._reg * w
+        f = (lse * m).sum(0) - (w * label_grad).sum(0) + 0.5 * (reg_w * w).sum(0)
+        e.mul_(scale)  # m p
+        g = torch.mm(self._x.T, flat).view(d * c, k).sub_(label_grad).add_(reg_w)
         if linear is not None:
             f = f + (linear * w).sum(0)
             g = g + linear
@@ -249,7 +285,9 @@ class DigitsLogReg(TrainedTask):
         m = weights.T.to(self._x.dtype)
         k = m.shape[1]
         w = self._w0.repeat(1, k) if start is None else start.to(self._x.dtype)
-        f, g = self._loss_grad(w, m, linear)
+        work = torch.empty((self._x.shape[0], self._c * k), dtype=w.dtype, device=w.device)
+        label_grad = self._label_gradient(m, work)
+        f, g = self._loss_grad(w, m, linear, work, label_grad)
         step = torch.ones(k, device=w.device, dtype=w.dtype)
         hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for _ in range(self.iters):
@@ -263,7 +301,7 @@ class DigitsLogReg(TrainedTask):
             for (s_i, y_i, rho_i), a in zip(hist, reversed(alphas), strict=True):
                 r += s_i * (a - rho_i * (y_i * r).sum(0))
             w_new = w - step * r
-            f_new, g_new = self._loss_grad(w_new, m, linear)
+            f_new, g_new = self._loss_grad(w_new, m, linear, work, label_grad)
             ok = f_new <= f + 1e-4 * f.abs()
             s_vec, y_vec = w_new - w, g_new - g
             sy = (s_vec * y_vec).sum(0)
@@ -336,20 +374,38 @@ def _uniform(seeds: NDArray[np.uint64], tag: int, count: int) -> NDArray[np.floa
 @dataclass(frozen=True)
 class _Grid:
     """The dyadic grids of ``digits-mlp``'s exact products: value = units * 2^-frac, |value| <=
-    limit. Each product's bit budget is checked when the task is built
-    (:func:`protocol.tasks.exact.check_exact_product`)."""
+    limit, in float32. The bit budget of every product (24 bits: float32 holds every integer
+    up to 2^24) is checked when the task is built (:meth:`check`); ``dz_bits`` and ``d_frac``
+    follow from the batch size so that the budgets stay within 24 bits:
 
-    x_frac: int = 8  # inputs (standardised pixels, |x| <= 38.7 on the pool)
-    x_limit: float = 64.0
-    w_frac: int = 24  # first-layer weights (the copy used in products; masters stay float64)
-    w2_frac: int = 20  # second-layer weights
-    w_limit: float = 8.0
-    h_frac: int = 12  # hidden activations
-    h_limit: float = 256.0
-    e_frac: int = 40  # softmax numerators exp(z - max z) in [0, 1]
-    d_frac: int = 24  # output gradients (p - onehot) / batch, in [-1, 1]
-    dz_frac: int = 24  # hidden gradients, |dz| <= sum_c |d_c| |w2| <= 2 * 8 / batch
-    dz_limit: float = 1.0
+    ======================  ====================================  ===========================
+    product                 inputs (bits)                         bits: a + b + log2(inner)
+    ======================  ====================================  ===========================
+    layer 1  X W1           x 7 (2^-3, |x| <= 16), W1 10 (2^-10,  7 + 10 + log2 65 = 23.0
+                            |w| <= 1)
+    layer 2  H W2 (+ bias)  h 8 (2^-4, 0 <= h <= 16), W2 8        8 + 8 + log2 129 = 23.0
+                            (2^-9, |w| <= 1/2)
+    softmax sum             e 20 (2^-20, 0 <= e <= 1)              20 + log2 10 = 23.3
+    dW2  H^T D              h 8, d 10 (2^-10, |p - y| <= 1)       8 + 10 + log2 64 = 24
+    dH   D W2^T             d 10, W2 8                            10 + 8 + log2 10 = 21.3
+    dW1  X^T dZ             x 7, dz 11 (per model and step: the   7 + 11 + log2 64 = 24
+                            leading 11 bits of its largest |dz|)
+    ======================  ====================================  ===========================
+
+    (bits for the defaults hidden = 128, batch = 64). Hidden gradients span many orders of
+    magnitude during training, so their grid is chosen per model and step (block floating
+    point, :func:`protocol.tasks.exact.floor_log2`); every other grid is fixed."""
+
+    x_frac: int = 3  # inputs (standardised pixels; 18 of the pool's 95,808 exceed 16)
+    x_limit: float = 16.0
+    w_frac: int = 10  # first-layer weights (the copy used in products; masters stay float32)
+    w_limit: float = 1.0
+    w2_frac: int = 9  # second-layer weights
+    w2_limit: float = 0.5
+    h_frac: int = 4  # hidden activations
+    h_limit: float = 16.0
+    e_frac: int = 20  # softmax numerators exp(z - max z) in [0, 1]
+    d_max_frac: int = 10  # output gradients p - onehot in [-1, 1] (the 1/batch is a scale)
 
     @property
     def x_bits(self) -> float:
@@ -361,25 +417,51 @@ class _Grid:
 
     @property
     def w2_bits(self) -> float:
-        return unit_bits(self.w2_frac, self.w_limit)
+        return unit_bits(self.w2_frac, self.w2_limit)
 
     @property
     def h_bits(self) -> float:
         return unit_bits(self.h_frac, self.h_limit)
 
-    @property
-    def d_bits(self) -> float:
-        return unit_bits(self.d_frac, 1.0)
+    def d_frac(self, batch: int) -> int:
+        """Output-gradient grid: as fine as dW2's budget allows, at most 2^-d_max_frac."""
+        return min(self.d_max_frac, math.floor(EXACT_BITS_FLOAT32 - self.h_bits - math.log2(batch)))
 
-    @property
-    def dz_bits(self) -> float:
-        return unit_bits(self.dz_frac, self.dz_limit)
+    def dz_bits(self, batch: int) -> int:
+        """Leading bits kept of each model's hidden gradients: what dW1's budget allows."""
+        return math.floor(EXACT_BITS_FLOAT32 - self.x_bits - math.log2(batch))
 
-    def as_dict(self) -> dict[str, float]:
-        return dict(sorted(asdict(self).items()))
+    def check(self, hidden: int, batch: int) -> None:
+        """Refuse a configuration whose products could round (table above)."""
+        if self.dz_bits(batch) < 4 or self.d_frac(batch) < 4:
+            raise InvalidParameterError(
+                f"digits-mlp: batch {batch} leaves fewer than 4 bits for exact gradients"
+            )
+        d_bits = float(self.d_frac(batch))
+        for name, a, b, inner in (
+            ("layer 1", self.x_bits, self.w1_bits, 65),
+            ("layer 2", self.h_bits, self.w2_bits, hidden + 1),
+            ("softmax sum", float(self.e_frac), 0.0, N_CLASSES),
+            ("dW2", self.h_bits, d_bits, batch),
+            ("dH", d_bits, self.w2_bits, N_CLASSES),
+            ("dW1", self.x_bits, float(self.dz_bits(batch)), batch),
+        ):
+            check_exact_product(f"digits-mlp {name}", a, b, inner, EXACT_BITS_FLOAT32)
+
+    def as_dict(self, batch: int) -> dict[str, float]:
+        return dict(
+            sorted(
+                {
+                    **asdict(self),
+                    "d_frac": self.d_frac(batch),
+                    "dz_bits": self.dz_bits(batch),
+                }.items()
+            )
+        )
 
 
 _MLP_GRID = _Grid()
+_F32 = torch.float32
 
 
 class DigitsMLP(TrainedTask):
@@ -399,7 +481,7 @@ class DigitsMLP(TrainedTask):
         weight_decay: float = 5e-4,
         bound: float = 30.0,
         tau: float = 0.0,
-        chunk_size: int = 128,
+        chunk_size: int = 64,
         device: str | None = None,
         finetune_steps: int = 100,
     ) -> None:
@@ -411,65 +493,47 @@ class DigitsMLP(TrainedTask):
         self.bound, self.tau = float(bound), float(tau)
         self.finetune_steps = int(finetune_steps)
         g = _MLP_GRID
-        check_exact_product("digits-mlp layer 1", g.x_bits, g.w1_bits, self._d_in)
-        check_exact_product("digits-mlp layer 2", g.h_bits, g.w2_bits, self.hidden + 1)
-        check_exact_product("digits-mlp dW2", g.h_bits, g.d_bits, self.batch)
-        check_exact_product("digits-mlp dH", g.d_bits, g.w2_bits, N_CLASSES)
-        check_exact_product("digits-mlp dW1", g.x_bits, g.dz_bits, self.batch)
+        g.check(self.hidden, self.batch)
         self.data = load_digits_split()
-        dev, f64 = self.device, torch.float64
+        dev = self.device
 
         def units(x: NDArray[np.float64]) -> torch.Tensor:
-            return to_units(torch.tensor(x, dtype=f64, device=dev), g.x_frac, g.x_limit)
+            return to_units(torch.tensor(x, dtype=_F32, device=dev), g.x_frac, g.x_limit)
 
         self._xu, self._xtu, self._xpu = (
             units(self.data.x_pool), units(self.data.x_targets), units(self.data.x_probes)
         )  # fmt: skip
         self._y = torch.tensor(self.data.y_pool, device=dev)
         self._yt = torch.tensor(self.data.y_targets, device=dev)
-        self._onehot = torch.nn.functional.one_hot(self._y, N_CLASSES).to(f64)
 
     _d_in = 65  # 64 pixels and the bias input
 
     def _spec(self) -> dict[str, Any]:
-        g = _MLP_GRID
         return {
-            "task": self.name, "version": 2, **self.data.spec(),
+            "task": self.name, "version": 3, **self.data.spec(),
             "model": f"MLP 64-{self.hidden}-10 ReLU", "init": "uniform +-1/sqrt(fan_in), seeded",
             "optimiser": "SGD momentum", "lr": self.lr, "momentum": self.momentum,
             "weight_decay": self.weight_decay, "steps": self.steps, "batch": self.batch,
-            "sampling": "with replacement from the subset, seeded", "dtype": "float64",
-            "arithmetic": "exact: reductions over integer units (protocol.tasks.exact)",
-            "grid": g.as_dict(), "output": "correct-class margin",
+            "sampling": "with replacement from the subset, seeded", "dtype": "float32",
+            "arithmetic": "exact: float32 products of integer units within 24 bits, hidden "
+                          "gradients in per-model block floating point (protocol.tasks.exact)",
+            "grid": _MLP_GRID.as_dict(self.batch), "output": "correct-class margin",
         }  # fmt: skip
 
-    def _hidden(self, w1u: torch.Tensor, xu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hidden layer in units 2^-h_frac, round(clamp(relu(x W1), 0, h_limit) 2^h_frac),
-        (K, B, H), and which units are active (hidden units > 0; the ReLU's derivative), as 0/1
-        float64."""
-        g = _MLP_GRID
-        z1u = torch.bmm(xu, w1u)  # units 2^-(x_frac + w_frac), exact
-        top = g.h_limit * 2.0 ** (g.x_frac + g.w_frac)
-        hu = z1u.clamp_(0.0, top).mul_(2.0 ** (g.h_frac - g.x_frac - g.w_frac)).round_()
-        return hu, torch.sign(hu)
-
-    def _weight_units(self, w1: torch.Tensor, w2: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The grid copies used in products: W1 (K, 65, H), W2 without and with its bias row
-        scaled to the hidden grid: (K, H, 10) and (K, 1, 10)."""
-        g = _MLP_GRID
-        w1u = to_units(w1, g.w_frac, g.w_limit)
-        w2u = to_units(w2, g.w2_frac, g.w_limit)
-        return w1u, w2u[:, : self.hidden], w2u[:, self.hidden :] * 2.0**g.h_frac
-
     def _logits(self, w1: torch.Tensor, w2: torch.Tensor, xu: torch.Tensor) -> torch.Tensor:
-        """Exact logits (K, B, 10) of the models (w1, w2) on inputs in units, (B, 65) or
-        (K, B, 65)."""
+        """Exact logits (K, B, 10) of the models w1 (K, 65, H), w2 (K, H + 1, 10) on inputs in
+        units, (B, 65) or (K, B, 65): the forward pass of :meth:`_sgd`."""
         g = _MLP_GRID
+        check_float32_matmul_exact(self.device)
         if xu.dim() == 2:
             xu = xu.expand(w1.shape[0], *xu.shape)
-        w1u, w2u, b2u = self._weight_units(w1, w2)
-        hu, _ = self._hidden(w1u, xu)
-        return torch.baddbmm(b2u, hu, w2u).mul_(2.0 ** -(g.h_frac + g.w2_frac))
+        w1u = to_units(w1.to(_F32), g.w_frac, g.w_limit)
+        w2u = to_units(w2.to(_F32), g.w2_frac, g.w2_limit)
+        top = g.h_limit * 2.0 ** (g.x_frac + g.w_frac)
+        hu = torch.bmm(xu, w1u).clamp_(0.0, top).mul_(2.0 ** (g.h_frac - g.x_frac - g.w_frac))
+        hu.round_()
+        b2u = w2u[:, self.hidden :].mul(2.0**g.h_frac)
+        return torch.baddbmm(b2u, hu, w2u[:, : self.hidden]).mul_(2.0 ** -(g.h_frac + g.w2_frac))
 
     def train_chunk(
         self, masks: torch.Tensor, seeds: NDArray[np.uint64]
@@ -484,10 +548,8 @@ class DigitsMLP(TrainedTask):
         k, d, hdim = masks.shape[0], self._d_in, self.hidden
         dev = self.device
         init = _uniform(seeds, 1, d * hdim + (hdim + 1) * N_CLASSES) * 2.0 - 1.0
-        w1 = torch.tensor(init[:, : d * hdim].reshape(k, d, hdim) / np.sqrt(d - 1), device=dev)
-        w2 = torch.tensor(
-            init[:, d * hdim :].reshape(k, hdim + 1, N_CLASSES) / np.sqrt(hdim), device=dev
-        )
+        w1 = init[:, : d * hdim].reshape(k, d, hdim) / np.sqrt(d - 1)
+        w2 = init[:, d * hdim :].reshape(k, hdim + 1, N_CLASSES) / np.sqrt(hdim)
         # Minibatches: the r-th included point of each model, r = floor(u * count).
         m_np = masks.cpu().numpy()
         order = torch.tensor(np.argsort(~m_np, axis=1, kind="stable"), device=dev)
@@ -496,8 +558,10 @@ class DigitsMLP(TrainedTask):
         rank = np.minimum((u * count[:, None]).astype(np.int64), count[:, None] - 1)
         picks = torch.gather(order, 1, torch.tensor(rank, device=dev))
         picks = picks.view(k, self.steps, self.batch)
-        live = torch.tensor(m_np.any(1), device=dev, dtype=torch.float64).view(k, 1, 1)
-        return self._sgd(w1, w2, picks, live, None)
+        live = torch.tensor(m_np.any(1), device=dev, dtype=_F32).view(k, 1, 1)
+        w1_t = torch.tensor(w1, dtype=_F32, device=dev)
+        w2_t = torch.tensor(w2, dtype=_F32, device=dev)
+        return self._sgd(w1_t, w2_t, picks, live, None)
 
     def _sgd(
         self,
@@ -510,41 +574,108 @@ class DigitsMLP(TrainedTask):
         """SGD with momentum over the minibatches ``picks`` (K, steps, batch) on the mean
         cross-entropy; ``linear`` adds a constant to each model's gradient (Daunce's first-order
         term). Back-propagation is written out so that every product is exact (module doc of
-        :mod:`protocol.tasks.exact`); the weights themselves stay full float64, and updates
-        are elementwise."""
+        :mod:`protocol.tasks.exact`, bit budgets in ``_Grid``); updates are elementwise.
+
+        Layout: feature-major (K, features, batch), so that every batched product has a long
+        contiguous axis (the class axis is 10 wide); masters in float32, scaled by their grid
+        (2^w_frac) so that quantising is a clamp and a round; all buffers allocated once."""
         g = _MLP_GRID
-        w1, w2 = w1.detach().clone(), w2.detach().clone()
-        v1, v2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        check_float32_matmul_exact(self.device)
+        k, hdim, b, d, c = w1.shape[0], self.hidden, self.batch, self._d_in, N_CLASSES
+        dev = w1.device
+
+        def f32(v: float) -> float:
+            return representable(v, _F32)
+
+        def buf(*shape: int) -> torch.Tensor:
+            return torch.empty(shape, dtype=_F32, device=dev)
+
+        s1, s2 = 2.0**g.w_frac, 2.0**g.w2_frac
+        w1m = w1.to(_F32).mul(s1).transpose(1, 2).contiguous()  # (K, H, 65) master, in units
+        w2t = w2.to(_F32).mul(s2).transpose(1, 2)
+        w2m, b2m = (
+            w2t[:, :, :hdim].contiguous(),
+            w2t[:, :, hdim:].contiguous(),
+        )  # (K,10,H), (K,10,1)
+        v1, v2, vb = torch.zeros_like(w1m), torch.zeros_like(w2m), torch.zeros_like(b2m)
+        lim1, lim2 = g.w_limit * s1, g.w2_limit * s2
+        mom, lr_wd, lr_b = f32(self.momentum), f32(self.lr * self.weight_decay), f32(self.lr / b)
+        d_frac, dz_bits = g.d_frac(b), g.dz_bits(b)
+        z_to_h, h_top = (
+            2.0 ** (g.h_frac - g.x_frac - g.w_frac),
+            g.h_limit * 2.0 ** (g.x_frac + g.w_frac),
+        )
+        c2 = lr_b * 2.0 ** (g.w2_frac - g.h_frac - d_frac)  # dW2 units -> lr x master units
+        c2b = lr_b * 2.0 ** (g.w2_frac - d_frac)
+        e1 = g.w_frac - g.x_frac - d_frac - g.w2_frac  # dW1 units -> master units, less shift
+        lin1 = lin2 = lin2b = None
+        if linear is not None:  # the first-order term, in lr x master units
+            lr = f32(self.lr)
+            l2 = linear[1].to(_F32).mul(lr * s2).transpose(1, 2)
+            lin1 = linear[0].to(_F32).mul(lr * s1).transpose(1, 2).contiguous()
+            lin2, lin2b = l2[:, :, :hdim].contiguous(), l2[:, :, hdim:].contiguous()
         all_live = bool(live.min() > 0)
-        s_hw, s_dw = 2.0 ** -(g.h_frac + g.w2_frac), 2.0 ** (g.dz_frac - g.d_frac - g.w2_frac)
-        s_hd, s_xdz = 2.0 ** -(g.h_frac + g.d_frac), 2.0 ** -(g.x_frac + g.dz_frac)
-        dz_top = g.dz_limit * 2.0 ** (g.d_frac + g.w2_frac)
-        for t in range(picks.shape[1]):
-            idx = picks[:, t]
-            xu = self._xu[idx]
-            w1u, w2u, b2u = self._weight_units(w1, w2)
-            hu, active = self._hidden(w1u, xu)
-            logits = torch.baddbmm(b2u, hu, w2u).mul_(s_hw)
-            eu = to_units(exp_nonpositive(logits - logits.amax(2, keepdim=True)), g.e_frac, 1.0)
-            prob = eu.div_(eu.sum(2, keepdim=True))
-            du = to_units(prob.sub_(self._onehot[idx]).div_(float(self.batch)), g.d_frac, 1.0)
-            g2 = torch.cat([torch.bmm(hu.transpose(1, 2), du), du.sum(1, keepdim=True)], dim=1)
-            g2.mul_(s_hd)  # the bias row: sum of du times the hidden grid's 1 = 2^h_frac
-            dh = torch.bmm(du, w2u.transpose(1, 2)).mul_(active)
-            dzu = dh.clamp_(-dz_top, dz_top).mul_(s_dw).round_()
-            g1 = torch.bmm(xu.transpose(1, 2), dzu).mul_(s_xdz)
-            if linear is not None:
-                g1, g2 = g1 + linear[0], g2 + linear[1]
-            g1.add_(w1 * self.weight_decay)
-            g2.add_(w2 * self.weight_decay)
+        live1 = live.to(_F32).view(k, 1, 1)
+        w1u, tmp1, g1 = buf(k, hdim, d), buf(k, hdim, d), buf(k, hdim, d)
+        w2u, g2, tmp2, b2u, g2b = (
+            buf(k, c, hdim),
+            buf(k, c, hdim),
+            buf(k, c, hdim),
+            buf(k, c, 1),
+            buf(k, c, 1),
+        )
+        xu, hu, act, dz = buf(k, b, d), buf(k, hdim, b), buf(k, hdim, b), buf(k, hdim, b)
+        logits, prob = buf(k, c, b), buf(k, c, b)
+        minus_one = torch.full((k, 1, b), -1.0, dtype=_F32, device=dev)
+        steps = picks.permute(1, 0, 2).contiguous()  # (steps, K, batch)
+        labels = self._y[steps].unsqueeze(2)  # (steps, K, 1, batch)
+        for t in range(steps.shape[0]):
+            torch.index_select(self._xu, 0, steps[t].view(-1), out=xu.view(k * b, d))
+            torch.clamp(w1m, -lim1, lim1, out=w1u).round_()
+            torch.clamp(w2m, -lim2, lim2, out=w2u).round_()
+            torch.clamp(b2m, -lim2, lim2, out=b2u).round_().mul_(2.0**g.h_frac)
+            # forward: hidden units (K, H, B), logits (K, 10, B), all products exact
+            torch.bmm(w1u, xu.transpose(1, 2), out=hu)
+            hu.clamp_(0.0, h_top).mul_(z_to_h).round_()
+            torch.clamp(hu, max=1.0, out=act)  # the ReLU's derivative, 0/1
+            torch.baddbmm(b2u, w2u, hu, out=logits)
+            logits.mul_(2.0 ** -(g.h_frac + g.w2_frac))
+            logits.sub_(logits.amax(1, keepdim=True))
+            eu = exp_nonpositive(logits, out=prob).mul_(2.0**g.e_frac).round_()  # in [0, 1]
+            eu.div_(eu.sum(1, keepdim=True))
+            eu.scatter_add_(1, labels[t], minus_one)  # p - onehot
+            du = eu.mul_(2.0**d_frac).round_()  # |du| <= 2^d_frac: p - y in [-1, 1]
+            # backward: dW2 (K, 10, H) and its bias, dH (K, H, B), dW1 (K, H, 65)
+            torch.bmm(du, hu.transpose(1, 2), out=g2)
+            torch.sum(du, 2, keepdim=True, out=g2b)
+            torch.bmm(w2u.transpose(1, 2), du, out=dz)
+            dz.mul_(act)
+            top = torch.maximum(dz.amax((1, 2)), dz.amin((1, 2)).neg_())
+            shift = (floor_log2(top) + (1 - dz_bits)).clamp_(min=0)  # |dz| / 2^shift < 2^dz_bits
+            dz.mul_(pow2(-shift).view(k, 1, 1)).round_()
+            torch.bmm(dz, xu, out=g1)
+            # SGD with momentum, coupled weight decay: v = m v + lr (g + wd w); w = w - v
+            g1.mul_(pow2(shift + e1).mul_(lr_b).view(k, 1, 1))
+            g1.add_(torch.mul(w1m, lr_wd, out=tmp1))
+            g2.mul_(c2).add_(torch.mul(w2m, lr_wd, out=tmp2))
+            g2b.mul_(c2b).add_(b2m * lr_wd)
+            if lin1 is not None and lin2 is not None and lin2b is not None:
+                g1.add_(lin1)
+                g2.add_(lin2)
+                g2b.add_(lin2b)
             if not all_live:
-                g1.mul_(live)
-                g2.mul_(live)
-            v1.mul_(self.momentum).add_(g1)
-            v2.mul_(self.momentum).add_(g2)
-            w1.sub_(v1 * self.lr)
-            w2.sub_(v2 * self.lr)
-        return w1, w2
+                g1.mul_(live1)
+                g2.mul_(live1)
+                g2b.mul_(live1)
+            v1.mul_(mom).add_(g1)
+            v2.mul_(mom).add_(g2)
+            vb.mul_(mom).add_(g2b)
+            w1m.sub_(v1)
+            w2m.sub_(v2)
+            b2m.sub_(vb)
+        w1_out = w1m.mul_(1.0 / s1).transpose(1, 2).contiguous()
+        w2_out = torch.cat([w2m, b2m], 2).mul_(1.0 / s2).transpose(1, 2).contiguous()
+        return w1_out, w2_out
 
     # -- the differentiable extension used by Daunce (prover_service.attribution) ----------
     def _unflatten(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -598,10 +729,10 @@ class DigitsMLP(TrainedTask):
         u = _uniform(np.arange(k, dtype=np.uint64), 3, self.finetune_steps * self.batch)
         picks = np.stack([np.searchsorted(cum[i], u[i] * total[i], side="right") for i in range(k)])
         picks = np.minimum(picks, self.n_train - 1).reshape(k, self.finetune_steps, self.batch)
-        w1, w2 = self._unflatten(start.to(torch.float64).repeat(1, k))
+        w1, w2 = self._unflatten(start.to(_F32).repeat(1, k))
         lin = None
         if linear is not None:
             scale = torch.tensor(1.0 / total, dtype=linear.dtype, device=linear.device)
             lin = self._unflatten(linear * scale)
-        live = torch.ones((k, 1, 1), dtype=torch.float64, device=self.device)
+        live = torch.ones((k, 1, 1), dtype=_F32, device=self.device)
         return self._flatten(*self._sgd(w1, w2, torch.tensor(picks, device=self.device), live, lin))
