@@ -23,7 +23,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from protocol.budget import Pilot, plan
@@ -36,7 +35,9 @@ from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from verifier_client.api import parse_epsilon
 from verifier_client.api import verify as verify_api
 from verifier_client.audit import audit, audit_log, fetch_bundle, load_bundle, save_bundle
+from verifier_client.cli_options import DbOpt, JsonOpt, TaskOpt, db_url, err_console, fail
 from verifier_client.client import ProverClient, TransportError
+from verifier_client.records import cancel, history, show
 from verifier_client.report import summary_lines
 from verifier_client.session import Options
 from verifier_client.store import VerifierStore
@@ -46,37 +47,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Verifier client for verifiable data attribution.",
 )
-_err = Console(stderr=True)
-
-TaskOpt = Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def _db_url(db: str | None) -> str | None:
-    """``--db``: a SQLAlchemy URL, or a bare file path taken as SQLite. A file in a folder that
-    does not exist, or a URL of no known database, is one line and exit 2 (not created)."""
-    if db is None:
-        return None
-    url = db if "://" in db else f"sqlite:///{Path(db).expanduser()}"
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        folder = Path(url.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise _fail(f"cannot create database {db!r}: folder {str(folder)!r} does not exist")
-    try:
-        make_url(url).get_dialect()
-    except (SQLAlchemyError, ValueError) as exc:
-        raise _fail(f"--db {db!r} is not a database URL (or a file path): {exc}") from None
-    return url
-
-
-DbOpt = Annotated[
-    str, typer.Option(help="SQLAlchemy URL of the records, or a file (SQLite).", callback=_db_url)
-]
+_err = err_console
+_fail = fail
+_db_url = db_url
 
 
 def _parse_seed(seed: str | None) -> bytes:
@@ -455,59 +428,6 @@ def print_summary(console: Console, result: dict[str, Any], indent: str = "") ->
         console.print(f"{indent}{line}", highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command()
-def history(
-    db: DbOpt = "sqlite:///verifier.db",
-    json_out: JsonOpt = False,
-) -> None:
-    """Every recorded verification."""
-    rows = [r.as_dict() for r in VerifierStore(db).all()]
-    if json_out:
-        typer.echo(json.dumps(rows))
-        return
-    cells = [
-        (r["session"], r["status"], str(r["verdict"]), str(r["reason"]), r["protocol"],
-         f"{r['prover_trainings']:,}", f"{r['local_trainings']:,}")
-        for r in rows
-    ]  # fmt: skip
-    console = Console()
-    if not console.is_terminal:  # a pipe or a log: whole ids, one line per session
-        for cell in cells:
-            typer.echo("  ".join(cell))
-        return
-    table = Table(title="verifications")
-    width = max((len(c[0]) for c in cells), default=7)
-    table.add_column("session", no_wrap=True, min_width=width)  # never cut: `show` takes it
-    for col in ("status", "verdict", "reason", "protocol", "prover trainings", "local"):
-        table.add_column(col, overflow="fold")  # narrow terminals: folded, never cut
-    for cell in cells:
-        table.add_row(*cell)
-    console.print(table)
-
-
-@app.command()
-def show(
-    session: Annotated[str, typer.Argument(help="Session id (the Prover's or the local one).")],
-    db: DbOpt = "sqlite:///verifier.db",
-) -> None:
-    """One recorded verification, as JSON; SESSION may be any unique prefix of an id."""
-    store = VerifierStore(db)
-    row = store.get(session)
-    if row is None and session:
-        found = [
-            r for r in store.all()
-            if r.id.startswith(session) or (r.prover_session or "").startswith(session)
-        ]  # fmt: skip
-        if len(found) > 1:
-            ids = ", ".join(r.prover_session or r.id for r in found[:3])
-            more = ", ..." if len(found) > 3 else ""
-            raise _fail(f"{session!r} starts {len(found)} session ids ({ids}{more}): give more")
-        row = found[0] if found else None
-    if row is None:
-        raise _fail(f"no recorded verification {session!r}")
-    typer.echo(json.dumps(row.as_dict(), indent=1))
-
-
 @app.command("audit")
 def audit_cmd(
     task: Annotated[str, typer.Option(help="The task the session trained (its hash is checked).")],
@@ -610,6 +530,11 @@ def demo(
     provers = [results["honest"], results["cheating"]]
     ok = provers[0]["verdict"] == "accept" and provers[1]["verdict"] == "abort"
     raise typer.Exit(code=0 if ok and all(r["audit"]["ok"] for r in provers) else 1)
+
+
+app.command()(history)
+app.command()(show)
+app.command()(cancel)
 
 
 def _training_rate(task: TaskBase) -> float:
