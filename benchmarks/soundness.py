@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from typing import Any
@@ -40,9 +41,16 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from protocol.adversaries import corrupt_extreme, corrupt_quiet, strategic_counts  # noqa: E402
+from protocol.adversaries import (  # noqa: E402
+    concentrated_error,
+    corrupt_extreme,
+    corrupt_neutral,
+    corrupt_quiet,
+    strategic_counts,
+)
 from protocol.certificate import (  # noqa: E402
     certify,
+    default_validity,
     max_undetected,
     pass_probability,
     pilot_figures,
@@ -58,10 +66,13 @@ ADVERSARIES = {"extreme": corrupt_extreme, "quiet": corrupt_quiet}
 
 
 class _Design:
-    def __init__(self, rhos: tuple[float, ...], n: int, layout: str = "pairs") -> None:
+    def __init__(
+        self, rhos: tuple[float, ...], n: int, layout: str = "pairs", p: float = 0.5
+    ) -> None:
         self.rhos = rhos
         self.pairs_per_level = n
         self.layout = layout
+        self.p = p
 
 
 def simulate(
@@ -275,6 +286,122 @@ def before_regime(reps: int, seed: int) -> dict[str, Any]:
             "reps": reps, "plain": rows, "certificate_honest_half_eps": cert_rows}  # fmt: skip
 
 
+SWEEP_P = (0.02, 0.05, 0.1, 0.3, 0.5)
+SWEEP_NOISE = (0.0, 0.02, 0.2)
+SWEEP_ADVERSARIES = ("extreme", "quiet", "neutral")
+
+
+def simulate_shared(
+    rng: np.random.Generator, n_train: int, n: int, p: float
+) -> tuple[_Design, Any, Any]:
+    """Shared-base masks ((1 + L) n, N) at subset fraction p, and independent seeds."""
+    x = rng.random((n, n_train)) < p
+    keep = rng.random((n, n_train))
+    fresh = rng.random((n, n_train)) < p
+    rows = [x] + [np.where(keep < rho, x, fresh) for rho in RHOS]
+    masks = np.stack(rows, axis=1).reshape(-1, n_train)
+    seeds = rng.integers(0, 2**63, size=len(masks), dtype=np.int64).astype(np.uint64)
+    return _Design(RHOS, n, "shared-base", p), masks, seeds
+
+
+def sweep_cell(
+    p: float, noise: float, aggregate: str, reps: int, n: int, delta: float, seed: int,
+    validity: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One cell of issue 18's sweep: the rare-event datamodel (all of g's error on one
+    training example, err = c epsilon exactly) on a planted task at subset fraction p and seed
+    noise ``noise``, n shared bases, k = ceil(|E| / 10) spot-checks, epsilon = Var f / 4.
+
+    Honest: coverage (U >= err) at c = 1/2 and 1, and acceptance at c = 1/2 (completeness).
+    Every adversary at c = 1 and 2, for every count of strategic_counts (up to 2 m* + 2):
+    P(accept) = mean over challenges of P(all k checks miss the m values) x 1[accept]; the
+    row reported is the adversary's best count. ``validity``: None is the product's default
+    (:func:`protocol.certificate.default_validity`)."""
+    task = PlantedTask(n_train=20, n_targets=4, b0=0.2, b1=2.0, b2=0.3, b3=0.1, noise=noise,
+                       seed=1)  # fmt: skip
+    spec = task.spectrum(p)
+    epsilon = 0.25 * float(spec.variance.mean())
+    opt = task.optimal_datamodel(p)
+    models = {c: concentrated_error(opt, 0, c * epsilon, p) for c in (0.5, 1.0, 2.0)}
+    truth = {c: float(task.err(g, p).mean() if aggregate == "mean" else task.err(g, p).max())
+             for c, g in models.items()}  # fmt: skip
+    ranges = {c: g.output_range() for c, g in models.items()}
+    n_sub = 4 * n
+    k = math.ceil(n_sub / 10)
+    d_spot = delta / 2
+    m_star = max_undetected(n_sub, k, d_spot)
+    counts = strategic_counts(n_sub, k, d_spot)
+    chosen = validity or default_validity(p, n)
+    rng = np.random.default_rng(seed)
+    honest_cover: dict[float, list[bool]] = {0.5: [], 1.0: []}
+    honest_accept: list[bool] = []
+    u_half: list[float] = []
+    attack: dict[tuple[str, float, int], list[float]] = {}
+    t0 = time.time()
+    for _ in range(reps):
+        design, masks, seeds = simulate_shared(rng, task.n_train, n, p)
+        f = task.evaluate(masks, seeds)
+        for c, g in models.items():
+            preds = g.predict(masks)
+
+            def cert(values: Any, preds: Any = preds, c: float = c) -> Any:
+                return certify(values, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
+                               spot_checks=k, bound=task.bound, validity=chosen,  # type: ignore[arg-type]
+                               prediction_range=ranges[c], detail=False)  # fmt: skip
+
+            if c <= 1.0:
+                honest = cert(f)
+                honest_cover[c].append(honest.certified_epsilon >= truth[c])
+                if c == 0.5:
+                    honest_accept.append(honest.accepts(epsilon))
+                    u_half.append(honest.certified_epsilon)
+            if c < 1.0:
+                continue
+            for name in SWEEP_ADVERSARIES:
+                for m in counts:
+                    if name == "extreme":
+                        bad = corrupt_extreme(f, preds, design, m, bound=task.bound)
+                    elif name == "quiet":
+                        bad = corrupt_quiet(f, preds, design, m, bound=task.bound,
+                                            aggregate=aggregate, rank=min(m, m_star))  # type: ignore[arg-type]  # fmt: skip
+                    else:
+                        bad = corrupt_neutral(f, preds, design, m, bound=task.bound,
+                                              aggregate=aggregate)  # type: ignore[arg-type]  # fmt: skip
+                    w = pass_probability(n_sub, m, k)
+                    attack.setdefault((name, c, m), []).append(w * cert(bad).accepts(epsilon))
+    rows = []
+    for name in SWEEP_ADVERSARIES:
+        for c in (1.0, 2.0):
+            by_m = {m: float(np.mean(attack[(name, c, m)])) for m in counts}
+            worst = max(by_m, key=lambda m: by_m[m])
+            rows.append({"adversary": name, "err_over_eps": c, "worst_m": worst,
+                         "p_accept": by_m[worst], "by_count": by_m})  # fmt: skip
+    return {
+        "p": p, "noise": noise, "aggregate": aggregate, "validity": chosen, "pairs": n,
+        "n_subsets": n_sub, "spot_checks": k, "max_corrupted": m_star, "epsilon": epsilon,
+        "delta": delta, "reps": reps, "exact_err": truth,
+        "honest_coverage": {str(c): float(np.mean(v)) for c, v in honest_cover.items()},
+        "completeness_half_eps": float(np.mean(honest_accept)),
+        "median_U_half_eps": float(np.median(u_half)),
+        "adversaries": rows, "seconds": time.time() - t0,
+    }  # fmt: skip
+
+
+def sweep(reps: int, n: int, delta: float, seed: int, cells: str | None) -> list[dict[str, Any]]:
+    """Issue 18's grid: p x seed noise x aggregate (``cells`` filters "p:noise:agg,...")."""
+    out = []
+    todo = None if not cells else {tuple(c.split(":")) for c in cells.split(",")}
+    for i, (p, noise, agg) in enumerate(
+        (p, z, a) for p in SWEEP_P for z in SWEEP_NOISE for a in ("mean", "max")
+    ):
+        if todo is not None and (f"{p:g}", f"{noise:g}", agg) not in todo:
+            continue
+        cell = sweep_cell(p, noise, agg, reps, n, delta, seed + i)
+        print(json.dumps({k: v for k, v in cell.items() if k != "adversaries"}), flush=True)
+        out.append(cell)
+    return out
+
+
 def plot(results: list[dict[str, Any]], path: str) -> None:
     import matplotlib
 
@@ -326,7 +453,18 @@ def main() -> None:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--before-reps", type=int, default=50, help="0 skips the old-sizes table")
+    ap.add_argument("--sweep", action="store_true", help="issue 18's p x noise x aggregate grid")
+    ap.add_argument("--sweep-pairs", type=int, default=1000, help="shared bases per challenge")
+    ap.add_argument("--cells", default=None, help='sweep only these, e.g. "0.05:0.02:mean"')
     args = ap.parse_args()
+    if args.sweep:
+        cells = sweep(args.reps, args.sweep_pairs, args.delta, args.seed, args.cells)
+        text = json.dumps({"benchmark": "soundness-sweep", "cells": cells}, indent=1)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(text + "\n")
+        return
     before = before_regime(args.before_reps, args.seed + 2) if args.before_reps else None
     eps = {"mean": args.epsilon_mean, "max": args.epsilon_max}
     offset = {"mean": 0, "max": 1}

@@ -61,10 +61,18 @@ from numpy.typing import NDArray
 
 from protocol.certificate import max_undetected, pass_probability
 from protocol.checks import as_finite_matrix, check_positive
+from protocol.datamodel import Datamodel
 from protocol.errors import InvalidParameterError, ShapeError
 from protocol.residual import StabilityDesign, linear_weights
 
-__all__ = ["best_count", "corrupt_extreme", "corrupt_quiet", "strategic_counts"]
+__all__ = [
+    "best_count",
+    "concentrated_error",
+    "corrupt_extreme",
+    "corrupt_neutral",
+    "corrupt_quiet",
+    "strategic_counts",
+]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -239,6 +247,52 @@ def corrupt_extreme(
     return out
 
 
+def _pair_sums(items: _Items, r: FloatArray) -> tuple[FloatArray, FloatArray, IntArray]:
+    """u (n, Z), and per pair index j its group's rows (n, R) and du_j / dr slopes (n, R, Z)."""
+    n = items.n
+    w = items.weights[:, :, None]
+    rh, rt = r[items.heads], r[items.tails]
+    u = np.zeros((n, r.shape[1]))
+    np.add.at(u, items.pair_sum, rh * (w * rt).sum(axis=1))
+    # du_j / dr of every row of j's group: head (w . r_tails), tail m (r_head w_m)
+    slopes = np.concatenate([(w * rt).sum(axis=1)[:, None], rh[:, None] * w], axis=1)
+    order = np.argsort(items.pair_sum, kind="stable")
+    group_rows = items.rows[order].reshape(n, -1)
+    return u, slopes[order].reshape(n, group_rows.shape[1], -1), group_rows
+
+
+def _move_one_row(
+    f: FloatArray,
+    g: FloatArray,
+    items: _Items,
+    chosen: IntArray,
+    move: FloatArray,
+    b: float,
+) -> FloatArray:
+    """Move u_j by ``move[j]`` (n, Z) for each chosen pair index j with the one row of its group
+    that gets closest (smallest miss, then smallest change), inside [-b, b]."""
+    r = f - g
+    lo, hi = -b - g, b - g
+    _, group_slopes, group_rows = _pair_sums(items, r)
+    out = f.copy()
+    if len(chosen) == 0:
+        return out
+    want = move[chosen][:, None, :]  # (J, 1, Z)
+    sl = group_slopes[chosen]  # (J, R, Z)
+    rows = group_rows[chosen]  # (J, R)
+    cur = r[rows]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(np.abs(sl) > 1e-12, want / sl, 0.0)
+    new = np.clip(cur + step, lo[rows], hi[rows])
+    got = sl * (new - cur)
+    short = np.abs(want - got).sum(axis=2) + 1e-9 * np.abs(new - cur).sum(axis=2)
+    pick = np.argmin(short, axis=1)
+    j_idx = np.arange(len(chosen))
+    hit = rows[j_idx, pick]
+    out[hit] = np.clip(g[hit] + new[j_idx, pick], -b, b)
+    return out
+
+
 def corrupt_quiet(
     values: FloatArray,
     predictions: FloatArray,
@@ -258,18 +312,7 @@ def corrupt_quiet(
     rank = min(count, n - 1) if rank is None else rank
     if not isinstance(rank, int) or not 0 <= rank < n:
         raise InvalidParameterError(f"rank must be an integer in [0, n); got {rank!r}")
-    r = f - g
-    lo, hi = -b - g, b - g
-    w = items.weights[:, :, None]
-    rh, rt = r[items.heads], r[items.tails]
-    u = np.zeros((n, r.shape[1]))
-    np.add.at(u, items.pair_sum, rh * (w * rt).sum(axis=1))
-    # du_j / dr of every row of j's group: head (w . r_tails), tail m (r_head w_m)
-    slopes = np.concatenate([(w * rt).sum(axis=1)[:, None], rh[:, None] * w], axis=1)
-    order = np.argsort(items.pair_sum, kind="stable")
-    group_rows = items.rows[order].reshape(n, -1)
-    group_slopes = slopes[order].reshape(n, group_rows.shape[1], -1)
-
+    u, _, _ = _pair_sums(items, f - g)
     mean_u = u.mean(axis=1)
     if aggregate == "mean":
         goal = np.sort(mean_u)[rank]
@@ -278,22 +321,57 @@ def corrupt_quiet(
         move = np.minimum(np.sort(u, axis=0)[rank][None, :] - u, 0.0)
     top = np.argsort(-mean_u, kind="stable")[:count]
     top = top[np.any(move[top] < 0, axis=1)]
-    out = f.copy()
-    if len(top):
-        want = move[top][:, None, :]  # (J, 1, Z)
-        sl = group_slopes[top]  # (J, R, Z)
-        rows = group_rows[top]  # (J, R)
-        cur = r[rows]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = np.where(np.abs(sl) > 1e-12, want / sl, 0.0)
-        new = np.clip(cur + step, lo[rows], hi[rows])
-        got = sl * (new - cur)
-        short = np.abs(want - got).sum(axis=2) + 1e-9 * np.abs(new - cur).sum(axis=2)
-        pick = np.argmin(short, axis=1)
-        j_idx = np.arange(len(top))
-        hit = rows[j_idx, pick]
-        out[hit] = np.clip(g[hit] + new[j_idx, pick], -b, b)
-    return out
+    return _move_one_row(f, g, items, top, np.asarray(move), b)
+
+
+def corrupt_neutral(
+    values: FloatArray,
+    predictions: FloatArray,
+    design: StabilityDesign,
+    count: int,
+    *,
+    bound: float,
+    aggregate: Literal["mean", "max"] = "mean",
+) -> FloatArray:
+    """Set the ``count`` pair-sums furthest from the median to the median, one row each.
+
+    Against a bound that reads its spread from the observed values this is the strongest
+    cheap move when a few values carry the variance (small p, nearly deterministic training):
+    the honest tail is hidden, the observed SD, the trimming bias and the sandwich all shrink,
+    and nothing looks extreme. ``mean`` moves every target of u_j by the same amount (to the
+    median of the mean over targets, pair-sums ranked by that mean); ``max`` moves each target
+    to its own median. Inputs and output as :func:`corrupt_extreme`."""
+    f, g, items, count, b = _prepare(values, predictions, design, count, bound)
+    if aggregate not in ("mean", "max"):
+        raise InvalidParameterError(f"aggregate must be 'mean' or 'max'; got {aggregate!r}")
+    u, _, _ = _pair_sums(items, f - g)
+    mean_u = u.mean(axis=1)
+    if aggregate == "mean":
+        mid = float(np.median(mean_u))
+        move = np.broadcast_to((mid - mean_u)[:, None], u.shape)
+        far = np.abs(mean_u - mid)
+    else:
+        move = np.median(u, axis=0)[None, :] - u
+        far = np.abs(move).max(axis=1)
+    chosen = np.argsort(-far, kind="stable")[:count]
+    return _move_one_row(f, g, items, chosen, np.asarray(move), b)
+
+
+def concentrated_error(optimal: Datamodel, index: int, err: float, p: float) -> Datamodel:
+    """The rare-event datamodel: Phi plus c (x_i - p) on training example ``index``, every
+    target, with c = sqrt(err / (p (1 - p))), so err(g) = E_p[(c (x_i - p))^2] = err exactly.
+
+    All of g's error sits on one example: at small p the pair-sums that see it in x and in its
+    partner are few (about n p (rho0 + (1 - rho0) p) at level rho0) and carry the mean."""
+    if not isinstance(index, int | np.integer) or not 0 <= index < optimal.n_train:
+        raise InvalidParameterError(f"index must be in [0, {optimal.n_train}); got {index!r}")
+    e = check_positive("err", err) if err != 0 else 0.0
+    if not 0.0 < p < 1.0:
+        raise InvalidParameterError(f"p must be in (0, 1); got {p!r}")
+    c = float(np.sqrt(e / (p * (1.0 - p))))
+    w = np.array(optimal.weights, dtype=np.float64)
+    w[:, index] += c
+    return Datamodel(np.asarray(optimal.intercept - c * p), w)
 
 
 def strategic_counts(n_subsets: int, spot_checks: int, delta_spot: float) -> tuple[int, ...]:

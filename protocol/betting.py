@@ -48,7 +48,7 @@ FloatArray = NDArray[np.float64]
 
 #: The mixture's bets c: 16 points, a factor 2^(2/3) apart, from 0.98 down to 6.2e-4.
 BET_GRID: tuple[float, ...] = tuple(0.98 * 2.0 ** (-2.0 * i / 3.0) for i in range(16))
-_ITERATIONS = 60  # at most; bisection stops at a relative width of 1e-9
+_ITERATIONS = 64  # bisection steps at most (it stops at 1e-6 of the initial bracket)
 
 
 def _grid_capital(
@@ -59,25 +59,25 @@ def _grid_capital(
     m_star: int,
     bets: NDArray[np.int64],
 ) -> FloatArray:
-    """log of a lower bound on the mixture's honest capital at hypotheses m (C,) (module doc).
+    """log of a lower bound on the mixture's honest capital at hypotheses m (P, C) (module doc).
 
     Only the bets ``bets`` (B, C) (indices into :data:`BET_GRID`, chosen per column) are summed;
     leaving the others out lowers the capital, so the bound stays valid, and it costs nothing
     where the left-out bets are far from the optimum (their capital is tiny there)."""
-    gap = np.maximum(upper - m, 1e-300)
+    gap = np.maximum(upper[None, :] - m, 1e-300)  # (P, C)
     grid = np.asarray(BET_GRID)
-    out = np.empty(bets.shape)
+    out = np.empty((bets.shape[0],) + m.shape)
     for b in range(bets.shape[0]):
-        c = grid[bets[b]]  # (C,)
-        lam = c / gap
-        term = np.log1p(np.maximum(lam * (m - y), -c))
-        total = term.sum(axis=0)
+        c = grid[bets[b]][None, :]  # (1, C)
+        lam = (c / gap)[:, None, :]  # (P, 1, C)
+        term = np.log1p(np.maximum(lam * (m[:, None, :] - y[None]), -c[:, None, :]))
+        total = term.sum(axis=1)
         if m_star > 0:
-            loss = term - np.log1p(np.maximum(lam * (m - row_upper), -c))
-            k = min(m_star, loss.shape[0])
-            total = total - np.partition(loss, loss.shape[0] - k, axis=0)[loss.shape[0] - k :].sum(
-                axis=0
-            )
+            worst = np.log1p(np.maximum(lam * (m[:, None, :] - row_upper[None]), -c[:, None, :]))
+            loss = term - worst
+            n = loss.shape[1]
+            k = min(m_star, n)
+            total = total - np.partition(loss, n - k, axis=1)[:, n - k :].sum(axis=1)
         out[b] = total
     peak = out.max(axis=0)
     return np.asarray(peak + np.log(np.exp(out - peak).sum(axis=0) / len(BET_GRID)))
@@ -86,9 +86,11 @@ def _grid_capital(
 def _plugin_capital(
     m: FloatArray, y: FloatArray, upper: FloatArray, lam_hat: FloatArray
 ) -> FloatArray:
-    """log capital of the predictable plug-in bets lambda_i = min(lam_hat_i, 0.98 / (H - m))."""
-    lam = np.minimum(lam_hat, BET_GRID[0] / np.maximum(upper - m, 1e-300))
-    return np.asarray(np.log1p(np.maximum(lam * (m - y), -BET_GRID[0])).sum(axis=0))
+    """log capital (P, C) of the predictable plug-in bets lambda_i = min(lam_hat_i,
+    0.98 / (H - m)) at hypotheses m (P, C)."""
+    cap = BET_GRID[0] / np.maximum(upper[None, :] - m, 1e-300)  # (P, C)
+    lam = np.minimum(lam_hat[None], cap[:, None, :])  # (P, n, C)
+    return np.asarray(np.log1p(np.maximum(lam * (m[:, None, :] - y[None]), -BET_GRID[0])).sum(1))
 
 
 def _plugin_bets(y: FloatArray, upper: FloatArray, delta: float, horizon: int) -> FloatArray:
@@ -166,12 +168,14 @@ def betting_upper(
     # at m = lo every term is <= 0 and the capital <= 1 < 1/delta: never rejected
     lo = np.minimum(z.min(axis=0), hi) - 1e-12 * (1.0 + np.abs(hi))
     top = hi.copy()
+    # bisection (the capital is increasing in m) to 1e-6 of the initial bracket
+    tol = 1e-6 * (top - lo) + 1e-12 * (1.0 + np.abs(top))
     for _ in range(_ITERATIONS):
         mid = 0.5 * (lo + top)
-        rejected = capital(mid) >= target
+        rejected = capital(mid[None, :])[0] >= target
         top = np.where(rejected, mid, top)
         lo = np.where(rejected, lo, mid)
-        if np.all(top - lo <= 1e-9 * (1.0 + np.abs(top))):
+        if np.all(top - lo <= tol):
             break
     return np.asarray(top)
 

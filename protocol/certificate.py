@@ -103,6 +103,7 @@ __all__ = [
     "Validity",
     "certify",
     "clt_refusal",
+    "default_validity",
     "max_undetected",
     "pass_probability",
     "pilot_figures",
@@ -110,6 +111,7 @@ __all__ = [
     "predicted_width",
     "upper_bias_coefficient",
     "variance_lower_bound",
+    "variance_upper_bound",
 ]
 
 Aggregate = Literal["mean", "max"]
@@ -131,6 +133,11 @@ class Certificate:
     (``bias`` is the degree >= 3 term kappa (Q - S) / (1 + kappa), negative only when S
     already exceeds the bound on E r^2). ``per_target`` (Z,) are bounds holding for all
     targets at once (delta split over Z), ``per_target_point`` the robust point estimates.
+
+    With whole groups checked (``checked``), U is the smaller of two bounds at half the rest of
+    delta each: ``trusted_bound`` from the checked groups alone (the Verifier's own values,
+    m* = 0) and ``robust_bound`` from all of E; ``source`` names the one U and its parts come
+    from ("trusted" or "robust"; "all" when nothing was checked as whole groups).
     """
 
     aggregate: str
@@ -154,6 +161,10 @@ class Certificate:
     rhos: tuple[float, ...]
     kappa: float
     tau: float
+    checked_groups: int | None = None
+    source: str = "all"
+    trusted_bound: float | None = None
+    robust_bound: float | None = None
 
     def accepts(self, epsilon: float) -> bool:
         """The verdict: accept iff certified_epsilon <= epsilon."""
@@ -243,7 +254,12 @@ class _Parts:
 
 
 def _bound_clt(
-    y: FloatArray, m_star: int, delta: float, dev: FloatArray, reach: FloatArray | None
+    y: FloatArray,
+    m_star: int,
+    delta: float,
+    dev: FloatArray,
+    reach: FloatArray | None,
+    sd_cap: FloatArray | None = None,
 ) -> _Parts:
     """Upper bound on E y from n i.i.d. rows y (n, C), m* of them possibly corrupted.
 
@@ -252,6 +268,8 @@ def _bound_clt(
     ``reach`` (n, C): how far each row's honest value can lie from the observed mean (from its
     a-priori range), needed when m* > 0: the trimming bias charges the honest SD, bounded by
     the observed squares plus the m* largest reaches squared, which no corruption can deflate.
+    ``sd_cap`` (C,): an upper bound on the honest SD from the Verifier's own values (the
+    smaller of the two is charged).
     """
     n, cols = y.shape
     t = m_star
@@ -266,15 +284,19 @@ def _bound_clt(
     stat = _z(delta) * se
     corr = np.zeros(cols)
     if t > 0:
-        if reach is None:
+        if reach is None and sd_cap is None:
             raise InvalidParameterError("a corrupted count m* > 0 needs the task's bound b")
         # T(z) <= T(y) + (sum_{j<=m} y_(n-t+j) - y_(t+j)) / (n - 2t), at m = m* (increasing in m)
         sandwich = (ys[n - t :].sum(axis=0) - ys[t : 2 * t].sum(axis=0)) / band
         # E y - (honest trimmed mean): only the upper tail (mass t/n) can raise the mean; the
         # honest SD is at most sqrt((sum (y - ybar)^2 + the t largest reach^2) / (n - 1)).
         frac = t / n
-        centred = np.sum((y - y.mean(axis=0)) ** 2, axis=0)
-        sd_up = np.sqrt((centred + _top_sum(reach**2, t)) / (n - 1))
+        sd_up = np.full(cols, np.inf)
+        if reach is not None:
+            centred = np.sum((y - y.mean(axis=0)) ** 2, axis=0)
+            sd_up = np.sqrt((centred + _top_sum(reach**2, t)) / (n - 1))
+        if sd_cap is not None:
+            sd_up = np.minimum(sd_up, sd_cap)
         trim_bias = sd_up * math.sqrt(frac / (1.0 - frac))
         corr = sandwich + trim_bias
     tau = (_top_sum(dev, n - t) + _top_sum(dev, t)) / band
@@ -403,6 +425,11 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise InvalidParameterError(f"{name} must be one of {allowed}; got {value!r}")
 
 
+def default_validity(p: float, pairs_per_level: int) -> Validity:
+    """The product's choice: ``clt`` where :func:`clt_refusal` allows it, else ``betting``."""
+    return "clt" if clt_refusal(p, pairs_per_level) is None else "betting"
+
+
 def clt_refusal(p: float, pairs_per_level: int) -> str | None:
     """Why ``clt`` may not be used on a design with subset fraction p and n pair-sums, or None.
 
@@ -480,12 +507,20 @@ def certify(
     max_corrupted: int | None = None,
     prediction_range: tuple[FloatArray, FloatArray] | None = None,
     p: float | None = None,
+    detail: bool = True,
+    checked: NDArray[np.int64] | list[int] | tuple[int, ...] | None = None,
 ) -> Certificate:
     """Upper confidence bound on err(g) at level 1 - delta from a challenge (module doc).
 
     ``values`` (|E|, Z): the reported f in design order; ``predictions`` (|E|, Z): g on the
     same masks (g committed before E was drawn). ``spot_checks``: the number k of uniformly
     drawn spot-checks that all passed (None: the values are trusted, m* = 0).
+    ``checked`` instead: the indices j of the pair-sum groups (a base and its partners, or the
+    j-th pair of every level) drawn uniformly without replacement, every subset of which was
+    retrained by the Verifier and matched: m* then counts corrupted groups among the n, and U
+    is the smaller of the bound on the checked groups alone (their values are the Verifier's)
+    and the robust bound on all of E (``clt`` charges its trimming bias at the checked groups'
+    SD), each at half of the rest of delta (module doc, "Checked groups").
     ``max_corrupted`` overrides m* (then ``spot_share`` of delta is still reserved if
     ``spot_checks`` is given). ``tau``: a scalar, or per value (|E|, Z) or (|E|, 1): how far
     each reported value may lie from the true f unseen. ``bound``: the task's b (required by
@@ -494,6 +529,9 @@ def certify(
     (:meth:`~protocol.datamodel.Datamodel.output_range`), the a-priori range ``betting`` bets
     against (default: the range of ``predictions``, which covers E only). ``p``: the subset
     fraction (default the design's ``p``, else 1/2), checked by ``clt`` (:func:`clt_refusal`).
+    ``detail=False`` skips the split of a ``betting`` bound into its parts (three bounds
+    instead of one): U is the same, ``statistical`` then holds all of U - point - bias, and
+    for ``mean`` the per-target bounds are not computed (NaN).
     """
     f = as_finite_matrix("values", values, (None, None))
     g = as_finite_matrix("predictions", predictions, f.shape)
@@ -508,16 +546,26 @@ def certify(
             raise InvalidParameterError(f"values outside the declared range [-{bound}, {bound}]")
     elif validity in ("finite", "betting"):
         raise InvalidParameterError(f"validity {validity!r} needs the task's bound b")
-    r = f - g
-    rhos, arrange = _members(design, f.shape[0])
-    n_sub, z_targets = f.shape
+    rhos, _ = _members(design, f.shape[0])
+    n_sub = f.shape[0]
     n = int(design.pairs_per_level)
-    shared = getattr(design, "layout", "pairs") == "shared-base"
-    if spot_checks is None:
+    groups: NDArray[np.int64] | None = None
+    if checked is not None and spot_checks is not None:
+        raise InvalidParameterError("give spot_checks (uniform subsets) or checked (groups)")
+    if spot_checks is None and checked is None:
         d_spot, m_star = 0.0, 0
     else:
         d_spot = dlt * check_probability("spot_share", spot_share)
-        m_star = max_undetected(n_sub, spot_checks, d_spot)
+        if checked is not None:
+            groups = np.unique(np.asarray(checked, dtype=np.int64))
+            if len(groups) != len(np.asarray(checked)) or (
+                len(groups) and (groups[0] < 0 or groups[-1] >= n)
+            ):
+                raise InvalidParameterError(f"checked must be distinct group indices in [0, {n})")
+            m_star = max_undetected(n, len(groups), d_spot)
+        else:
+            assert spot_checks is not None
+            m_star = max_undetected(n_sub, spot_checks, d_spot)
     if max_corrupted is not None:
         if not isinstance(max_corrupted, int) or max_corrupted < 0:
             raise InvalidParameterError(f"max_corrupted must be an int >= 0; got {max_corrupted!r}")
@@ -527,46 +575,201 @@ def certify(
         refusal = clt_refusal(frac, n)
         if refusal is not None:
             raise InvalidParameterError(refusal)
-    d_rest = (dlt - d_spot) / 2.0  # one half for S, one for Q
-    a = linear_weights(rhos)
-    kappa = upper_bias_coefficient(rhos)
-
-    # Pair arrays (L, n, Z): psi, tau deviations, honest ranges.
-    ra, rb = arrange(r)
-    ta, tb = arrange(tau_arr)
-    psi = ra * rb
-    dev_psi = ta * np.abs(rb) + tb * np.abs(ra) + 3.0 * ta * tb
-    sq = (r * r)[None]
-    dev_sq = (2.0 * tau_arr * np.abs(r) + 3.0 * tau_arr * tau_arr)[None]
-    if bound is not None:
-        reach = bound + np.abs(g)
-        ga, gb = arrange(reach)
-        psi_hi, sq_hi = ga * gb, (reach * reach)[None]
-        r_lo, r_hi = -bound - g, bound - g  # every honest r, subset by subset
-        lo_a, lo_b = arrange(r_lo)
-        hi_a, hi_b = arrange(r_hi)
-        u_lo, u_hi = _pair_sum_range((lo_a, lo_b), (hi_a, hi_b), a, shared)
-        q_lo, q_hi = _square_range(r_lo, r_hi)
-        if prediction_range is None:
-            g_lo, g_hi = g.min(axis=0), g.max(axis=0)
-        else:
-            g_lo = as_finite_matrix("prediction_range", np.asarray(prediction_range[0])[None],
-                                    (1, z_targets))[0]  # fmt: skip
-            g_hi = as_finite_matrix("prediction_range", np.asarray(prediction_range[1])[None],
-                                    (1, z_targets))[0]  # fmt: skip
-            g_lo, g_hi = np.minimum(g_lo, g.min(axis=0)), np.maximum(g_hi, g.max(axis=0))
-        any_lo = np.broadcast_to(-bound - g_hi, (len(rhos), z_targets))
-        any_hi = np.broadcast_to(bound - g_lo, (len(rhos), z_targets))
-        big_u = _pair_sum_range((any_lo, any_lo), (any_hi, any_hi), a, shared)[1]
-        big_q = _square_range(any_lo[0], any_hi[0])[1]
+    pieces = _Pieces.build(f, g, design, tau_arr, bound, prediction_range)
+    common = {"aggregate": aggregate, "validity": validity, "detail": detail}
+    if groups is None or len(groups) < 3:
+        res = _bound_err(pieces, None, m_star, (dlt - d_spot) / 2.0, None, **common)  # type: ignore[arg-type]
+        source, trusted_u, robust_u = "all", None, None
     else:
-        psi_hi, sq_hi = np.full_like(psi, np.inf), np.full_like(sq, np.inf)
+        # half of the rest to the checked groups alone, half to all of E; within the robust
+        # half, clt spends a sixth on the checked groups' SD bounds (for S and for Q)
+        share = (dlt - d_spot) / 2.0
+        trusted = _bound_err(pieces, groups, 0, share / 2.0, None, **common)  # type: ignore[arg-type]
+        sd_caps = None
+        d_half = share / 2.0
+        if validity == "clt" and m_star > 0:
+            d_half = share / 3.0
+            sd_caps = pieces.sd_caps(groups, share / 6.0, aggregate == "mean")
+        robust = _bound_err(pieces, None, m_star, d_half, sd_caps, **common)  # type: ignore[arg-type]
+        trusted_u, robust_u = trusted.u, robust.u
+        res = trusted if trusted.u <= robust.u else robust
+        source = "trusted" if trusted.u <= robust.u else "robust"
+    kappa = upper_bias_coefficient(rhos)
+    return Certificate(
+        aggregate=aggregate,
+        validity=validity,
+        delta=dlt,
+        delta_spot=d_spot,
+        certified_epsilon=res.u,
+        point=float(res.parts.point[0]),
+        statistical=float(res.parts.statistical[0]),
+        corruption=float(res.parts.corruption[0]),
+        tau_slack=float(res.parts.tau_slack[0]),
+        bias=res.bias,
+        mse_upper=res.q_up,
+        per_target=res.per_target,
+        per_target_point=res.per_target_point,
+        max_corrupted=m_star,
+        trim=m_star if validity == "clt" and source != "trusted" else 0,
+        spot_checks=spot_checks if groups is None else int(len(groups)),
+        n_subsets=n_sub,
+        pairs_per_level=n,
+        rhos=tuple(float(x) for x in rhos),
+        kappa=kappa,
+        tau=float(np.max(tau_arr)) if tau_arr.size else 0.0,
+        checked_groups=None if groups is None else int(len(groups)),
+        source=source,
+        trusted_bound=trusted_u,
+        robust_bound=robust_u,
+    )
+
+
+@dataclass(frozen=True)
+class _Pieces:
+    """Everything the bounds read, arranged by pair-sum group j (module doc).
+
+    psi, dev_psi (L, n, Z): the products r(x) r(x') and their tau deviations per level;
+    sq, dev_sq (|E|, Z): r^2 and its deviation per subset; u_lo, u_hi (n, Z) and q_lo, q_hi
+    (|E|, Z): each row's honest range (None without a bound); big_u, big_q (Z,): the a-priori
+    upper ends over every mask; psi_hi (L, n, Z), sq_hi (|E|, Z): ``finite``'s reaches."""
+
+    a: FloatArray
+    kappa: float
+    shared: bool
+    group_width: int
+    subsets_of: NDArray[np.int64]  # (n, W): the subsets of each group j, design order
+    psi: FloatArray
+    dev_psi: FloatArray
+    sq: FloatArray
+    dev_sq: FloatArray
+    psi_hi: FloatArray
+    sq_hi: FloatArray
+    u_lo: FloatArray | None
+    u_hi: FloatArray | None
+    q_lo: FloatArray | None
+    q_hi: FloatArray | None
+    big_u: FloatArray | None
+    big_q: FloatArray | None
+
+    @classmethod
+    def build(
+        cls,
+        f: FloatArray,
+        g: FloatArray,
+        design: StabilityDesign,
+        tau_arr: FloatArray,
+        bound: float | None,
+        prediction_range: tuple[FloatArray, FloatArray] | None,
+    ) -> _Pieces:
+        r = f - g
+        rhos, arrange = _members(design, f.shape[0])
+        levels, n = len(rhos), int(design.pairs_per_level)
+        z_targets = f.shape[1]
+        shared = getattr(design, "layout", "pairs") == "shared-base"
+        a = linear_weights(rhos)
+        if shared:
+            subsets_of = (1 + levels) * np.arange(n)[:, None] + np.arange(1 + levels)[None, :]
+        else:  # pair l n + j holds subsets 2 (l n + j) and 2 (l n + j) + 1
+            pair = np.arange(levels)[None, :] * n + np.arange(n)[:, None]  # (n, L)
+            subsets_of = np.stack([2 * pair, 2 * pair + 1], axis=2).reshape(n, 2 * levels)
+        ra, rb = arrange(r)
+        ta, tb = arrange(tau_arr)
+        psi = ra * rb
+        dev_psi = ta * np.abs(rb) + tb * np.abs(ra) + 3.0 * ta * tb
+        sq = r * r
+        dev_sq = 2.0 * tau_arr * np.abs(r) + 3.0 * tau_arr * tau_arr
         u_lo = u_hi = q_lo = q_hi = big_u = big_q = None
+        if bound is not None:
+            reach = bound + np.abs(g)
+            ga, gb = arrange(reach)
+            psi_hi, sq_hi = ga * gb, reach * reach
+            r_lo, r_hi = -bound - g, bound - g  # every honest r, subset by subset
+            lo_a, lo_b = arrange(r_lo)
+            hi_a, hi_b = arrange(r_hi)
+            u_lo, u_hi = _pair_sum_range((lo_a, lo_b), (hi_a, hi_b), a, shared)
+            q_lo, q_hi = _square_range(r_lo, r_hi)
+            g_lo, g_hi = g.min(axis=0), g.max(axis=0)
+            if prediction_range is not None:
+                lo_in = as_finite_matrix(
+                    "prediction_range", np.asarray(prediction_range[0])[None], (1, z_targets)
+                )[0]
+                hi_in = as_finite_matrix(
+                    "prediction_range", np.asarray(prediction_range[1])[None], (1, z_targets)
+                )[0]
+                g_lo, g_hi = np.minimum(g_lo, lo_in), np.maximum(g_hi, hi_in)
+            any_lo = np.broadcast_to(-bound - g_hi, (levels, z_targets))
+            any_hi = np.broadcast_to(bound - g_lo, (levels, z_targets))
+            big_u = _pair_sum_range((any_lo, any_lo), (any_hi, any_hi), a, shared)[1]
+            big_q = _square_range(any_lo[0], any_hi[0])[1]
+        else:
+            psi_hi, sq_hi = np.full_like(psi, np.inf), np.full_like(sq, np.inf)
+        return cls(
+            a, upper_bias_coefficient(rhos), shared, 1 + levels if shared else 2,
+            np.asarray(subsets_of, dtype=np.int64), psi, dev_psi, sq, dev_sq, psi_hi, sq_hi,
+            u_lo, u_hi, q_lo, q_hi, big_u, big_q,
+        )  # fmt: skip
+
+    def sd_caps(
+        self, groups: NDArray[np.int64], delta: float, avg: bool
+    ) -> tuple[FloatArray, FloatArray]:
+        """Upper confidence bounds on the honest SD of the pair-sums and of r^2, each at
+        delta / 2 per target, from the checked groups (:func:`variance_upper_bound`)."""
+        u = np.einsum("l,lnc->nc", self.a, self.psi[:, groups])
+        sq = self.sq[self.subsets_of[groups].ravel()]
+        if avg:
+            u, sq = u.mean(axis=1, keepdims=True), sq.mean(axis=1, keepdims=True)
+        d = delta / 2.0 / (1 if avg else u.shape[1])
+        return (
+            np.sqrt(variance_upper_bound(u, d)),
+            np.sqrt(variance_upper_bound(sq, d)),
+        )
+
+
+@dataclass(frozen=True)
+class _Result:
+    u: float
+    parts: _Parts
+    bias: float
+    q_up: float
+    per_target: FloatArray
+    per_target_point: FloatArray
+
+
+def _bound_err(
+    pc: _Pieces,
+    groups: NDArray[np.int64] | None,
+    m_star: int,
+    d_rest: float,
+    sd_caps: tuple[FloatArray, FloatArray] | None,
+    *,
+    aggregate: Aggregate,
+    validity: Validity,
+    detail: bool,
+) -> _Result:
+    """The bound on err from the groups ``groups`` (None: all n), m* of them possibly
+    corrupted, at d_rest for S and d_rest for Q (module doc)."""
+    a, kappa, shared = pc.a, pc.kappa, pc.shared
+    if groups is None:
+        psi, dev_psi, psi_hi = pc.psi, pc.dev_psi, pc.psi_hi
+        subs = None
+        u_lo, u_hi = pc.u_lo, pc.u_hi
+    else:
+        psi, dev_psi, psi_hi = pc.psi[:, groups], pc.dev_psi[:, groups], pc.psi_hi[:, groups]
+        subs = np.sort(pc.subsets_of[groups].ravel())
+        u_lo = None if pc.u_lo is None else pc.u_lo[groups]
+        u_hi = None if pc.u_hi is None else pc.u_hi[groups]
+
+    def rows(x: FloatArray | None) -> FloatArray | None:
+        return x if x is None or subs is None else x[subs]
+
+    sq, dev_sq, sq_hi = rows(pc.sq), rows(pc.dev_sq), rows(pc.sq_hi)
+    q_lo, q_hi = rows(pc.q_lo), rows(pc.q_hi)
+    assert sq is not None and dev_sq is not None and sq_hi is not None
+    z_targets = psi.shape[2]
 
     def grouped(x: FloatArray) -> FloatArray:
         """Per-subset rows (|E|, C) -> one row per independent group (base or pair)."""
-        width = (1 + len(rhos)) if shared else 2
-        return np.asarray(x.reshape(-1, width, x.shape[-1]).mean(axis=1))
+        return np.asarray(x.reshape(-1, pc.group_width, x.shape[-1]).mean(axis=1))
 
     def bound_all(d_s: float, d_q: float, avg: bool, parts: bool) -> tuple[_Parts, _Parts]:
         def col(x: FloatArray) -> FloatArray:
@@ -574,26 +777,27 @@ def certify(
 
         u = np.einsum("l,lnc->nc", a, col(psi))  # one row per pair index j: sum_l a_l psi_lj
         du = np.einsum("l,lnc->nc", np.abs(a), col(dev_psi))
+        caps = (None, None) if sd_caps is None else sd_caps
         if validity == "betting":
-            assert u_hi is not None and big_u is not None and q_hi is not None
-            assert big_q is not None
-            s_b = _bound_betting(u, m_star, d_s, du, col(u_hi), col(big_u[None])[0], parts)
-            q_b = _bound_betting(grouped(col(sq[0])), m_star, d_q, grouped(col(dev_sq[0])),
-                                 grouped(col(q_hi)), col(big_q[None])[0], parts)  # fmt: skip
+            assert u_hi is not None and pc.big_u is not None and q_hi is not None
+            assert pc.big_q is not None
+            s_b = _bound_betting(u, m_star, d_s, du, col(u_hi), col(pc.big_u[None])[0], parts)
+            q_b = _bound_betting(grouped(col(sq)), m_star, d_q, grouped(col(dev_sq)),
+                                 grouped(col(q_hi)), col(pc.big_q[None])[0], parts)  # fmt: skip
             return s_b, q_b
         if validity == "clt":
             u_reach = q_reach = None
             if u_lo is not None and u_hi is not None and q_lo is not None and q_hi is not None:
                 ub = u.mean(axis=0)
                 u_reach = np.maximum(col(u_hi) - ub, ub - col(u_lo))
-                qb = col(sq[0]).mean(axis=0)
+                qb = col(sq).mean(axis=0)
                 q_reach = np.maximum(col(q_hi) - qb, qb - col(q_lo))
             return (
-                _bound_clt(u, m_star, d_s, du, u_reach),
-                _bound_clt(col(sq[0]), m_star, d_q, col(dev_sq[0]), q_reach),
+                _bound_clt(u, m_star, d_s, du, u_reach, caps[0]),
+                _bound_clt(col(sq), m_star, d_q, col(dev_sq), q_reach, caps[1]),
             )
-        arrs = [col(x) for x in (psi, dev_psi, psi_hi, sq, dev_sq, sq_hi)]
-        pp, dp, ph, sqa, ds, sh = arrs
+        pp, dp, ph = col(psi), col(dev_psi), col(psi_hi)
+        sqa, ds, sh = col(sq)[None], col(dev_sq)[None], col(sq_hi)[None]
         return (
             _bound_finite(pp, a, m_star, d_s, dp, -ph, ph, shared),
             _bound_finite(sqa, np.ones(1), m_star, d_q, ds, np.zeros_like(sh), sh, False),
@@ -605,39 +809,23 @@ def certify(
         u = np.where(np.isfinite(s_up) & np.isfinite(q_up), u, np.inf)
         return u, u - s_up, q_up
 
-    per_s, per_q = bound_all(d_rest / z_targets, d_rest / z_targets, False, aggregate == "max")
-    per_u, _, _ = combine(per_s, per_q)
+    if detail or aggregate == "max":
+        per_s, per_q = bound_all(
+            d_rest / z_targets, d_rest / z_targets, False, detail and aggregate == "max"
+        )
+        per_u, _, _ = combine(per_s, per_q)
+    else:  # U only: the per-target bounds are left out (NaN)
+        nan = np.full(z_targets, np.nan)
+        per_s = per_q = _Parts(nan, nan, nan, nan)
+        per_u = nan
     if aggregate == "max":
         worst = int(np.argmax(np.where(np.isnan(per_u), np.inf, per_u)))
         parts, q_part = _pick(per_s, worst), _pick(per_q, worst)
     else:
-        s_agg, q_agg = bound_all(d_rest, d_rest, True, True)
+        s_agg, q_agg = bound_all(d_rest, d_rest, True, detail)
         parts, q_part = _pick(s_agg, 0), _pick(q_agg, 0)
     u_agg, bias, q_up = combine(parts, q_part)
-    tau_max = float(np.max(tau_arr)) if tau_arr.size else 0.0
-    return Certificate(
-        aggregate=aggregate,
-        validity=validity,
-        delta=dlt,
-        delta_spot=d_spot,
-        certified_epsilon=float(u_agg[0]),
-        point=float(parts.point[0]),
-        statistical=float(parts.statistical[0]),
-        corruption=float(parts.corruption[0]),
-        tau_slack=float(parts.tau_slack[0]),
-        bias=float(bias[0]),
-        mse_upper=float(q_up[0]),
-        per_target=per_u,
-        per_target_point=per_s.point,
-        max_corrupted=m_star,
-        trim=m_star if validity == "clt" else 0,
-        spot_checks=spot_checks,
-        n_subsets=n_sub,
-        pairs_per_level=n,
-        rhos=tuple(float(x) for x in rhos),
-        kappa=kappa,
-        tau=tau_max,
-    )
+    return _Result(float(u_agg[0]), parts, float(bias[0]), float(q_up[0]), per_u, per_s.point)
 
 
 def _check_tau(tau: float | FloatArray, shape: tuple[int, ...]) -> FloatArray:
@@ -782,6 +970,21 @@ def _check_positive_float(name: str, value: float) -> float:
     if not math.isfinite(value):
         raise InvalidParameterError(f"{name} must be finite; got {value!r}")
     return float(value)
+
+
+def variance_upper_bound(trusted: FloatArray, delta: float) -> FloatArray:
+    """Upper confidence bound (C,) on the variance per column from trusted rows (k, C):
+    V_k + z_{1-delta} sqrt((m_4 - V_k^2) / k), the normal approximation of the sample
+    variance (the ``clt`` validity's; :func:`variance_lower_bound` is its mirror)."""
+    x = as_finite_matrix("trusted", trusted, (None, None))
+    dlt = check_probability("delta", delta)
+    k = x.shape[0]
+    if k < 3:
+        raise InvalidParameterError(f"a variance bound needs at least 3 trusted values; got {k}")
+    var = x.var(axis=0, ddof=1)
+    m4 = np.mean((x - x.mean(axis=0)) ** 4, axis=0)
+    se = np.sqrt(np.maximum(m4 - var**2, 0.0) / k)
+    return np.asarray(var + _z(dlt) * se)
 
 
 def variance_lower_bound(

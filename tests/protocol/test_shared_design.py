@@ -79,7 +79,8 @@ def equal_cost() -> dict[str, np.ndarray]:
         ):
             design, masks, seeds = sim(rng, TASK.n_train, 0.5, RHOS, n)
             assert len(masks) == 6000
-            c = certify(TASK.evaluate(masks, seeds), g.predict(masks), design, delta=0.1, validity="clt")
+            f = TASK.evaluate(masks, seeds)
+            c = certify(f, g.predict(masks), design, delta=0.1, validity="clt")
             out.setdefault(name, []).append(c.point)
             out.setdefault(name + "_U", []).append(c.certified_epsilon)
     return {k: np.array(v) for k, v in out.items()}

@@ -26,7 +26,7 @@ def test_the_fit_is_the_certificates_point_estimate(layout: type) -> None:
     values = rng.uniform(-1, 1, (len(design), 2))
     predictions = 0.5 * values + rng.normal(0, 0.1, values.shape)
     fit = stability_fit(values, predictions, design)
-    cert = certify(values, predictions, design, delta=0.05)  # spot_checks None: m* = 0
+    cert = certify(values, predictions, design, delta=0.05, bound=1.0)  # trusted: m* = 0
     assert fit.rhos == (0.0, 0.2, 0.4) and fit.of == "r = f - g"
     assert math.isclose(fit.linear_part, cert.point, rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(fit.linear_part, float(linear_weights(np.array(fit.rhos)) @ fit.h),
