@@ -26,15 +26,16 @@ __all__ = ["cancel_on_interrupt", "cancel_record"]
 UNFINISHED = ("queued", "running")
 
 
-def cancel_record(client: ProverClient, record: Record) -> JobOut | None:
-    """Cancel the Prover's job of ``record`` if it is unfinished; the job as the Prover now
-    holds it (None when the challenge never reached the Prover: nothing runs there)."""
+def cancel_record(client: ProverClient, record: Record) -> tuple[JobOut | None, bool]:
+    """Cancel the Prover's job of ``record`` if it is unfinished: the job as the Prover now
+    holds it (None when the challenge never reached the Prover: nothing runs there) and
+    whether this call cancelled it."""
     if record.prover_session is None:
-        return None
+        return None, False
     job = client.session(record.prover_session).job
     if job.status not in UNFINISHED:
-        return job
-    return client.cancel(job.id)
+        return job, False
+    return client.cancel(job.id), True
 
 
 @contextmanager

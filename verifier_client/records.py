@@ -158,13 +158,13 @@ def cancel(
         with httpx.Client(base_url=row.prover_url, timeout=60) as http:
             client = ProverClient(http, key=signing_key)
             client.info()
-            job = cancel_record(client, row)
+            job, now = cancel_record(client, row)
     except (ProtocolError, TransportError) as exc:
         raise fail(str(exc)) from None
     if job is None:
         typer.echo(f"session {sid}: the challenge never reached the Prover; nothing runs there")
         return
-    word = "cancelled" if job.status == "cancelled" else f"already {job.status}"
+    word = job.status if now else f"already {job.status}"
     typer.echo(f"session {sid}: the Prover's job {job.id} is {word} ({job.done:,} of "
                f"{job.total:,} trainings done); the record stays incomplete: "
                f"`vda-verifier verify --resume {sid}` restarts it")  # fmt: skip
