@@ -152,6 +152,13 @@ class Challenge(_Message):
     layout: Literal["pairs", "shared-base"] = "pairs"
     aggregate: Literal["mean", "max"] = "mean"
     validity: Literal["clt", "finite"] = "clt"
+    # What the Verifier asked, as typed, for the reader of a transcript (the audit page): the
+    # share of Var f when epsilon was given as one (epsilon is then this share of a lower
+    # confidence bound on Var f from the Verifier's pilot), and the total failure probability
+    # when it was split (delta is the certificate's part). Informational: no check reads them.
+    # Left out of the payload when None, so earlier challenges keep their bytes.
+    epsilon_share: float | None = Field(default=None, gt=0, lt=1)
+    delta_total: float | None = Field(default=None, gt=0, lt=1)
 
     @model_serializer(mode="wrap")
     def _leave_out_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -181,6 +188,8 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "layout": "pairs",
     "aggregate": "mean",
     "validity": "clt",
+    "epsilon_share": None,
+    "delta_total": None,
 }
 
 

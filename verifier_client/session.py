@@ -344,6 +344,8 @@ class _Run:
             layout=o.layout,  # type: ignore[arg-type]
             aggregate=o.aggregate,  # type: ignore[arg-type]
             validity=o.validity,  # type: ignore[arg-type]
+            epsilon_share=o.epsilon if o.relative else None,  # as typed, for the audit page
+            delta_total=o.delta if sizes.delta != o.delta else None,
         )
         signed = sign_message(self.key, challenge)
         secret = {"spot_checks": spots, "salt": salt.hex(), "sizes": sizes.__dict__,
