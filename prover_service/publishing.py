@@ -11,6 +11,7 @@ values, provenance) runs before any training.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,30 @@ def publish(
         details = dict(result.details)
         warnings = list(details.pop("warnings", []))
     signed = svc.attribution(content_hash)[0]
+    asked = {k: v for k, v in prov.model_dump().items() if k in fields}
+    asked |= {"calibration_trainings": budget} if loaded is not None else {}
+    reused = reuse_warning(signed.payload, asked)
+    if reused:
+        warnings.append(reused)
     return Published(content_hash, task_hash, int(signed.payload["trainings"]), signed,
                      Provenance.model_validate(signed.payload["provenance"]), warnings, notes,
                      details)  # fmt: skip
+
+
+def reuse_warning(manifest: dict[str, Any], asked: dict[str, Any]) -> str:
+    """ "" when the signed manifest says what was asked, else the sentence that says it was
+    reused: a manifest is bound to its datamodel's content hash, so publishing the same
+    datamodel again returns the earlier manifest (which keeps its own provenance)."""
+    prov = manifest.get("provenance") or {}
+    differ = [f"{k} {prov.get(k)!r} (you gave {v!r})" for k, v in asked.items()
+              if prov.get(k, "" if isinstance(v, str) else None) != v]  # fmt: skip
+    if not differ:
+        return ""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(int(manifest.get("created_at", 0))))
+    return (f"this datamodel was published before ({str(manifest.get('content_hash'))[:16]}, "
+            f"{when}): its earlier signed manifest is reused, and it says " + ", ".join(differ)
+            + "; a manifest is bound to its datamodel's hash, so other scores (or a fresh "
+            "calibration seed) are needed for a manifest with these fields")  # fmt: skip
 
 
 def _open_service(
