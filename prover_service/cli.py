@@ -62,6 +62,15 @@ def _warn(message: str) -> None:
     _err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _say_quality(details: dict[str, object]) -> None:
+    """The ``--evaluate`` figures in a sentence on stderr (they are in the JSON too)."""
+    q = details.get("quality")
+    if isinstance(q, dict):
+        exact = f", err {q['err']:.4g} (exact)" if q.get("err") is not None else ""
+        _note(f"on {q['held_out']:,} fresh held-out subsets: LDS {q['lds']:.3f} "
+              f"(sd {q['lds_sd']:.3f} over targets), MSE {q['mse']:.4g}{exact}")  # fmt: skip
+
+
 def _note(message: str) -> None:
     _err.print(f"note: {escape(message)}", highlight=False, soft_wrap=True)
 
@@ -156,6 +165,9 @@ def attribute(
     orientation: OrientationOpt = None,
     key: KeyOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the datamodel .npz here.")] = None,
+    evaluate: Annotated[
+        int, typer.Option(help="Also report LDS and MSE on N fresh held-out subsets (N trainings).")
+    ] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Compute an attribution (a datamodel) and print a summary as JSON. With --method import,
@@ -173,11 +185,12 @@ def attribute(
             job = bar.add_task(f"{method} on {t.name}", total=budget)
             result = api_attribute(
                 t, method, budget, p=p, seed=seed, scores=loaded if loaded else scores,
-                orientation=orientation, key=key,
+                orientation=orientation, key=key, evaluate=evaluate,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
             )  # fmt: skip
         for warning in result.details.get("warnings", []):
             _warn(warning)
+        _say_quality(result.details)
         dm = result.datamodel
         if out is not None:
             write_npz(out, {
@@ -242,6 +255,9 @@ def publish(
     prover_key_env: Annotated[
         str | None, typer.Option("--key-env", help="Env variable holding the PEM key.")
     ] = None,
+    evaluate: Annotated[
+        int, typer.Option(help="Also report LDS and MSE on N fresh held-out subsets (N trainings).")
+    ] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Publish an outside attribution into the Prover's database, signed, with its provenance
@@ -256,7 +272,7 @@ def publish(
                 task, datamodel=datamodel, scores=scores, budget=budget, p=p, seed=seed,
                 orientation=orientation, key=key, tool=tool, tool_version=tool_version,
                 settings=settings, outside_trainings=outside_trainings, db=db,
-                prover_key=prover_key, prover_key_env=prover_key_env,
+                prover_key=prover_key, prover_key_env=prover_key_env, evaluate=evaluate,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
             )  # fmt: skip
     except ProtocolError as exc:
@@ -269,6 +285,7 @@ def publish(
         _note(note)
     for warning in result.warnings:
         _warn(warning)
+    _say_quality(result.details)
     typer.echo(json.dumps(result.as_dict() | {"seconds": round(time.perf_counter() - started, 3)}))
 
 
