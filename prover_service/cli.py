@@ -100,7 +100,9 @@ def info(task: TaskOpt) -> None:
 @app.command()
 def train(
     task: TaskOpt,
-    out: Annotated[Path, typer.Option(help="Output .npz (masks, seeds, f, probes).")],
+    out: Annotated[
+        Path, typer.Option(help="Output .npz: masks_packed, n_train, seeds, values (f), probes.")
+    ],
     count: Annotated[int, typer.Option(help="Random subsets to train (ignored with --masks).")] = 0,
     seed: Annotated[str, typer.Option(help="Seed of masks and training seeds (int or hex).")] = "0",
     p: Annotated[float, typer.Option(help="Inclusion probability of the random subsets.")] = 0.5,
@@ -109,8 +111,9 @@ def train(
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Train K subsets and write masks, seeds and f in one file; reruns give identical bytes,
-    on either executor."""
+    """Train K subsets and write them in one .npz: masks_packed (bit-packed masks, with
+    n_train), seeds, values (f, K x Z) and probes; reruns give identical bytes, on either
+    executor."""
     from prover_service.executor import ExecutorUnavailable, make_executor, use_executor
 
     try:
@@ -152,8 +155,8 @@ def attribute(
     method: Annotated[
         str,
         typer.Option(
-            help="influence|ridge|lasso|loo|daunce|daunce-blackbox|trak|dattri-if|import; "
-            "settings after a colon: trak:checkpoints=32,proj_dim=128"
+            help="influence, ridge, lasso, loo, daunce, daunce-blackbox, trak, dattri-if or "
+            "import; settings after a colon, e.g. trak:proj_dim=128"
         ),
     ],
     budget: Annotated[int, typer.Option(help="Trainings to spend (calibration ones included).")],
@@ -327,10 +330,21 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     adversary: Annotated[str | None, typer.Option(help="Cheat (tests and demos): SPEC.")] = None,
     public_transcripts: Annotated[
-        bool, typer.Option(help="Anyone may read sessions, responses, arrays, transcripts.")
+        bool,
+        typer.Option(
+            "--public-transcripts",
+            rich_help_panel="Switches",
+            show_default=False,
+            help="Anyone may read sessions, responses, arrays, transcripts (default: off).",
+        ),
     ] = False,
     check_tasks: Annotated[
-        bool, typer.Option(help="Check each task's declared tau at start-up (check-task, short).")
+        bool,
+        typer.Option(
+            rich_help_panel="Switches",
+            show_default=False,
+            help="Check each task's declared tau at start-up (check-task, short; default: on).",
+        ),
     ] = True,
     verifier_keys: Annotated[
         Path | None, typer.Option(help="Allow-list: one Verifier public key (hex) per line.")

@@ -48,6 +48,7 @@ app = typer.Typer(
     help="Verifier client for verifiable data attribution.",
 )
 _err = err_console
+SIZING = "Sizing (default: from epsilon)"
 _fail = fail
 _db_url = db_url
 
@@ -348,19 +349,31 @@ def verify(
         str, typer.Option(help="gap (the certificate) | residual (the paper's, a baseline).")
     ] = "gap",
     pairs: Annotated[
-        int | None, typer.Option(help="Bases (pairs) per level; default: from epsilon.")
+        int | None,
+        typer.Option(
+            rich_help_panel=SIZING, help="Bases (pairs) per level; default: from epsilon."
+        ),
     ] = None,
     spot_checks: Annotated[
-        int | None, typer.Option(help="Secret spot-checks retrained here; default: from epsilon.")
+        int | None,
+        typer.Option(
+            rich_help_panel=SIZING, help="Secret spot-checks retrained here; default: from epsilon."
+        ),
     ] = None,
     spot_fraction: Annotated[
-        float, typer.Option(help="Planner: spot-checks as a fraction of |E|.")
+        float,
+        typer.Option(rich_help_panel=SIZING, help="Planner: spot-checks as a fraction of |E|."),
     ] = 0.1,
-    pilot: Annotated[int, typer.Option(help="Planner: bases of the local pilot.")] = 32,
+    pilot: Annotated[
+        int, typer.Option(rich_help_panel=SIZING, help="Planner: bases of the local pilot.")
+    ] = 32,
     max_prover_trainings: Annotated[
-        int, typer.Option(help="Refuse plans that need more Prover trainings.")
+        int,
+        typer.Option(rich_help_panel=SIZING, help="Refuse plans that need more Prover trainings."),
     ] = 1_000_000,
-    fresh: Annotated[int, typer.Option(help="Fresh local samples (residual/naive).")] = 0,
+    fresh: Annotated[
+        int, typer.Option(rich_help_panel=SIZING, help="Fresh local samples (residual/naive).")
+    ] = 0,
     tau: Annotated[
         float | None,
         typer.Option(help="CHECKEQUIV tolerance; default the task's tau, never below it."),
@@ -521,7 +534,7 @@ def demo(
     try:
         results = run_demo(
             Console(stderr=json_out), pairs, budget, epsilon, keep, spot_checks,
-            seed_from_text(seed), spot_fraction, max_prover_trainings, task,
+            seed_from_text(seed), spot_fraction, max_prover_trainings, task, seed_label=seed,
         )  # fmt: skip
     except (ProtocolError, TransportError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
