@@ -30,7 +30,7 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 schemathesis: install
 	$(BIN)/pytest -q tests/prover_service/test_schemathesis.py

@@ -157,6 +157,13 @@ class Challenge(_Message):
     # subset, each certifying its values within this per-value bound (f's units). Left out of
     # the payload when absent.
     witness_limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # What the Verifier asked, as typed, for the reader of a transcript (the audit page): the
+    # share of Var f when epsilon was given as one (epsilon is then this share of a lower
+    # confidence bound on Var f from the Verifier's pilot), and the total failure probability
+    # when it was split (delta is the certificate's part). Informational: no check reads them.
+    # Left out of the payload when None, so earlier challenges keep their bytes.
+    epsilon_share: float | None = Field(default=None, gt=0, lt=1)
+    delta_total: float | None = Field(default=None, gt=0, lt=1)
 
     @model_serializer(mode="wrap")
     def _leave_out_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -187,6 +194,8 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "aggregate": "mean",
     "validity": "clt",
     "witness_limit": None,
+    "epsilon_share": None,
+    "delta_total": None,
 }
 
 

@@ -18,7 +18,6 @@ pair layout: the page says so.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from html import escape
@@ -43,6 +42,7 @@ from protocol.messages import (
 from protocol.residual import StabilityDesign, fit_nonnegative
 from protocol.signing import SignedMessage, open_signed
 from protocol.transparency import leaf_hash, log_entry, verify_inclusion
+from prover_service.audit_summary import summary
 from prover_service.errors import ServiceError
 from prover_service.store import SessionRow
 
@@ -142,24 +142,6 @@ class SessionAudit:
     def stability_svg(self) -> str:
         """The noise-stability chart (inline SVG), or "" when the transcript has no values."""
         return stability_chart(self.stability) if self.stability is not None else ""
-
-
-def summary(row: SessionRow) -> dict[str, Any]:
-    """One line of the sessions table: verdict, epsilon, certified err, delta, trainings, time.
-
-    The Prover's trainings are the challenge design's size |E| (:attr:`Challenge.n_subsets`)."""
-    challenge = json.loads(row.challenge_json)["payload"]
-    n_subsets = Challenge.model_validate(challenge).n_subsets
-    verdict = json.loads(row.verdict_json)["payload"] if row.verdict_json else {}
-    figures = verdict.get("figures", {})
-    return {
-        "id": row.id, "status": row.status, "verdict": row.verdict or "-",
-        "reason": verdict.get("reason", ""), "epsilon": challenge["epsilon"],
-        "certified": figures.get("certified_epsilon"), "delta": challenge["delta"],
-        "prover_trainings": n_subsets,
-        "verifier_trainings": len(verdict.get("spot_check_indices", ())),
-        "created_at": row.created_at,
-    }  # fmt: skip
 
 
 def _log_checks(rep: SessionAudit, svc: Any, messages: dict[str, SignedMessage]) -> None:

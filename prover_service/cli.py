@@ -62,6 +62,15 @@ def _warn(message: str) -> None:
     _err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _say_quality(details: dict[str, object]) -> None:
+    """The ``--evaluate`` figures in a sentence on stderr (they are in the JSON too)."""
+    q = details.get("quality")
+    if isinstance(q, dict):
+        exact = f", err {q['err']:.4g} (exact)" if q.get("err") is not None else ""
+        _note(f"on {q['held_out']:,} fresh held-out subsets: LDS {q['lds']:.3f} "
+              f"(sd {q['lds_sd']:.3f} over targets), MSE {q['mse']:.4g}{exact}")  # fmt: skip
+
+
 def _note(message: str) -> None:
     _err.print(f"note: {escape(message)}", highlight=False, soft_wrap=True)
 
@@ -91,7 +100,9 @@ def info(task: TaskOpt) -> None:
 @app.command()
 def train(
     task: TaskOpt,
-    out: Annotated[Path, typer.Option(help="Output .npz (masks, seeds, f, probes).")],
+    out: Annotated[
+        Path, typer.Option(help="Output .npz: masks_packed, n_train, seeds, values (f), probes.")
+    ],
     count: Annotated[int, typer.Option(help="Random subsets to train (ignored with --masks).")] = 0,
     seed: Annotated[str, typer.Option(help="Seed of masks and training seeds (int or hex).")] = "0",
     p: Annotated[float, typer.Option(help="Inclusion probability of the random subsets.")] = 0.5,
@@ -100,8 +111,9 @@ def train(
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Train K subsets and write masks, seeds and f in one file; reruns give identical bytes,
-    on either executor."""
+    """Train K subsets and write them in one .npz: masks_packed (bit-packed masks, with
+    n_train), seeds, values (f, K x Z) and probes; reruns give identical bytes, on either
+    executor."""
     from prover_service.executor import ExecutorUnavailable, make_executor, use_executor
 
     try:
@@ -143,8 +155,8 @@ def attribute(
     method: Annotated[
         str,
         typer.Option(
-            help="influence|ridge|lasso|loo|daunce|daunce-blackbox|trak|dattri-if|import; "
-            "settings after a colon: trak:checkpoints=32,proj_dim=128"
+            help="influence, ridge, lasso, loo, daunce, daunce-blackbox, trak, dattri-if or "
+            "import; settings after a colon, e.g. trak:proj_dim=128"
         ),
     ],
     budget: Annotated[int, typer.Option(help="Trainings to spend (calibration ones included).")],
@@ -156,6 +168,9 @@ def attribute(
     orientation: OrientationOpt = None,
     key: KeyOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the datamodel .npz here.")] = None,
+    evaluate: Annotated[
+        int, typer.Option(help="Also report LDS and MSE on N fresh held-out subsets (N trainings).")
+    ] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Compute an attribution (a datamodel) and print a summary as JSON. With --method import,
@@ -173,11 +188,12 @@ def attribute(
             job = bar.add_task(f"{method} on {t.name}", total=budget)
             result = api_attribute(
                 t, method, budget, p=p, seed=seed, scores=loaded if loaded else scores,
-                orientation=orientation, key=key,
+                orientation=orientation, key=key, evaluate=evaluate,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
             )  # fmt: skip
         for warning in result.details.get("warnings", []):
             _warn(warning)
+        _say_quality(result.details)
         dm = result.datamodel
         if out is not None:
             write_npz(out, {
@@ -242,6 +258,9 @@ def publish(
     prover_key_env: Annotated[
         str | None, typer.Option("--key-env", help="Env variable holding the PEM key.")
     ] = None,
+    evaluate: Annotated[
+        int, typer.Option(help="Also report LDS and MSE on N fresh held-out subsets (N trainings).")
+    ] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Publish an outside attribution into the Prover's database, signed, with its provenance
@@ -256,7 +275,7 @@ def publish(
                 task, datamodel=datamodel, scores=scores, budget=budget, p=p, seed=seed,
                 orientation=orientation, key=key, tool=tool, tool_version=tool_version,
                 settings=settings, outside_trainings=outside_trainings, db=db,
-                prover_key=prover_key, prover_key_env=prover_key_env,
+                prover_key=prover_key, prover_key_env=prover_key_env, evaluate=evaluate,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
             )  # fmt: skip
     except ProtocolError as exc:
@@ -269,6 +288,7 @@ def publish(
         _note(note)
     for warning in result.warnings:
         _warn(warning)
+    _say_quality(result.details)
     typer.echo(json.dumps(result.as_dict() | {"seconds": round(time.perf_counter() - started, 3)}))
 
 
@@ -310,10 +330,21 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     adversary: Annotated[str | None, typer.Option(help="Cheat (tests and demos): SPEC.")] = None,
     public_transcripts: Annotated[
-        bool, typer.Option(help="Anyone may read sessions, responses, arrays, transcripts.")
+        bool,
+        typer.Option(
+            "--public-transcripts",
+            rich_help_panel="Switches",
+            show_default=False,
+            help="Anyone may read sessions, responses, arrays, transcripts (default: off).",
+        ),
     ] = False,
     check_tasks: Annotated[
-        bool, typer.Option(help="Check each task's declared tau at start-up (check-task, short).")
+        bool,
+        typer.Option(
+            rich_help_panel="Switches",
+            show_default=False,
+            help="Check each task's declared tau at start-up (check-task, short; default: on).",
+        ),
     ] = True,
     verifier_keys: Annotated[
         Path | None, typer.Option(help="Allow-list: one Verifier public key (hex) per line.")

@@ -49,7 +49,12 @@ arrives, in any order; an attribution job runs with it as the current executor
 (:func:`prover_service.executor.use_executor`). Progress counts the trainings of finished chunks.
 
 **Cancel.** :meth:`Jobs.cancel` marks a job ``cancelled``; a challenge stops before its next chunk
-and an attribution at its next progress report.
+and an attribution at its next progress report. A cancelled job's partial arrays (its chunks)
+are deleted, by the cancel and again by its worker once it has stopped (a chunk that was in
+flight), unless the job was resumed meanwhile; an array another chunk or a response still
+names is kept. :meth:`Jobs.resume` (the owner's ``POST /v1/jobs/{id}/resume``, what
+``vda-verifier verify --resume`` sends for a cancelled session) queues it again, within the
+admission quotas, from its first chunk.
 """
 
 from __future__ import annotations
@@ -61,16 +66,22 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from protocol.errors import ProtocolError
-from prover_service.errors import InsufficientStorage, NotFound, ServiceError, TooManyRequests
+from prover_service.errors import (
+    Conflict,
+    InsufficientStorage,
+    NotFound,
+    ServiceError,
+    TooManyRequests,
+)
 from prover_service.executor import Executor, executor_from_settings, use_executor
 from prover_service.ledger import JobLedger, use_ledger
 from prover_service.settings import Settings
-from prover_service.store import ArrayStore, JobRow, SessionRow, now
+from prover_service.store import ArrayStore, ChunkRow, JobRow, SessionArrayRow, SessionRow, now
 
 __all__ = ["ACTIVE", "JobCancelled", "Jobs"]
 
@@ -230,7 +241,69 @@ class Jobs:
                 .where(SessionRow.job_id == job_id, SessionRow.status == "training")
                 .values(status="cancelled")
             )
+        self.discard_partial(job_id)
         return self.get(job_id)
+
+    def resume(self, job_id: str, owner: str) -> JobRow:
+        """Queue a cancelled job of ``owner`` again (its session back to ``training``), within
+        the queue and per-key quotas; an unfinished job is left as it is; 404 for another key's
+        job, 409 for a finished or failed one."""
+        row = self.get(job_id)
+        if row.owner != owner:
+            raise NotFound(f"unknown job {job_id!r}")
+        if row.status in ACTIVE:
+            return row
+        if row.status != "cancelled":
+            raise Conflict(f"job {job_id!r} is {row.status}: only a cancelled job resumes")
+        s_ = self.settings
+        with self._admit, self.db.begin() as s:
+            queued = s.scalar(select(func.count()).where(JobRow.status.in_(ACTIVE))) or 0
+            if queued >= s_.max_queued_jobs:
+                raise TooManyRequests(f"the Prover's queue is full ({queued} jobs)", 60)
+            mine = s.scalar(
+                select(func.count()).where(JobRow.status.in_(ACTIVE), JobRow.owner == owner)
+            )
+            if (mine or 0) >= s_.max_active_jobs_per_key:
+                raise TooManyRequests(
+                    f"this key already has {mine} unfinished jobs (at most "
+                    f"{s_.max_active_jobs_per_key}); wait for one or cancel it", 30
+                )  # fmt: skip
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == "cancelled")
+                .values(status="queued", error=None, done=0, updated_at=now())
+            )
+            s.execute(
+                update(SessionRow)
+                .where(SessionRow.job_id == job_id, SessionRow.status == "cancelled")
+                .values(status="training")
+            )
+        self._wake[row.kind].set()
+        return self.get(job_id)
+
+    def discard_partial(self, job_id: str) -> int:
+        """Delete a cancelled job's chunks and the arrays no one else names; how many chunks.
+
+        Nothing is deleted unless the job is still cancelled (read under a row lock, so a
+        resume racing this keeps its chunks)."""
+        with self.db.begin() as s:
+            status = s.scalar(select(JobRow.status).where(JobRow.id == job_id).with_for_update())
+            if status != "cancelled":
+                return 0
+            chunks = list(s.scalars(select(ChunkRow).where(ChunkRow.job_id == job_id)))
+            shas = {sha for c in chunks for sha in (c.values_sha, c.probes_sha)}
+            s.execute(delete(ChunkRow).where(ChunkRow.job_id == job_id))
+        with self.db() as s:
+            named = set(s.scalars(select(ChunkRow.values_sha).where(ChunkRow.values_sha.in_(shas))))
+            named |= set(
+                s.scalars(select(ChunkRow.probes_sha).where(ChunkRow.probes_sha.in_(shas)))
+            )
+            named |= set(
+                s.scalars(select(SessionArrayRow.sha).where(SessionArrayRow.sha.in_(shas)))
+            )
+        for sha in shas - named:
+            self.arrays.discard(sha)
+        return len(chunks)
 
     def _fail_ownerless(self) -> None:
         with self.db.begin() as s:
@@ -355,7 +428,7 @@ class Jobs:
                 with use_executor(self.executor), use_ledger(kept):
                     self.run_attribution(job)
         except JobCancelled:
-            pass
+            self.discard_partial(job.id)  # what was in flight when it was cancelled
         except SQLAlchemyError as exc:  # infrastructure: the job stays queued for another try
             log.error("job %s: database error (%s); it will be retried", job.id,
                       str(exc).splitlines()[0][:200])  # fmt: skip

@@ -11,6 +11,7 @@ values, provenance) runs before any training.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 from protocol.datamodel import Datamodel
 from protocol.errors import InvalidParameterError, ShapeError
 from protocol.messages import Provenance
+from protocol.quality import held_out_quality
 from protocol.sampling import seed_from_text
 from protocol.signing import SignedMessage
 from protocol.tasks import Task, load_task, spec_hash
@@ -63,6 +65,7 @@ def attribute(
     orientation: Orientation | str | None = None,
     key: str | None = None,
     progress: Progress | None = None,
+    evaluate: int = 0,
 ) -> AttributionResult:
     """Compute an attribution of ``task`` (a name like ``"digits-logreg"``, ``FILE.py:FACTORY``
     or a :class:`Task`) with ``budget`` trainings; the same result as ``vda-prover attribute``
@@ -72,13 +75,22 @@ def attribute(
     or tensor in memory, (Z, N) or (N, Z) (``orientation``; ``key`` names the array of an .npz or
     .pt); ``result.details`` holds the calibration quality and its ``warnings`` list.
 
+    ``evaluate=N`` also trains N fresh held-out subsets and puts the datamodel's LDS and MSE on
+    them (and its exact err where known) in ``result.details["quality"]``
+    (:func:`protocol.quality.held_out_quality`; the subsets come from ``seed`` in their own
+    domain, never those it was fitted on).
+
     >>> result = attribute("planted", "ridge", 300, seed=0)  # doctest: +SKIP
     >>> result.datamodel.content_hash  # doctest: +SKIP
     """
     t = _task(task)
-    return run_attribution(
+    result = run_attribution(
         t, method, budget, p, _seed(seed), scores, progress, orientation=orientation, key=key
     )
+    if evaluate:
+        quality = held_out_quality(t, result.datamodel, evaluate, _seed(seed), p)
+        result.details["quality"] = quality.as_dict()
+    return result
 
 
 @dataclass(frozen=True)
@@ -164,13 +176,15 @@ def publish(
     prover_key_env: str | None = None,
     service: Any = None,
     progress: Progress | None = None,
+    evaluate: int = 0,
 ) -> Published:
     """Sign an outside attribution into the Prover's database (``db``, key ``prover_key``), or
     into ``service`` (a running :class:`~prover_service.service.ProverService`); the same as
     ``vda-prover publish``. Give exactly one of ``datamodel`` (published as it is) or ``scores``
     (calibrated here with ``budget`` trainings; 64 or more advised). The tool, its version,
     settings and ``outside_trainings`` (its checkpoints) go into the signed manifest, whose
-    ``trainings`` count them too.
+    ``trainings`` count them too. ``evaluate=N`` reports the published datamodel's LDS and MSE
+    on N fresh held-out subsets in ``details["quality"]`` (as :func:`attribute`).
 
     >>> out = publish("digits-logreg", scores="trak/scores/exp.mmap", tool="traker",
     ...               outside_trainings=20, prover_key="prover.pem")  # doctest: +SKIP
@@ -207,10 +221,34 @@ def publish(
                                                   progress)  # fmt: skip
         details = dict(result.details)
         warnings = list(details.pop("warnings", []))
-    signed = svc.attribution(content_hash)[0]
+    signed, dm_bytes = svc.attribution(content_hash)
+    if evaluate:
+        published = Datamodel.from_bytes(dm_bytes)
+        details["quality"] = held_out_quality(t, published, evaluate, key_seed, p).as_dict()
+    asked = {k: v for k, v in prov.model_dump().items() if k in fields}
+    asked |= {"calibration_trainings": budget} if loaded is not None else {}
+    reused = reuse_warning(signed.payload, asked)
+    if reused:
+        warnings.append(reused)
     return Published(content_hash, task_hash, int(signed.payload["trainings"]), signed,
                      Provenance.model_validate(signed.payload["provenance"]), warnings, notes,
                      details)  # fmt: skip
+
+
+def reuse_warning(manifest: dict[str, Any], asked: dict[str, Any]) -> str:
+    """ "" when the signed manifest says what was asked, else the sentence that says it was
+    reused: a manifest is bound to its datamodel's content hash, so publishing the same
+    datamodel again returns the earlier manifest (which keeps its own provenance)."""
+    prov = manifest.get("provenance") or {}
+    differ = [f"{k} {prov.get(k)!r} (you gave {v!r})" for k, v in asked.items()
+              if prov.get(k, "" if isinstance(v, str) else None) != v]  # fmt: skip
+    if not differ:
+        return ""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(int(manifest.get("created_at", 0))))
+    return (f"this datamodel was published before ({str(manifest.get('content_hash'))[:16]}, "
+            f"{when}): its earlier signed manifest is reused, and it says " + ", ".join(differ)
+            + "; a manifest is bound to its datamodel's hash, so other scores (or a fresh "
+            "calibration seed) are needed for a manifest with these fields")  # fmt: skip
 
 
 def _open_service(

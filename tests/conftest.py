@@ -79,3 +79,16 @@ def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
         for engine in list(engines):  # close their pooled connections before the drop
             engine.dispose()
         databases.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say at the end of the run when the Chromium tests were skipped, and how to run them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    chromium = [r for r in skipped if "chromium" in str(getattr(r, "longrepr", "")).lower()]
+    if chromium:
+        terminalreporter.write_line(
+            f"{len(chromium)} Chromium test(s) skipped: chromium and chromium-driver are not "
+            "installed. Install them (Debian/Ubuntu: `sudo apt-get install -y chromium "
+            "chromium-driver`) and run `make test` again to check the /audit pages in a browser.",
+            yellow=True,
+        )

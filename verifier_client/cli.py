@@ -22,7 +22,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from protocol.budget import Pilot, plan
@@ -35,8 +34,10 @@ from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from verifier_client.api import parse_epsilon
 from verifier_client.api import verify as verify_api
 from verifier_client.audit import audit, audit_session, load_bundle, save_bundle
+from verifier_client.cli_options import DbOpt, JsonOpt, TaskOpt, db_url, err_console, fail
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.limits import prover_http
+from verifier_client.records import cancel, history, show
 from verifier_client.report import summary_lines
 from verifier_client.session import Options
 from verifier_client.store import VerifierStore
@@ -46,32 +47,10 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Verifier client for verifiable data attribution.",
 )
-_err = Console(stderr=True)
-
-TaskOpt = Annotated[str, typer.Option(help="Task: a built-in name[:k=v,...] or FILE.py:FACTORY.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def _db_url(db: str | None) -> str | None:
-    """``--db``: a SQLAlchemy URL, or a bare file path taken as SQLite. A file in a folder that
-    does not exist, or a URL of no known database, is one line and exit 2 (not created)."""
-    if db is None:
-        return None
-    url = db if "://" in db else f"sqlite:///{Path(db).expanduser()}"
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        folder = Path(url.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise _fail(f"cannot create database {db!r}: folder {str(folder)!r} does not exist")
-    try:
-        make_url(url).get_dialect()
-    except (SQLAlchemyError, ValueError) as exc:
-        raise _fail(f"--db {db!r} is not a database URL (or a file path): {exc}") from None
-    return url
+_err = err_console
+SIZING = "Sizing (default: from epsilon)"
+_fail = fail
+_db_url = db_url
 
 
 def _store(db: str) -> VerifierStore:
@@ -94,11 +73,6 @@ def _records(db: str | None) -> VerifierStore | None:
     elif db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).is_file():
         raise _fail(f"--db {db!r}: no such database")
     return _store(db)
-
-
-DbOpt = Annotated[
-    str, typer.Option(help="SQLAlchemy URL of the records, or a file (SQLite).", callback=_db_url)
-]
 
 
 def _parse_seed(seed: str | None) -> bytes:
@@ -401,19 +375,31 @@ def verify(
         str, typer.Option(help="gap (the certificate) | residual (the paper's, a baseline).")
     ] = "gap",
     pairs: Annotated[
-        int | None, typer.Option(help="Bases (pairs) per level; default: from epsilon.")
+        int | None,
+        typer.Option(
+            rich_help_panel=SIZING, help="Bases (pairs) per level; default: from epsilon."
+        ),
     ] = None,
     spot_checks: Annotated[
-        int | None, typer.Option(help="Secret spot-checks retrained here; default: from epsilon.")
+        int | None,
+        typer.Option(
+            rich_help_panel=SIZING, help="Secret spot-checks retrained here; default: from epsilon."
+        ),
     ] = None,
     spot_fraction: Annotated[
-        float, typer.Option(help="Planner: spot-checks as a fraction of |E|.")
+        float,
+        typer.Option(rich_help_panel=SIZING, help="Planner: spot-checks as a fraction of |E|."),
     ] = 0.1,
-    pilot: Annotated[int, typer.Option(help="Planner: bases of the local pilot.")] = 32,
+    pilot: Annotated[
+        int, typer.Option(rich_help_panel=SIZING, help="Planner: bases of the local pilot.")
+    ] = 32,
     max_prover_trainings: Annotated[
-        int, typer.Option(help="Refuse plans that need more Prover trainings.")
+        int,
+        typer.Option(rich_help_panel=SIZING, help="Refuse plans that need more Prover trainings."),
     ] = 1_000_000,
-    fresh: Annotated[int, typer.Option(help="Fresh local samples (residual/naive).")] = 0,
+    fresh: Annotated[
+        int, typer.Option(rich_help_panel=SIZING, help="Fresh local samples (residual/naive).")
+    ] = 0,
     tau: Annotated[
         float | None,
         typer.Option(help="CHECKEQUIV tolerance; default the task's tau, never below it."),
@@ -485,57 +471,12 @@ def print_summary(console: Console, result: dict[str, Any], indent: str = "") ->
         console.print(f"{indent}{line}", highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command()
-def history(
-    db: DbOpt = "sqlite:///verifier.db",
-    json_out: JsonOpt = False,
-) -> None:
-    """Every recorded verification."""
-    rows = [r.as_dict() for r in _store(db).all()]
-    if json_out:
-        typer.echo(json.dumps(rows))
-        return
-    cells = [
-        (r["session"], r["status"], str(r["verdict"]), str(r["reason"]), r["protocol"],
-         f"{r['prover_trainings']:,}", f"{r['local_trainings']:,}")
-        for r in rows
-    ]  # fmt: skip
-    console = Console()
-    if not console.is_terminal:  # a pipe or a log: whole ids, one line per session
-        for cell in cells:
-            typer.echo("  ".join(cell))
-        return
-    table = Table(title="verifications")
-    width = max((len(c[0]) for c in cells), default=7)
-    table.add_column("session", no_wrap=True, min_width=width)  # never cut: `show` takes it
-    for col in ("status", "verdict", "reason", "protocol", "prover trainings", "local"):
-        table.add_column(col, overflow="fold")  # narrow terminals: folded, never cut
-    for cell in cells:
-        table.add_row(*cell)
-    console.print(table)
-
-
-@app.command()
-def show(
-    session: Annotated[str, typer.Argument(help="Session id (the Prover's or the local one).")],
-    db: DbOpt = "sqlite:///verifier.db",
-) -> None:
-    """One recorded verification, as JSON; SESSION may be any unique prefix of an id."""
-    store = _store(db)
-    row = store.get(session)
-    if row is None and session:
-        found = [
-            r for r in store.all()
-            if r.id.startswith(session) or (r.prover_session or "").startswith(session)
-        ]  # fmt: skip
-        if len(found) > 1:
-            ids = ", ".join(r.prover_session or r.id for r in found[:3])
-            more = ", ..." if len(found) > 3 else ""
-            raise _fail(f"{session!r} starts {len(found)} session ids ({ids}{more}): give more")
-        row = found[0] if found else None
-    if row is None:
-        raise _fail(f"no recorded verification {session!r}")
-    typer.echo(json.dumps(row.as_dict(), indent=1))
+# What an offline audit (--file) cannot check: the Prover's transparency log is online only.
+OFFLINE_SKIPS = (
+    "log: the tree head signed by the Prover (offline: give --prover URL SESSION)",
+    "log: every message of the transcript included in the Prover's log (offline)",
+    "log: consistency with the tree heads held in --db (offline)",
+)
 
 
 @app.command("audit")
@@ -565,10 +506,12 @@ def audit_cmd(
     transcript's inclusion, consistency with every tree head held in the Verifier's records,
     and that every session they hold is still logged and shown with the verdict signed here;
     the session's record then keeps the new head."""
+    skipped: list[str] = []
     try:
         t = load_task(task)
         if file is not None:
             report = audit(load_bundle(file), t, prover_key)
+            skipped = list(OFFLINE_SKIPS)
         elif prover is not None and session is not None:
             signing_key = load_private_key(key) if key is not None else None
             store = _records(db)
@@ -589,11 +532,13 @@ def audit_cmd(
     except (KeyError, TypeError) as exc:
         raise _fail(f"malformed transcript: missing {exc}") from None
     if json_out:
-        typer.echo(json.dumps(report.as_dict()))
+        typer.echo(json.dumps(report.as_dict() | {"not_checked": skipped}))
     else:
         for c in report.checks:
             mark = "[green]ok[/]" if c["ok"] else "[red]FAILED[/]"
             Console().print(f"{mark}  {c['check']} {c['detail']}")
+        for what in skipped:
+            Console().print(f"[yellow]not checked[/]  {what}", highlight=False)
         word = "[green]MATCHES[/]" if report.ok else "[red]DOES NOT MATCH[/]"
         Console().print(f"recomputed {report.recomputed}; recorded {report.recorded}: {word}")
     raise typer.Exit(code=0 if report.ok else 1)
@@ -633,7 +578,7 @@ def demo(
     try:
         results = run_demo(
             Console(stderr=json_out), pairs, budget, epsilon, keep, spot_checks,
-            seed_from_text(seed), spot_fraction, max_prover_trainings, task,
+            seed_from_text(seed), spot_fraction, max_prover_trainings, task, seed_label=seed,
         )  # fmt: skip
     except (ProtocolError, TransportError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
@@ -642,6 +587,11 @@ def demo(
     provers = [results["honest"], results["cheating"]]
     ok = provers[0]["verdict"] == "accept" and provers[1]["verdict"] == "abort"
     raise typer.Exit(code=0 if ok and all(r["audit"]["ok"] for r in provers) else 1)
+
+
+app.command()(history)
+app.command()(show)
+app.command()(cancel)
 
 
 def _training_rate(task: TaskBase) -> float:

@@ -348,6 +348,10 @@ class ProverClient:
         """Cancel one of this key's unfinished jobs."""
         return self._parse(JobOut, "POST", f"/v1/jobs/{job_id}/cancel")
 
+    def resume_job(self, job_id: str) -> JobOut:
+        """Queue one of this key's cancelled jobs again (it trains from its first chunk)."""
+        return self._parse(JobOut, "POST", f"/v1/jobs/{job_id}/resume")
+
     def _adopt(self, key: Ed25519PrivateKey | None) -> None:
         """A key given for one read signs the later ones too (an audit's array downloads)."""
         if key is not None and self.key is None:

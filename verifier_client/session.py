@@ -70,6 +70,7 @@ from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from protocol.witness import witness_limit
+from verifier_client.cancel import cancel_on_interrupt
 from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.store import Record, VerifierStore
 
@@ -250,10 +251,11 @@ class _Run:
         requested = content is None
         if content is None:
             job = self.client.request_attribution(task_hash, self.opts.method, self.opts.budget)
-            while job.status not in ("done", "failed", "cancelled"):
-                self.progress("attribution (Prover training)", job.done, job.total)
-                time.sleep(self.opts.poll_s)
-                job = self.client.job(job.id)
+            with cancel_on_interrupt(self.client, job.id, self.note):
+                while job.status not in ("done", "failed", "cancelled"):
+                    self.progress("attribution (Prover training)", job.done, job.total)
+                    time.sleep(self.opts.poll_s)
+                    job = self.client.job(job.id)
             if job.status != "done":
                 raise ProverRefused(500, f"the Prover's attribution job failed: {job.error}")
             content = str(job.result)
@@ -372,6 +374,8 @@ class _Run:
             validity=validity,
             witness_limit=(o.witness_limit or witness_limit(sizes.epsilon, task.bound, shape.rhos))
             if witness else None,
+            epsilon_share=o.epsilon if o.relative else None,  # as typed, for the audit page
+            delta_total=o.delta if sizes.delta != o.delta else None,
         )  # fmt: skip
         signed = sign_message(self.key, challenge)
         secret = {"spot_checks": spots, "salt": salt.hex(), "sizes": sizes.__dict__,
@@ -427,18 +431,29 @@ class _Run:
         raise ProverRefused(409, "the challenge's nonce was used but no session carries it")
 
     def wait(self, sid: str) -> None:
+        """Poll the session until its response is ready. A session cancelled before (Ctrl-C,
+        ``vda-verifier cancel``) is queued again; Ctrl-C here cancels its job and one cancelled
+        meanwhile stops the run: the record stays incomplete either way (``--resume``)."""
         t0 = time.perf_counter()
         deadline = time.time() + self.opts.timeout_s
-        while True:
-            doc = self.client.session(sid)
-            self.progress("challenge (Prover training)", doc.job.done, doc.job.total)
-            if doc.status in ("ready", "decided"):
-                break
-            if doc.status == "failed" or doc.job.status == "failed":
-                raise ProverRefused(500, f"the Prover's training failed: {doc.job.error}")
-            if time.time() > deadline:
-                raise ProverRefused(504, "the Prover did not finish within the timeout")
-            time.sleep(self.opts.poll_s)
+        doc = self.client.session(sid)
+        if doc.status == "cancelled":
+            self.client.resume_job(doc.job.id)
+            self.note(f"the Prover's job {doc.job.id} had been cancelled: queued again")
+        hint = f"; `vda-verifier verify --resume {sid}` restarts it"
+        with cancel_on_interrupt(self.client, doc.job.id, self.note, hint):
+            while True:
+                doc = self.client.session(sid)
+                self.progress("challenge (Prover training)", doc.job.done, doc.job.total)
+                if doc.status in ("ready", "decided"):
+                    break
+                if doc.status == "failed" or doc.job.status == "failed":
+                    raise ProverRefused(500, f"the Prover's training failed: {doc.job.error}")
+                if doc.status == "cancelled":
+                    raise ProverRefused(409, f"the Prover's job {doc.job.id} was cancelled{hint}")
+                if time.time() > deadline:
+                    raise ProverRefused(504, "the Prover did not finish within the timeout")
+                time.sleep(self.opts.poll_s)
         self.tick("prover_training", t0)
 
     # 4. response ----------------------------------------------------------------------------

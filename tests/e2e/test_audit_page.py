@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -52,10 +53,10 @@ def _browser():  # type: ignore[no-untyped-def]
     return webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
 
 
-def _verify(url: str, root: Path, epsilon: float, seed: int) -> dict:  # type: ignore[type-arg]
+def _verify(url: str, root: Path, epsilon: float, seed: int, relative: bool = False) -> dict:  # type: ignore[type-arg]
     opts = Options(task=TASK, epsilon=epsilon, budget=400, max_prover_trainings=20_000,
                    poll_s=0.02, seed=seed.to_bytes(8, "little"),
-                   secrets_seed=seed.to_bytes(8, "little"))  # fmt: skip
+                   secrets_seed=seed.to_bytes(8, "little"), relative=relative)  # fmt: skip
     with httpx.Client(base_url=url, timeout=60) as http:
         store = VerifierStore(verifier_db(root))
         return run_verification(ProverClient(http, key=KEY), store, KEY, opts, url)
@@ -80,6 +81,57 @@ def _check_stability_chart(driver, svc, session_id: str) -> None:  # type: ignor
     assert "Derived here" in driver.find_element("id", "stability-note").text
 
 
+ISO_DATE = re.compile(r"\b20\d\d-\d\d-\d\d \d\d:\d\d UTC\b")
+
+
+def _check_what_to_trust_in_the_list(driver, svc, accepted, aborted) -> None:  # type: ignore[no-untyped-def]
+    """The list: a task column, dates (not epochs), epsilon as typed, delta rounded."""
+    heads = [th.text for th in driver.find_elements("css selector", "#sessions th")]
+    assert "task" in heads and "date" in heads and "ε asked" in heads
+    name = next(iter(svc.tasks.values())).name
+    rows = {r.find_element("css selector", "a").get_attribute("href").rsplit("/", 1)[1]: r
+            for r in driver.find_elements("css selector", "#sessions tr")[1:]}  # fmt: skip
+    for result in (accepted, aborted):
+        row = rows[result["session"]]
+        assert row.find_element("css selector", "td.task").text == name
+        assert ISO_DATE.search(row.find_element("css selector", "td.date").text)
+        assert row.find_element("css selector", "td.verdict").text.startswith(result["verdict"])
+    shown = rows[aborted["session"]].find_element("css selector", "td.epsilon").text
+    assert shown.startswith("0.1 % of Var f (") and "absolute)" in shown, shown
+    assert rows[aborted["session"]].find_element("css selector", "td.delta").text == "0.05"
+    assert rows[accepted["session"]].find_element("css selector", "td.epsilon").text == \
+        "0.6 (absolute)"  # fmt: skip
+    assert ISO_DATE.search(driver.find_element("id", "head-date").text)
+
+
+def _check_what_to_trust(driver, svc, result) -> None:  # type: ignore[no-untyped-def]
+    """A session page says what was asked, the verdict, the bound, who trained what, when,
+    and that the signatures and the log passed, in words and rounded figures."""
+    rows = {tr.find_element("css selector", "th").text: tr.find_element("css selector", "td").text
+            for tr in driver.find_elements("css selector", "#trust tr")}  # fmt: skip
+    assert next(iter(svc.tasks.values())).name in rows["task"]
+    if result["relative"]:
+        assert rows["asked"].startswith("ε = 0.1 % of Var f (") and "absolute)" in rows["asked"]
+        assert "δ = 0.05 in total: 0.0375 for the certificate, 0.0125 for the lower bound " \
+            "on Var f" in rows["asked"], rows["asked"]  # fmt: skip
+    else:
+        assert rows["asked"].startswith("ε = 0.6 (absolute)") and "δ = 0.05" in rows["asked"]
+    assert rows["verdict"].startswith(result["verdict"].upper())
+    assert "it matches" in rows["verdict"]
+    cert = result["certified_epsilon"]
+    if cert is not None:
+        assert f"≤ {cert:.3g}, at 95 % confidence" in rows["certified bound"]
+    assert rows["attribution"].startswith("ridge with 400 trainings, by the Prover")
+    prover, verifier = result["prover_trainings"], len(result["spot_checks"]["indices"]) \
+        if result.get("spot_checks") and "indices" in result["spot_checks"] else None  # fmt: skip
+    assert f"Prover {prover:,} (the challenge)" in rows["trainings"]
+    if verifier is not None:
+        assert f"Verifier {verifier:,}" in rows["trainings"]
+    assert len(ISO_DATE.findall(rows["when"])) == 2, rows["when"]
+    assert rows["signatures and hashes"] == "all passed"
+    assert rows["transparency log"] == "every message included"
+
+
 @on_both_databases
 def test_audit_page_in_chromium(tmp_path: Path) -> None:
     save_private_key(generate_key(), tmp_path / "p.pem")
@@ -89,7 +141,7 @@ def test_audit_page_in_chromium(tmp_path: Path) -> None:
     app = create_app(settings)
     with serve(app) as url:
         accepted = _verify(url, tmp_path, 0.6, 1)
-        aborted = _verify(url, tmp_path, 0.001, 2)
+        aborted = _verify(url, tmp_path, 0.001, 2, relative=True)  # 0.1 % of Var f
         assert (accepted["verdict"], aborted["verdict"]) == ("accept", "abort"), aborted["reason"]
         driver = _browser()
         try:
@@ -100,6 +152,7 @@ def test_audit_page_in_chromium(tmp_path: Path) -> None:
             assert size == 7  # attribution + 2 x (challenge, response, verdict)
             links = driver.find_elements("css selector", "#sessions a")
             assert len(links) == 2
+            _check_what_to_trust_in_the_list(driver, app.state.service, accepted, aborted)
             for result in (accepted, aborted):
                 driver.get(f"{url}/audit/sessions/{result['session']}")
                 assert driver.find_element("id", "outcome").text == "PASSED"
@@ -107,6 +160,7 @@ def test_audit_page_in_chromium(tmp_path: Path) -> None:
                 assert len(bars) == 2 and all(b.size["height"] > 0 for b in bars)
                 _check_stability_chart(driver, app.state.service, result["session"])
                 assert len(driver.find_elements("css selector", "#proofs tr")) == 1 + 4
+                _check_what_to_trust(driver, app.state.service, result)
             driver.get(f"{url}/audit/sessions/{accepted['session']}")
             shot = os.environ.get("VDA_AUDIT_SCREENSHOT")
             if shot:

@@ -241,3 +241,29 @@ def test_the_package_exports_its_python_api() -> None:
     assert {"attribute", "publish"} <= set(prover_service.__all__)
     for name in prover_service.__all__:
         assert getattr(prover_service, name).__doc__
+
+
+def test_republishing_the_same_scores_says_the_earlier_manifest_is_reused(tmp_path: Path) -> None:
+    """The same scores and seed give the same datamodel, whose manifest already exists: the
+    second publish returns it and says which of its fields differ from what was asked."""
+    key = tmp_path / "p.pem"
+    save_private_key(generate_key(), key)
+    scores = tmp_path / "scores.npy"
+    np.save(scores, PHI.weights.T * 3)
+    common = dict(scores=scores, orientation="train-by-target", budget=32, tool="traker",
+                  prover_key=key, db=f"sqlite:///{tmp_path}/p.db")  # fmt: skip
+    first = publish(TASK, outside_trainings=16, **common)  # type: ignore[arg-type]
+    assert not any("reused" in w for w in first.warnings)
+    same = publish(TASK, outside_trainings=16, **common)  # type: ignore[arg-type]
+    assert same.content_hash == first.content_hash and not any("reused" in w for w in same.warnings)
+    again = publish(TASK, outside_trainings=32, **common)  # type: ignore[arg-type]
+    assert again.content_hash == first.content_hash
+    assert again.provenance.outside_trainings == 16  # the signed manifest is the earlier one
+    (said,) = [w for w in again.warnings if "reused" in w]
+    assert "outside_trainings 16 (you gave 32)" in said and first.content_hash[:16] in said
+    argv = ["publish", "--task", TASK, "--scores", str(scores), "--orientation",
+            "train-by-target", "--budget", "32", "--tool", "traker", "--outside-trainings",
+            "48", "--key", str(key), "--db", f"sqlite:///{tmp_path}/p.db"]  # fmt: skip
+    out = CliRunner().invoke(app, argv)
+    assert out.exit_code == 0, out.stderr
+    assert "reused" in out.stderr and "outside_trainings 16 (you gave 48)" in out.stderr

@@ -101,7 +101,7 @@ def test_verify_reports_progress_without_a_terminal_and_reused_attributions(
     assert len(sessions) == 3
     for sid in sessions:
         assert sid and sid in listed.stdout
-    shown = runner.invoke(app, ["show", sessions[0][:10], "--db", db])
+    shown = runner.invoke(app, ["show", sessions[0][:10], "--db", db, "--json"])
     assert shown.exit_code == 0 and json.loads(shown.stdout)["session"] == sessions[0]
 
 
@@ -122,6 +122,7 @@ def test_history_table_keeps_whole_ids_on_a_narrow_terminal(tmp_path: Path) -> N
     assert ambiguous.exit_code == 2
     assert "starts 2 session ids" in ambiguous.stderr
     assert len(ambiguous.stderr.strip().splitlines()) == 1
-    assert json.loads(runner.invoke(app, ["show", "f", "--db", db]).stdout)["record"] == ids[2]
+    shown = runner.invoke(app, ["show", "f", "--db", db, "--json"]).stdout
+    assert json.loads(shown)["record"] == ids[2]
     missing = runner.invoke(app, ["show", "0", "--db", db])
     assert missing.exit_code == 2 and "no recorded verification" in missing.stderr

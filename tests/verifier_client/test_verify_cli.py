@@ -77,7 +77,7 @@ def test_verify_accept_abort_and_error_exit_codes(tmp_path: Path) -> None:
             assert audited.exit_code == 0 and json.loads(audited.stdout)["ok"]
     history = json.loads(runner.invoke(app, ["history", "--db", db, "--json"]).stdout)
     assert [h["session"] for h in history] == sessions
-    shown = json.loads(runner.invoke(app, ["show", sessions[1], "--db", db]).stdout)
+    shown = json.loads(runner.invoke(app, ["show", sessions[1], "--db", db, "--json"]).stdout)
     assert shown["reason"] == "not_certified"
     refused = runner.invoke(app, ["verify", "--prover", "http://127.0.0.1:9", *common])
     assert refused.exit_code == 2 and "ConnectError" in refused.stderr

@@ -150,6 +150,16 @@ def cancel_job(job_id: str, service: ServiceDep, signer: SignerDep) -> JobOut:
     return job_out(service.jobs.cancel(job_id, signer))
 
 
+@router.post("/jobs/{job_id}/resume", responses=WRITE_ERRORS,
+             summary="Queue a cancelled job again")  # fmt: skip
+def resume_job(job_id: str, service: ServiceDep, signer: SignerDep) -> JobOut:
+    """Signed by the job's owner, within the quotas; it trains again from its first chunk (a
+    cancel deleted its partial arrays) and its session returns to ``training``. An unfinished
+    job is left as it is; a finished or failed one is 409."""
+    service.gate.admit(signer)  # new work: the allow-list and the expensive-request rate
+    return job_out(service.jobs.resume(job_id, signer))
+
+
 @router.get("/attributions", responses=READ_ERRORS, summary="The latest attribution for a task")
 def latest_attribution(task: str, service: ServiceDep) -> AttributionOut:
     """The most recent published attribution of a task (by task hash)."""

@@ -9,7 +9,6 @@ a session page answers 404 as for any unknown session.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -18,15 +17,13 @@ from fastapi.templating import Jinja2Templates
 
 from prover_service.api.deps import ServiceDep
 from prover_service.api.schemas import HTML_READ_ERRORS
-from prover_service.audit_page import bounds_chart, summary
+from prover_service.audit_page import bounds_chart
+from prover_service.audit_summary import attribution_payload, iso_date, summary, trust
 from prover_service.errors import NotFound
 
 router = APIRouter(tags=["audit"])
 templates = Jinja2Templates(directory=Path(__file__).parents[2] / "templates")
-
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+templates.env.filters["date"] = iso_date
 
 
 @router.get("/audit", response_class=HTMLResponse, responses=HTML_READ_ERRORS,
@@ -35,8 +32,7 @@ def audit_index(request: Request, service: ServiceDep) -> HTMLResponse:
     """Server-rendered HTML; the sessions are listed only where transcripts are public."""
     public = service.settings.public_transcripts
     rows = service.list_sessions(None, None, None, None) if public else []
-    sessions = [summary(r) | {"created": _when(r.created_at)}
-                for r in reversed(rows)]  # fmt: skip
+    sessions = [summary(r, service) for r in reversed(rows)]
     return templates.TemplateResponse(request, "audit.html", {
         "prover_key": service.public_key, "head": service.log.head(), "public": public,
         "sessions": sessions,
@@ -51,7 +47,7 @@ def audit_session_page(session_id: str, request: Request, service: ServiceDep) -
         raise NotFound(f"unknown session {session_id!r}")
     row = service.session(session_id, None)
     rep = service.audits.audit(service, row)  # a decided session's audit is computed once
-    s = summary(row)
+    s = summary(row, service)
     chart = bounds_chart(rep.certificate, s["epsilon"]) if rep.certificate is not None else ""
     arrays = []
     if row.response_json:
@@ -59,4 +55,5 @@ def audit_session_page(session_id: str, request: Request, service: ServiceDep) -
         arrays = [(name, payload[name]["sha256"]) for name in ("values", "probes")]
     return templates.TemplateResponse(request, "session.html", {
         "prover_key": service.public_key, "s": s, "rep": rep, "chart": chart, "arrays": arrays,
+        "trust": trust(s, rep, attribution_payload(service, row)),
     })  # fmt: skip
