@@ -649,7 +649,7 @@ def certify(
         per_target_point=res.per_target_point,
         max_corrupted=m_star,
         trim=m_star if validity == "clt" and source != "trusted" else 0,
-        spot_checks=spot_checks if groups is None else int(len(groups)),
+        spot_checks=spot_checks if groups is None else int(len(groups)) * (n_sub // n),
         n_subsets=n_sub,
         pairs_per_level=n,
         rhos=tuple(float(x) for x in rhos),
