@@ -293,6 +293,17 @@ def _move_one_row(
     return out
 
 
+def _prepare_move(
+    values: FloatArray, predictions: FloatArray, design: StabilityDesign, count: int,
+    bound: float, aggregate: str,
+) -> tuple[FloatArray, FloatArray, _Items, int, float, FloatArray]:  # fmt: skip
+    """:func:`_prepare` for the one-row movers, the aggregate checked, and the pair-sums u."""
+    f, g, items, count, b = _prepare(values, predictions, design, count, bound)
+    if aggregate not in ("mean", "max"):
+        raise InvalidParameterError(f"aggregate must be 'mean' or 'max'; got {aggregate!r}")
+    return f, g, items, count, b, _pair_sums(items, f - g)[0]
+
+
 def corrupt_quiet(
     values: FloatArray,
     predictions: FloatArray,
@@ -305,14 +316,11 @@ def corrupt_quiet(
 ) -> FloatArray:
     """Move the ``count`` largest u_j to the honest u at ``rank`` with one row each (module
     doc): no extreme value, a smaller spread. Inputs and output as :func:`corrupt_extreme`."""
-    f, g, items, count, b = _prepare(values, predictions, design, count, bound)
-    if aggregate not in ("mean", "max"):
-        raise InvalidParameterError(f"aggregate must be 'mean' or 'max'; got {aggregate!r}")
+    f, g, items, count, b, u = _prepare_move(values, predictions, design, count, bound, aggregate)
     n = items.n
     rank = min(count, n - 1) if rank is None else rank
     if not isinstance(rank, int) or not 0 <= rank < n:
         raise InvalidParameterError(f"rank must be an integer in [0, n); got {rank!r}")
-    u, _, _ = _pair_sums(items, f - g)
     mean_u = u.mean(axis=1)
     if aggregate == "mean":
         goal = np.sort(mean_u)[rank]
@@ -341,10 +349,7 @@ def corrupt_neutral(
     and nothing looks extreme. ``mean`` moves every target of u_j by the same amount (to the
     median of the mean over targets, pair-sums ranked by that mean); ``max`` moves each target
     to its own median. Inputs and output as :func:`corrupt_extreme`."""
-    f, g, items, count, b = _prepare(values, predictions, design, count, bound)
-    if aggregate not in ("mean", "max"):
-        raise InvalidParameterError(f"aggregate must be 'mean' or 'max'; got {aggregate!r}")
-    u, _, _ = _pair_sums(items, f - g)
+    f, g, items, count, b, u = _prepare_move(values, predictions, design, count, bound, aggregate)
     mean_u = u.mean(axis=1)
     if aggregate == "mean":
         mid = float(np.median(mean_u))

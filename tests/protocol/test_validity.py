@@ -198,17 +198,22 @@ def test_whole_base_sampling_bounds_the_corrupted_bases_exactly() -> None:
     assert pass_probability(n, m_star + 1, k) <= 0.025 < pass_probability(n, m_star, k)
 
 
+def _half_task_with_err(err: float) -> tuple[PlantedTask, Datamodel]:
+    """The certificate tests' planted task (B1 = 1, p = 1/2) and Phi with its slopes scaled so
+    that err(g) = err exactly on every target."""
+    task = PlantedTask(n_train=20, n_targets=4, b0=0.2, b1=1.0, b2=0.3, b3=0.1, noise=0.2,
+                       seed=1)  # fmt: skip
+    opt = task.optimal_datamodel()
+    w = opt.weights * (1.0 - math.sqrt(err / float(task.spectrum().b1.mean())))
+    return task, Datamodel(opt.intercept + 0.5 * opt.weights.sum(axis=1) - 0.5 * w.sum(1), w)
+
+
 def test_combined_bound_covers_planted_truth() -> None:
     # p = 1/2 (clt allowed), n = 1,000 bases, 100 checked: U = min(checked groups' bound,
     # robust bound with the checked SD) at delta = 0.05 over 200 seeds, err = 0.3 exactly.
     # Coverage >= 1 - delta (measured, seed 21: 200 of 200) and never worse than the checked
     # groups' bound alone.
-    task = PlantedTask(n_train=20, n_targets=4, b0=0.2, b1=1.0, b2=0.3, b3=0.1, noise=0.2,
-                       seed=1)  # fmt: skip
-    opt = task.optimal_datamodel()
-    lam = 1.0 - math.sqrt(0.3 / float(task.spectrum().b1.mean()))
-    w = opt.weights * lam
-    g = Datamodel(opt.intercept + 0.5 * opt.weights.sum(axis=1) - 0.5 * w.sum(axis=1), w)
+    task, g = _half_task_with_err(0.3)
     truth = float(task.err(g).mean())
     assert truth == pytest.approx(0.3)
     rng = np.random.default_rng(21)
@@ -229,12 +234,7 @@ def test_combined_bound_covers_planted_truth() -> None:
 def test_quiet_adversary_against_the_combined_clt_bound() -> None:
     # p = 1/2, clt, 100 of 1,000 bases checked (m* = 34): the quiet adversary at m* with err = 1
     # (epsilon = 0.6) never gets U below err when the checks pass (measured, seed 7: 0 of 40).
-    task = PlantedTask(n_train=20, n_targets=4, b0=0.2, b1=1.0, b2=0.3, b3=0.1, noise=0.2,
-                       seed=1)  # fmt: skip
-    opt = task.optimal_datamodel()
-    lam = 1.0 - math.sqrt(1.0 / float(task.spectrum().b1.mean()))
-    w = opt.weights * lam
-    g = Datamodel(opt.intercept + 0.5 * opt.weights.sum(axis=1) - 0.5 * w.sum(axis=1), w)
+    task, g = _half_task_with_err(1.0)
     rng = np.random.default_rng(7)
     m_star = max_undetected(1000, 100, DELTA / 2)
     below = 0
