@@ -225,7 +225,13 @@ def audit_session(svc: Any, row: SessionRow) -> SessionAudit:
         rep.add("noise-stability fit from the signed values", False, str(exc))
     cert = None
     if spot.all_match and challenge.estimator != "residual":
-        cert = certify_challenge(challenge, task.bound, model, design, values, idx.tolist())
+        try:
+            cert = certify_challenge(challenge, task.bound, model, design, values, idx.tolist())
+        except ProtocolError as exc:  # e.g. a clt challenge at a size clt is now refused at
+            rep.add("certificate recomputed from the transcript", False, str(exc))
+            rep.recomputed = "refused"
+            _log_checks(rep, svc, messages)
+            return rep
         rep.certificate = cert
         recorded = verdict.figures.get("certified_epsilon", math.inf)
         here = cert.certified_epsilon

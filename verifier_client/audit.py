@@ -225,7 +225,12 @@ def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> 
         return rep
     cert = None
     if bad is None and report is not None and report.all_match:
-        cert = certify_challenge(challenge, task.bound, model, design, values, idx.tolist())
+        try:
+            cert = certify_challenge(challenge, task.bound, model, design, values, idx.tolist())
+        except ProtocolError as exc:  # e.g. a clt challenge at a size clt is now refused at
+            rep.add("certificate recomputed from the transcript", False, str(exc))
+            rep.recomputed = "refused"
+            return rep
         recorded = figures.get("certified_epsilon", math.inf)
         rep.add(
             "certificate recomputed from the transcript",

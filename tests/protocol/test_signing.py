@@ -124,7 +124,7 @@ def test_arrays_are_bound_by_hash_dtype_and_shape() -> None:
     with pytest.raises(ShapeError, match="SHA-256"):
         array_from_npy(ref, data[:-1] + b"\x01")
     wrong = ref.model_copy(update={"shape": (3, 2)})
-    with pytest.raises(ShapeError, match="signed"):
+    with pytest.raises(ShapeError, match=r"signed|expected \(3, 2\)"):
         array_from_npy(wrong.model_copy(update={"sha256": ref.sha256}), data)
     with pytest.raises(ShapeError, match="dtype"):
         array_to_npy("x", np.zeros(2, dtype=np.int16))
