@@ -104,7 +104,8 @@ class BodyLimit:
             return
         headers = dict(scope["headers"])
         limit, upload = self._limit(scope, headers)
-        too_large = error_response(413, "too_large", f"request body over {limit} bytes")
+        close = {"Connection": "close"}  # a refused body is left unread: stop the sender
+        too_large = error_response(413, "too_large", f"request body over {limit} bytes", close)
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             await too_large(scope, receive, send)
@@ -112,7 +113,9 @@ class BodyLimit:
         large = upload and (length is None or int(length) > self.limit)
         if large and self._uploading >= self.max_uploads:
             busy = f"{self.max_uploads} large uploads are in progress; try again shortly"
-            await error_response(503, "busy", busy, {"Retry-After": "5"})(scope, receive, send)
+            await error_response(503, "busy", busy, {"Retry-After": "5", **close})(
+                scope, receive, send
+            )
             return
         if large:
             self._uploading += 1
@@ -146,7 +149,8 @@ class BodyLimit:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    await error_response(413, "too_large", f"request body over {limit} bytes")(
+                    over = f"request body over {limit} bytes"
+                    await error_response(413, "too_large", over, {"Connection": "close"})(
                         scope, receive, send
                     )
                     return

@@ -255,7 +255,8 @@ def load_scores(
 def scores_from_npy_bytes(
     data: bytes, shapes: Collection[tuple[int, ...]] | None = None
 ) -> NDArray[Any]:
-    """An array sent as ``.npy`` bytes (the upload endpoint); never unpickles.
+    """An array sent as ``.npy`` bytes (the upload endpoint); never unpickles. ``shapes``: the
+    allowed shapes, for scores [(Z, N), (N, Z)].
 
     The header is read first: a version other than 1.0 or 2.0, a dtype that is not a number, a
     shape outside ``shapes`` (when given) or a body whose length is not what the header's shape
@@ -277,7 +278,9 @@ def scores_from_npy_bytes(
         raise ShapeError(f"the .npy array must hold numbers; its header says dtype {dtype}")
     shape = tuple(int(d) for d in shape)
     if shapes is not None and shape not in {tuple(s) for s in shapes}:
-        want = " or ".join(str(tuple(s)) for s in shapes)
+        named = [tuple(s) for s in shapes]
+        want = (f"(Z, N) = {named[0]} or (N, Z) = {named[1]}" if len(named) == 2
+                else " or ".join(map(str, named)))  # fmt: skip
         raise ShapeError(f"the .npy header says shape {shape}; this task needs {want}")
     need = fp.tell() + math.prod(shape) * dtype.itemsize
     if len(data) != need:

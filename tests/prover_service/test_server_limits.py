@@ -130,10 +130,27 @@ def test_serve_refuses_a_file_task_whose_tau_check_task_rejects(tmp_path: Path) 
         "    return t\n"
     )
     ref = f"{task}:make_task"
-    check = subprocess.run([sys.executable, "-m", "prover_service", "check-task", "--task", ref,
-                            "--rows", "4"], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=1800)  # fmt: skip
-    if check.returncode == 0:
-        pytest.skip("this CPU gives identical bits on every path: nothing for serve to refuse")
-    out = _serve(tmp_path, "--task", ref)
-    assert out.returncode == 2 and "refusing to serve" in out.stderr, out.stderr[-1000:]
+    settings = make_settings(tmp_path)
+    port = _port()
+    cmd = [sys.executable, "-m", "prover_service", "serve", "--key", str(settings.key_file),
+           "--db", f"sqlite:///{tmp_path}/p.db", "--port", str(port), "--task", ref]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    try:
+        with httpx.Client(timeout=GUARD) as c:
+            while proc.poll() is None:  # it refuses (exits) or starts serving: either event
+                try:
+                    c.get(f"http://127.0.0.1:{port}/v1/info")
+                    pytest.skip("this CPU gives identical bits on every path: nothing to refuse")
+                except httpx.TransportError:
+                    try:
+                        proc.wait(timeout=0.5)
+                    except subprocess.TimeoutExpired:
+                        pass
+        err = proc.stderr.read() if proc.stderr else ""
+        assert proc.returncode == 2 and "refusing to serve" in err, err[-1000:]
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
