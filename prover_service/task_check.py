@@ -17,17 +17,22 @@ Every variant's values and probe outputs are compared with the reference. The re
 largest difference, what to declare (tau = 0 when every variant is bit-identical; otherwise the
 largest difference times ``SAFETY``, rounded up to one significant digit) and whether the
 declared tau holds. ``serve`` runs the in-process part on a few rows at start-up
-(:func:`quick_check`) and refuses a task that breaks its own declaration.
+(:func:`quick_check`) in a background thread (:class:`StartupChecks`), so that it answers
+``/v1/info`` at once; until a task's check has passed, work on it is refused with 503
+(``task_not_ready`` and ``Retry-After`` while it runs, ``task_refused`` with the advice if the
+task breaks its own declaration).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,8 +47,11 @@ from protocol.evaluation import run_task
 from protocol.sampling import sample_masks, training_seeds
 from protocol.tasks import TaskBase, load_task
 from protocol.tasks.base import cpu_instruction_set
+from prover_service.errors import TaskUnavailable
 
-__all__ = ["SAFETY", "TaskCheck", "check_task", "quick_check", "recommend_tau"]
+__all__ = ["SAFETY", "StartupChecks", "TaskCheck", "check_task", "quick_check", "recommend_tau"]
+
+log = logging.getLogger("prover_service")
 
 SAFETY = 10.0  # declared tau = SAFETY x the largest difference measured, rounded up
 _SEED = b"VDA/v1/check-task".ljust(32, b"\0")
@@ -257,6 +265,80 @@ def quick_check(task: TaskBase, rows: int = 4) -> TaskCheck:
     out = run_task(task, masks, seeds)
     _in_process(task, check, masks, seeds, (out.values, out.probes), lambda _s: None)
     return check
+
+
+class StartupChecks:
+    """The start-up checks of the tasks a Prover serves, run one task after another in one
+    background thread; :meth:`require` refuses work on a task until its check has passed.
+
+    ``tasks`` maps spec hash to task; ``check`` is :func:`quick_check` (replaceable in tests).
+    A task not in ``tasks`` (added later, or served without checks) is never refused."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(
+        self,
+        tasks: dict[str, TaskBase],
+        labels: dict[str, str] | None = None,
+        check: Callable[[TaskBase], TaskCheck] | None = None,
+    ) -> None:
+        self._tasks = dict(tasks)
+        self._labels = labels or {h: t.name for h, t in tasks.items()}
+        self._check = check or quick_check
+        self._refused: dict[str, str] = {}
+        self._pending = set(self._tasks)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vda-task-check", daemon=True)
+
+    def start(self) -> StartupChecks:
+        """Start the background thread (once); returns self."""
+        if not self._tasks:
+            self._done.set()
+        elif not self._thread.is_alive() and not self._done.is_set():
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for task_hash, task in self._tasks.items():
+                label = self._labels.get(task_hash, task.name)
+                try:
+                    check = self._check(task)
+                    refusal = None if check.ok else check.advice()
+                except Exception as exc:  # noqa: BLE001 - a task's own code failed
+                    refusal = f"its check failed: {type(exc).__name__}: {exc}"
+                with self._lock:
+                    self._pending.discard(task_hash)
+                    if refusal is not None:
+                        self._refused[task_hash] = f"refusing to serve {label!r}: {refusal}"
+                if refusal is not None:
+                    log.error("refusing to serve %s: %s", label, refusal)
+        finally:
+            with self._lock:
+                self._pending.clear()
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every check has finished (True) or ``timeout`` seconds passed."""
+        return self._done.wait(timeout)
+
+    def refused(self) -> dict[str, str]:
+        """Spec hash -> the reason, for each task whose check failed so far."""
+        with self._lock:
+            return dict(self._refused)
+
+    def require(self, task_hash: str) -> None:
+        """Raise :class:`TaskUnavailable` unless the task's check has passed (class doc)."""
+        with self._lock:
+            if task_hash in self._refused:
+                raise TaskUnavailable(self._refused[task_hash])
+            if task_hash in self._pending:
+                label = self._labels.get(task_hash, task_hash)
+                raise TaskUnavailable(
+                    f"task {label!r} is still being checked at start-up; try again shortly",
+                    retry_after=self.RETRY_AFTER_S,
+                )
 
 
 def _worker_main(argv: list[str]) -> int:

@@ -23,8 +23,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from protocol.budget import Pilot, plan
 from protocol.errors import ProtocolError
@@ -33,13 +31,8 @@ from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
 from protocol.signing import SignedMessage, create_key_file, load_private_key
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
-from verifier_client.api import parse_epsilon
-from verifier_client.api import verify as verify_api
-from verifier_client.audit import audit, audit_log, fetch_bundle, load_bundle, save_bundle
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.report import summary_lines
-from verifier_client.session import Options
-from verifier_client.store import VerifierStore
 
 app = typer.Typer(
     add_completion=False,
@@ -67,6 +60,9 @@ def _db_url(db: str | None) -> str | None:
         folder = Path(url.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
             raise _fail(f"cannot create database {db!r}: folder {str(folder)!r} does not exist")
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         make_url(url).get_dialect()
     except (SQLAlchemyError, ValueError) as exc:
@@ -416,6 +412,10 @@ def verify(
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
 ) -> None:
     """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error."""
+    from verifier_client.api import parse_epsilon
+    from verifier_client.api import verify as verify_api
+    from verifier_client.session import Options
+
     signing_key = _load_key(key, key_env)
     fields: dict[str, Any] = dict(
         delta=delta, aggregate=aggregate, validity=validity, layout=layout, protocol=protocol,
@@ -461,6 +461,8 @@ def history(
     json_out: JsonOpt = False,
 ) -> None:
     """Every recorded verification."""
+    from verifier_client.store import VerifierStore
+
     rows = [r.as_dict() for r in VerifierStore(db).all()]
     if json_out:
         typer.echo(json.dumps(rows))
@@ -491,6 +493,8 @@ def show(
     db: DbOpt = "sqlite:///verifier.db",
 ) -> None:
     """One recorded verification, as JSON; SESSION may be any unique prefix of an id."""
+    from verifier_client.store import VerifierStore
+
     store = VerifierStore(db)
     row = store.get(session)
     if row is None and session:
@@ -529,6 +533,9 @@ def audit_cmd(
     matches the recorded verdict, 1 if not, 2 on error. Online, also check the Prover's
     transparency log: the transcript's inclusion, and consistency with every tree head held in
     ``--db`` (the session's record then keeps the new head)."""
+    from verifier_client.audit import audit, audit_log, fetch_bundle, load_bundle, save_bundle
+    from verifier_client.store import VerifierStore
+
     try:
         t = load_task(task)
         if file is not None:
@@ -630,12 +637,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def _db_errors() -> tuple[type[Exception], ...]:
+    """SQLAlchemy's error class once the store has loaded sqlalchemy (none can be raised
+    before), so that ``--help`` does not import it."""
+    exc = sys.modules.get("sqlalchemy.exc")
+    return () if exc is None else (exc.SQLAlchemyError,)
+
+
 def main() -> None:
     """Entry point of ``python -m verifier_client`` and the ``vda-verifier`` script."""
     try:
         app()
-    except SQLAlchemyError as exc:  # the records' database: unreachable, refused, damaged
-        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+    except _db_errors() as exc:  # the records' database: unreachable, refused, damaged
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         _err.print(f"[bold red]error:[/] the records' database failed: {escape(first)}",
                    highlight=False, soft_wrap=True)  # fmt: skip
         sys.exit(2)
