@@ -91,7 +91,7 @@ class ProverService:
             labels[spec_hash(task)] = ref
         # Checked in the background (task_check.StartupChecks): /v1/info answers at once, work
         # on a task is refused with 503 until its check has passed.
-        self.checks = StartupChecks(self.tasks if settings.check_tasks else {}, labels).start()
+        self.checks = StartupChecks(self.tasks if settings.check_tasks else {}, labels)
         self.engine, self.db = make_engine(settings.db)
         check_database(self.engine)
         self.log = TransparencyLog(self.db, self.key)

@@ -270,6 +270,8 @@ def quick_check(task: TaskBase, rows: int = 4) -> TaskCheck:
 class StartupChecks:
     """The start-up checks of the tasks a Prover serves, run one task after another in one
     background thread; :meth:`require` refuses work on a task until its check has passed.
+    The thread starts with the app (``create_app``'s lifespan, once the server is up) or at
+    the first :meth:`require` or :meth:`wait`.
 
     ``tasks`` maps spec hash to task; ``check`` is :func:`quick_check` (replaceable in tests).
     A task not in ``tasks`` (added later, or served without checks) is never refused."""
@@ -289,14 +291,17 @@ class StartupChecks:
         self._pending = set(self._tasks)
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vda-task-check", daemon=True)
-
-    def start(self) -> StartupChecks:
-        """Start the background thread (once); returns self."""
+        self._started = False
         if not self._tasks:
             self._done.set()
-        elif not self._thread.is_alive() and not self._done.is_set():
-            self._thread.start()
+
+    def start(self) -> StartupChecks:
+        """Start the background thread (once; later calls do nothing); returns self."""
+        with self._lock:
+            if self._started or self._done.is_set():
+                return self
+            self._started = True
+        threading.Thread(target=self._run, name="vda-task-check", daemon=True).start()
         return self
 
     def _run(self) -> None:
@@ -321,6 +326,7 @@ class StartupChecks:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every check has finished (True) or ``timeout`` seconds passed."""
+        self.start()
         return self._done.wait(timeout)
 
     def refused(self) -> dict[str, str]:
@@ -330,6 +336,7 @@ class StartupChecks:
 
     def require(self, task_hash: str) -> None:
         """Raise :class:`TaskUnavailable` unless the task's check has passed (class doc)."""
+        self.start()
         with self._lock:
             if task_hash in self._refused:
                 raise TaskUnavailable(self._refused[task_hash])

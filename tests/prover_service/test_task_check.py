@@ -102,8 +102,8 @@ def test_serve_answers_info_during_the_start_up_check_and_refuses_work_until_it_
                       tasks=[DECLARED], run_worker=False)  # fmt: skip
     app = create_app(config)
     svc = app.state.service
-    assert started.wait(timeout=600)
-    with TestClient(app) as http:
+    with TestClient(app) as http:  # the app's start-up starts the check
+        assert started.wait(timeout=600)
         info = http.get("/v1/info")
         assert info.status_code == 200 and len(info.json()["tasks"]) == 1
         task_hash = info.json()["tasks"][0]["task_hash"]
