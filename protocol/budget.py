@@ -63,9 +63,9 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import chi2
 
 from protocol.checks import check_positive, check_probability
+from protocol.distributions import chi2
 from protocol.errors import BudgetError, InvalidParameterError
 from protocol.residual import StabilityDesign, estimate_residual, linear_weights, noise_stability
 

@@ -86,11 +86,10 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import gammaln
-from scipy.stats import norm
 
 from protocol.betting import betting_upper
 from protocol.checks import as_finite_matrix, check_probability
+from protocol.distributions import gammaln, norm
 from protocol.errors import InvalidParameterError, ShapeError
 from protocol.residual import StabilityDesign, linear_weights
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import rankdata
 
 from protocol.checks import as_finite_matrix, as_mask_matrix, check_probability
 from protocol.codec import sha256_hex
+from protocol.distributions import rankdata
 from protocol.errors import ShapeError
 
 __all__ = ["Datamodel"]

@@ -40,10 +40,9 @@ from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import nnls
-from scipy.stats import norm
 
 from protocol.checks import as_finite_matrix, check_probability
+from protocol.distributions import nnls, norm
 from protocol.errors import InvalidParameterError, ShapeError
 
 __all__ = [

@@ -31,6 +31,7 @@ __all__ = [
     "InfoOut",
     "JobOut",
     "LimitsOut",
+    "ReadyOut",
     "SessionCreated",
     "SessionOut",
     "TaskInfo",
@@ -178,6 +179,16 @@ class InfoOut(BaseModel):
     limits: LimitsOut
     access: str
     public_transcripts: bool
+
+
+class ReadyOut(BaseModel):
+    """``GET /v1/ready``: every served task's start-up check has finished (while one runs the
+    reply is 503 ``task_not_ready`` with ``Retry-After``); ``refused`` maps the spec hash of
+    each task whose check failed (and that the Prover therefore refuses) to the reason."""
+
+    model_config = _REPLY
+    ready: bool
+    refused: dict[str, str]
 
 
 class InclusionProofOut(BaseModel):

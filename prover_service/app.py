@@ -76,6 +76,7 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc.checks.start()  # the start-up task checks, in the background (task_check)
         if settings.run_worker:
             svc.start_worker()
         yield

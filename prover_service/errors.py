@@ -16,6 +16,8 @@ The tree::
     │                             queue; ``retry_after`` seconds go out as ``Retry-After``
     ├── Busy                  503 a bounded resource (large uploads, audits) is in use; retry
     ├── InsufficientStorage   507 the array store's disk quota would be exceeded
+    ├── TaskUnavailable       503 a served task's start-up check is running (``Retry-After``,
+    │                             ``task_not_ready``) or has failed (``task_refused``)
     └── StoreError            503 the database or array store is damaged or unreachable
         └── CorruptArray          an array's bytes no longer hash to their name
 
@@ -39,6 +41,7 @@ __all__ = [
     "RequestTimeout",
     "ServiceError",
     "StoreError",
+    "TaskUnavailable",
     "TooLarge",
     "TooManyRequests",
     "Unauthorized",
@@ -134,6 +137,21 @@ class InsufficientStorage(ServiceError):
     """The array store's disk quota would be exceeded by this job."""
 
     status, code = 507, "insufficient_storage"
+
+
+class TaskUnavailable(ServiceError):
+    """A served task is not available for work: its start-up check
+    (:func:`prover_service.task_check.quick_check`) is still running, try again after
+    ``retry_after`` seconds (code ``task_not_ready``), or it failed (``task_refused``, no
+    ``retry_after``: the operator must fix the task's declaration)."""
+
+    status, code = 503, "task_not_ready"
+
+    def __init__(self, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = None if retry_after is None else max(1, int(retry_after))
+        if retry_after is None:
+            self.code = "task_refused"
 
 
 class StoreError(ServiceError):

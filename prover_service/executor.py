@@ -42,7 +42,6 @@ from numpy.typing import NDArray
 from protocol.errors import TaskError
 from protocol.evaluation import Progress, run_task
 from protocol.tasks import Task, TaskBase, TrainingOutputs, declared
-from prover_service.ledger import current_ledger
 
 if TYPE_CHECKING:
     from prover_service.settings import Settings
@@ -131,6 +130,8 @@ class Executor(ABC):
         ]
         parts: dict[int, TrainingOutputs] = {}
         finished = [0]
+        from prover_service.ledger import current_ledger  # sqlalchemy: only when training
+
         ledger = current_ledger()
 
         def collect(chunk: Chunk, out: TrainingOutputs, keep: bool = True) -> None:
@@ -195,6 +196,8 @@ class LocalExecutor(Executor):
         offset: int = 0,
         total: int | None = None,
     ) -> TrainingOutputs:
+        from prover_service.ledger import current_ledger  # sqlalchemy: only when training
+
         if current_ledger() is not None:  # chunks kept and reused: the general path
             return super().run(task, masks, seeds, progress, offset=offset, total=total)
         return run_task(task, masks, seeds, progress, offset=offset, total=total)

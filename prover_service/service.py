@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from protocol.codec import sha256_hex
 from protocol.datamodel import Datamodel
-from protocol.errors import ProtocolError, TaskError
+from protocol.errors import ProtocolError
 from protocol.messages import (
     LIMITS,
     AttributionManifest,
@@ -70,7 +70,7 @@ from prover_service.store import (
     make_engine,
     now,
 )
-from prover_service.task_check import quick_check
+from prover_service.task_check import StartupChecks
 
 __all__ = ["LOCAL", "ProverService"]
 
@@ -87,13 +87,14 @@ class ProverService:
         self.key = load_private_key(settings.key_file, settings.key_env)
         self.public_key = public_key_hex(self.key)
         self.tasks: dict[str, TaskBase] = {}
+        labels: dict[str, str] = {}
         for ref in settings.tasks:
             task = load_task(ref)
-            if settings.check_tasks:
-                check = quick_check(task)
-                if not check.ok:
-                    raise TaskError(f"refusing to serve {ref!r}: {check.advice()}")
             self.tasks[spec_hash(task)] = task
+            labels[spec_hash(task)] = ref
+        # Checked in the background (task_check.StartupChecks): /v1/info answers at once, work
+        # on a task is refused with 503 until its check has passed.
+        self.checks = StartupChecks(self.tasks if settings.check_tasks else {}, labels)
         self.engine, self.db = make_engine(settings.db)
         check_database(self.engine)
         self.log = TransparencyLog(self.db, self.key)
@@ -176,6 +177,7 @@ class ProverService:
     def task(self, task_hash: str) -> TaskBase:
         if task_hash not in self.tasks:
             raise NotFound(f"unknown task hash {task_hash!r}; GET /v1/info lists this Prover's")
+        self.checks.require(task_hash)  # 503 while its start-up check runs, or if it failed
         return self.tasks[task_hash]
 
     # -- jobs -------------------------------------------------------------------------------

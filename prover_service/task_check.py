@@ -16,20 +16,25 @@ then again
 Every variant's values and probe outputs are compared with the reference. The report gives the
 largest difference, what to declare (tau = 0 when every variant is bit-identical; otherwise the
 largest difference times ``SAFETY``, rounded up to one significant digit) and whether the
-declared tau holds. Every Prover runs the in-process part on a few rows at start-up
-(:func:`quick_check`), and ``serve`` the whole check, fresh processes included, on a task
-loaded from a file (:func:`check_served_tasks`); either refuses a task that breaks its own
-declaration.
+declared tau holds. ``serve`` runs the in-process part on a few rows at start-up
+(:func:`quick_check`) in a background thread (:class:`StartupChecks`), so that it answers
+``/v1/info`` at once; until a task's check has passed, work on it is refused with 503
+(``task_not_ready`` and ``Retry-After`` while it runs, ``task_refused`` with the advice if the
+task breaks its own declaration).
+``serve`` also runs the whole check, fresh processes included, on a task loaded from a
+file (:func:`check_served_tasks`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,15 +49,19 @@ from protocol.evaluation import run_task
 from protocol.sampling import sample_masks, training_seeds
 from protocol.tasks import TaskBase, load_task
 from protocol.tasks.base import cpu_instruction_set
+from prover_service.errors import TaskUnavailable
 
 __all__ = [
     "SAFETY",
+    "StartupChecks",
     "TaskCheck",
     "check_served_tasks",
     "check_task",
     "quick_check",
     "recommend_tau",
 ]
+
+log = logging.getLogger("prover_service")
 
 SAFETY = 10.0  # declared tau = SAFETY x the largest difference measured, rounded up
 _SEED = b"VDA/v1/check-task".ljust(32, b"\0")
@@ -317,6 +326,87 @@ def check_served_tasks(refs: list[str], cache_dir: Path, rows: int = 4) -> list[
         except OSError:
             pass
     return refused
+
+
+class StartupChecks:
+    """The start-up checks of the tasks a Prover serves, run one task after another in one
+    background thread; :meth:`require` refuses work on a task until its check has passed.
+    The thread starts with the app (``create_app``'s lifespan, once the server is up) or at
+    the first :meth:`require` or :meth:`wait`.
+
+    ``tasks`` maps spec hash to task; ``check`` is :func:`quick_check` (replaceable in tests).
+    A task not in ``tasks`` (added later, or served without checks) is never refused."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(
+        self,
+        tasks: dict[str, TaskBase],
+        labels: dict[str, str] | None = None,
+        check: Callable[[TaskBase], TaskCheck] | None = None,
+    ) -> None:
+        self._tasks = dict(tasks)
+        self._labels = labels or {h: t.name for h, t in tasks.items()}
+        self._check = check or quick_check
+        self._refused: dict[str, str] = {}
+        self._pending = set(self._tasks)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._started = False
+        if not self._tasks:
+            self._done.set()
+
+    def start(self) -> StartupChecks:
+        """Start the background thread (once; later calls do nothing); returns self."""
+        with self._lock:
+            if self._started or self._done.is_set():
+                return self
+            self._started = True
+        threading.Thread(target=self._run, name="vda-task-check", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for task_hash, task in self._tasks.items():
+                label = self._labels.get(task_hash, task.name)
+                try:
+                    check = self._check(task)
+                    refusal = None if check.ok else check.advice()
+                except Exception as exc:  # noqa: BLE001 - a task's own code failed
+                    refusal = f"its check failed: {type(exc).__name__}: {exc}"
+                with self._lock:
+                    self._pending.discard(task_hash)
+                    if refusal is not None:
+                        self._refused[task_hash] = f"refusing to serve {label!r}: {refusal}"
+                if refusal is not None:
+                    log.error("refusing to serve %s: %s", label, refusal)
+        finally:
+            with self._lock:
+                self._pending.clear()
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every check has finished (True) or ``timeout`` seconds passed."""
+        self.start()
+        return self._done.wait(timeout)
+
+    def refused(self) -> dict[str, str]:
+        """Spec hash -> the reason, for each task whose check failed so far."""
+        with self._lock:
+            return dict(self._refused)
+
+    def require(self, task_hash: str) -> None:
+        """Raise :class:`TaskUnavailable` unless the task's check has passed (class doc)."""
+        self.start()
+        with self._lock:
+            if task_hash in self._refused:
+                raise TaskUnavailable(self._refused[task_hash])
+            if task_hash in self._pending:
+                label = self._labels.get(task_hash, task_hash)
+                raise TaskUnavailable(
+                    f"task {label!r} is still being checked at start-up; try again shortly",
+                    retry_after=self.RETRY_AFTER_S,
+                )
 
 
 def _worker_main(argv: list[str]) -> int:

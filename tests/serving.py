@@ -59,7 +59,11 @@ def serve_prover(
     settings.setdefault("array_dir", root / "arrays")
     config = Settings(db=db_url(root, "p"), key_file=root / "p.pem", tasks=[task],
                       adversary=adversary, **settings)  # fmt: skip
-    with serve(create_app(config)) as url:
+    app = create_app(config)
+    # the start-up task check runs in the background: wait for it (an event, not a time)
+    if not app.state.service.checks.wait(timeout=600):
+        raise RuntimeError("the Prover's start-up task check did not finish")
+    with serve(app) as url:
         yield url
 
 

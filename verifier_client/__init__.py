@@ -12,8 +12,29 @@ same run as a Python call.
 Depends on :mod:`protocol` only.
 """
 
-from verifier_client.api import verify
-from verifier_client.report import summary_lines
-from verifier_client.session import Options, run_verification
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from verifier_client.api import verify
+    from verifier_client.report import summary_lines
+    from verifier_client.session import Options, run_verification
 
 __all__ = ["Options", "run_verification", "summary_lines", "verify"]
+
+# Imported on first access, so that ``vda-verifier --help`` does not load the store (sqlalchemy).
+_LAZY = {
+    "Options": "verifier_client.session",
+    "run_verification": "verifier_client.session",
+    "summary_lines": "verifier_client.report",
+    "verify": "verifier_client.api",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The public API (module doc), imported on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'verifier_client' has no attribute {name!r}")

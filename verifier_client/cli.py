@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -22,7 +22,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from protocol.budget import Pilot, plan
 from protocol.errors import ProtocolError
@@ -39,8 +38,9 @@ from verifier_client.client import ProverClient, TransportError
 from verifier_client.limits import prover_http
 from verifier_client.records import cancel, history, show
 from verifier_client.report import summary_lines
-from verifier_client.session import Options
-from verifier_client.store import VerifierStore
+
+if TYPE_CHECKING:
+    from verifier_client.store import VerifierStore
 
 app = typer.Typer(
     add_completion=False,
@@ -55,6 +55,8 @@ _db_url = db_url
 
 def _store(db: str) -> VerifierStore:
     """The records at ``db``; a database file this user may not make private is exit 2."""
+    from verifier_client.store import VerifierStore
+
     try:
         return VerifierStore(db)
     except ProtocolError as exc:
@@ -432,6 +434,8 @@ def verify(
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
 ) -> None:
     """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error."""
+    from verifier_client.session import Options
+
     signing_key = _load_key(key, key_env)
     fields: dict[str, Any] = dict(
         delta=delta, aggregate=aggregate, validity=validity, layout=layout, protocol=protocol,
@@ -612,12 +616,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def _db_errors() -> tuple[type[Exception], ...]:
+    """SQLAlchemy's error class once the store has loaded sqlalchemy (none can be raised
+    before), so that ``--help`` does not import it."""
+    exc = sys.modules.get("sqlalchemy.exc")
+    return () if exc is None else (exc.SQLAlchemyError,)
+
+
 def main() -> None:
     """Entry point of ``python -m verifier_client`` and the ``vda-verifier`` script."""
     try:
         app()
-    except SQLAlchemyError as exc:  # the records' database: unreachable, refused, damaged
-        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+    except _db_errors() as exc:  # the records' database: unreachable, refused, damaged
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         _err.print(f"[bold red]error:[/] the records' database failed: {escape(first)}",
                    highlight=False, soft_wrap=True)  # fmt: skip
         sys.exit(2)

@@ -9,8 +9,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = ["DbOpt", "JsonOpt", "TaskOpt", "db_url", "err_console", "fail"]
 
@@ -36,6 +34,9 @@ def db_url(db: str | None) -> str | None:
         folder = Path(url.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
             raise fail(f"cannot create database {db!r}: folder {str(folder)!r} does not exist")
+    from sqlalchemy.engine import make_url  # here, not at import: --help stays fast
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         make_url(url).get_dialect()
     except (SQLAlchemyError, ValueError) as exc:

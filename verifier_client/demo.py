@@ -85,7 +85,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, root: Path, name: str) 
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"{url}/v1/info", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/v1/ready", timeout=2).status_code == 200:  # tasks checked
                 return
         except httpx.HTTPError:
             pass

@@ -41,9 +41,11 @@ parameter matrix.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 from dataclasses import asdict, dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,15 +79,29 @@ N_POOL, N_TARGETS, N_PROBES, N_CLASSES = 1497, 300, 16, 10
 _DEFAULT_TAU = {"float32": 1e-3, "float64": 1e-9}
 
 
+def _digits_arrays() -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """scikit-learn's digits, (1797, 64) float64 and (1797,) int64: read from the file that
+    ``sklearn.datasets.load_digits`` reads (its ``data/digits.csv.gz``, pixels then label per
+    row) without importing scikit-learn (2-3 s at a Prover's start-up); through load_digits
+    itself if that file is not where it was. The data hash in the spec covers either way."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            if table.shape == (1797, 65):
+                return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # the data ships inside scikit-learn
+
+    x, y = load_digits(return_X_y=True)
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)
+
+
 class DigitsData:
     """The fixed split (module doc): pool and targets, standardised, with a bias column."""
 
     def __init__(self) -> None:
-        from sklearn.datasets import load_digits  # the data ships inside scikit-learn
-
-        x, y = load_digits(return_X_y=True)
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.int64)
+        x, y = _digits_arrays()
         self.data_hash = sha256_hex(x.astype("<f8").tobytes() + y.astype("<i8").tobytes())
         key = hashlib.sha256(b"VDA/v1/digits-split").digest()
         words = stream_words(key, "split", 0, len(x)).astype(np.int64)
@@ -195,7 +211,6 @@ class DigitsLogReg(TrainedTask):
         self.bound, self.tau = float(bound), float(tau)
         data = load_digits_split()
         self.data = data
-        w0, hess = _warm_start(self.l2, self.p)
         dev, f32 = self.device, getattr(torch, dtype)
         self._d, self._c = data.x_pool.shape[1], N_CLASSES
         self._x = torch.tensor(data.x_pool, dtype=f32, device=dev)
@@ -204,8 +219,7 @@ class DigitsLogReg(TrainedTask):
         self._xt = torch.tensor(data.x_targets, dtype=f32, device=dev)
         self._yt = torch.tensor(data.y_targets, device=dev)
         self._xp = torch.tensor(data.x_probes, dtype=f32, device=dev)
-        self._w0 = torch.tensor(w0.reshape(-1, 1), dtype=f32, device=dev)
-        self._h0inv = torch.tensor(np.linalg.inv(hess), dtype=f32, device=dev)
+        self._start: tuple[torch.Tensor, torch.Tensor] | None = None  # (w0, H0^-1), on first use
         reg = torch.full((self._d, self._c), self.l2)
         reg[-1] = self.l2 if self.certified else 0.0  # certifiable: the intercept penalised too
         self._reg = reg.reshape(-1, 1).to(dev, f32)
@@ -226,6 +240,18 @@ class DigitsLogReg(TrainedTask):
         """The certifiable extension (:mod:`protocol.tasks.certified_logreg`) with
         ``certifiable=1``, else None."""
         return self._problem
+
+    def _warm(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The warm start w0 (D C, 1) and preconditioner H0^-1 (D C, D C), computed on first
+        use (a second of Newton's method: building the task, and ``serve``, stay fast)."""
+        if self._start is None:
+            w0, hess = _warm_start(self.l2, self.p)
+            dtype = self._x.dtype
+            self._start = (
+                torch.tensor(w0.reshape(-1, 1), dtype=dtype, device=self.device),
+                torch.tensor(np.linalg.inv(hess), dtype=dtype, device=self.device),
+            )
+        return self._start
 
     def _label_gradient(self, m: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
         """X^T (m * onehot): (D C, K), the part of every gradient that does not depend on W."""
@@ -284,7 +310,8 @@ class DigitsLogReg(TrainedTask):
         """
         m = weights.T.to(self._x.dtype)
         k = m.shape[1]
-        w = self._w0.repeat(1, k) if start is None else start.to(self._x.dtype)
+        w0, h0inv = self._warm()
+        w = w0.repeat(1, k) if start is None else start.to(self._x.dtype)
         work = torch.empty((self._x.shape[0], self._c * k), dtype=w.dtype, device=w.device)
         label_grad = self._label_gradient(m, work)
         f, g = self._loss_grad(w, m, linear, work, label_grad)
@@ -297,7 +324,7 @@ class DigitsLogReg(TrainedTask):
                 a = rho_i * (s_i * q).sum(0)
                 alphas.append(a)
                 q -= a * y_i
-            r = self._h0inv @ q
+            r = h0inv @ q
             for (s_i, y_i, rho_i), a in zip(hist, reversed(alphas), strict=True):
                 r += s_i * (a - rho_i * (y_i * r).sum(0))
             w_new = w - step * r

@@ -6,7 +6,8 @@ domain's errors and FastAPI's and Starlette's own to it). ``READ_ERRORS`` are wh
 answer: 401/403 (a bad or refused signed request), 404, 405 (a known path with another method),
 413 (a body over the limit), 422 (a request that does not parse), 429 (over the read rate or a
 quota, with ``Retry-After``), 500 (a bug, without a traceback) and 503 (the store is damaged or
-unreachable); ``WRITE_ERRORS`` add 409 (state) and 507 (the disk quota); ``HTML_READ_ERRORS`` are
+unreachable, or a task is still being checked at start-up, then with ``Retry-After``);
+``WRITE_ERRORS`` add 409 (state) and 507 (the disk quota); ``HTML_READ_ERRORS`` are
 ``READ_ERRORS`` of an HTML page (still JSON). ``BINARY`` documents an ``.npy`` or datamodel
 body.
 """
@@ -24,6 +25,7 @@ from protocol.wire import (
     InclusionProofOut,
     InfoOut,
     JobOut,
+    ReadyOut,
     SessionCreated,
     SessionOut,
     TranscriptOut,
@@ -41,6 +43,7 @@ __all__ = [
     "InfoOut",
     "JobOut",
     "READ_ERRORS",
+    "ReadyOut",
     "SessionCreated",
     "SessionOut",
     "TranscriptOut",
@@ -58,6 +61,8 @@ def _errors(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in codes}
     if 429 in out:
         out[429]["headers"] = _RETRY_AFTER
+    if 503 in out:  # a task still being checked at start-up sends Retry-After
+        out[503]["headers"] = _RETRY_AFTER
     return out
 
 

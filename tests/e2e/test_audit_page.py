@@ -139,6 +139,7 @@ def test_audit_page_in_chromium(tmp_path: Path) -> None:
                         array_dir=tmp_path / "arrays", tasks=[TASK],
                         public_transcripts=True)  # fmt: skip
     app = create_app(settings)
+    assert app.state.service.checks.wait(timeout=600)  # the start-up task check (background)
     with serve(app) as url:
         accepted = _verify(url, tmp_path, 0.6, 1)
         aborted = _verify(url, tmp_path, 0.001, 2, relative=True)  # 0.1 % of Var f

@@ -96,6 +96,9 @@ def make_settings(tmp_path: Path, **over: object) -> Settings:
         # (tested with their defaults in test_attacks.py) would stand in their way
         "new_keys_per_hour": 100_000,
         "post_rate_per_minute": 100_000,
+        # The start-up task check runs in the background and refuses work until it passes
+        # (tested in test_task_check.py); these Provers serve the planted task unchecked.
+        "check_tasks": False,
     }
     fields.update(over)
     if "db" not in fields:

@@ -105,7 +105,7 @@ def test_sigkill_mid_job_then_restart_gives_identical_response(tmp_path: Path) -
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}", timeout=300, auth=SignedAuth(VKEY)
         ) as client:
-            _until(client, "/v1/info", lambda d: "public_key" in d, proc)
+            _until(client, "/v1/ready", lambda d: d.get("ready") is True, proc)
             j = client.post(
                 "/v1/attributions",
                 json={"task_hash": task_hash, "method": "influence", "budget": 50},

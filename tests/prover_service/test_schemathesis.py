@@ -78,7 +78,9 @@ def prover_app(root: Path) -> Any:
     save_private_key(generate_key(), root / "p.pem", overwrite=True)
     settings = Settings(db=db_url(root, "p"), key_file=root / "p.pem", tasks=[TASK],
                         array_dir=root / "arrays", rate_per_minute=10**6)  # fmt: skip
-    return create_app(settings)
+    app = create_app(settings)
+    assert app.state.service.checks.wait(timeout=600)  # the start-up task check (background)
+    return app
 
 
 # Content the schema cannot express is refused with 422 "invalid" (the protocol's rule, not the

@@ -1,16 +1,19 @@
-"""check-task: what it measures, what it advises, its exit code; serve's start-up refusal."""
+"""check-task: what it measures, what it advises, its exit code; serve's start-up check (in
+the background: /v1/info at once, work refused until the check passes)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from protocol.errors import TaskError
 from protocol.signing import generate_key, save_private_key
 from prover_service.app import create_app
 from prover_service.cli import app
+from prover_service.errors import TaskUnavailable
 from prover_service.settings import Settings
 from prover_service.task_check import check_task, quick_check, recommend_tau
 
@@ -66,10 +69,51 @@ def test_serve_refuses_a_task_that_breaks_its_declaration(tmp_path: Path) -> Non
         return Settings(db=f"sqlite:///{tmp_path}/p.db", key_file=tmp_path / "p.pem",
                         tasks=[task], check_tasks=check, run_worker=False)  # fmt: skip
 
-    with pytest.raises(TaskError, match="refusing to serve.*Declare tau"):
-        create_app(settings(FALSE_CLAIM))
-    create_app(settings(DECLARED))  # an honest declaration is served
-    create_app(settings(FALSE_CLAIM, check=False))  # the operator may skip the check
+    liar = create_app(settings(FALSE_CLAIM)).state.service
+    assert liar.checks.wait(timeout=600)
+    (task_hash,) = liar.tasks
+    with pytest.raises(TaskUnavailable, match="refusing to serve.*Declare tau") as refused:
+        liar.task(task_hash)
+    assert refused.value.code == "task_refused" and refused.value.retry_after is None
+    honest = create_app(settings(DECLARED)).state.service  # an honest declaration is served
+    assert honest.checks.wait(timeout=600)
+    honest.task(next(iter(honest.tasks)))
+    skipped = create_app(settings(FALSE_CLAIM, check=False)).state.service  # operator's choice
+    skipped.task(next(iter(skipped.tasks)))
+
+
+def test_serve_answers_info_during_the_start_up_check_and_refuses_work_until_it_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    import prover_service.task_check as task_check
+
+    release, started = threading.Event(), threading.Event()
+
+    def slow_check(task: Any, rows: int = 4) -> Any:
+        started.set()
+        assert release.wait(timeout=600)
+        return quick_check(task, rows)
+
+    monkeypatch.setattr(task_check, "quick_check", slow_check)
+    save_private_key(generate_key(), tmp_path / "p.pem", overwrite=True)
+    config = Settings(db=f"sqlite:///{tmp_path}/p.db", key_file=tmp_path / "p.pem",
+                      tasks=[DECLARED], run_worker=False)  # fmt: skip
+    app = create_app(config)
+    svc = app.state.service
+    with TestClient(app) as http:  # the app's start-up starts the check
+        assert started.wait(timeout=600)
+        info = http.get("/v1/info")
+        assert info.status_code == 200 and len(info.json()["tasks"]) == 1
+        task_hash = info.json()["tasks"][0]["task_hash"]
+        with pytest.raises(TaskUnavailable) as busy:
+            svc.task(task_hash)
+        assert busy.value.status == 503 and busy.value.code == "task_not_ready"
+        assert busy.value.retry_after == task_check.StartupChecks.RETRY_AFTER_S
+        release.set()
+        assert svc.checks.wait(timeout=600)
+        assert svc.task(task_hash) is svc.tasks[task_hash]
 
 
 def test_the_example_task_keeps_its_declared_tau() -> None:
