@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from protocol.errors import ProtocolError
 from protocol.wire import JobOut
 from verifier_client.client import ProverClient, TransportError
-from verifier_client.store import Record
+
+if TYPE_CHECKING:
+    from verifier_client.store import Record
 
 __all__ = ["cancel_on_interrupt", "cancel_record"]
 

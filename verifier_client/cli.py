@@ -30,9 +30,6 @@ from protocol.residual import estimate_residual
 from protocol.sampling import SEED_BYTES, ChallengeDesign, sample_masks, seed_from_text
 from protocol.signing import create_key_file, load_private_key
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
-from verifier_client.api import parse_epsilon
-from verifier_client.api import verify as verify_api
-from verifier_client.audit import audit, audit_session, load_bundle, save_bundle
 from verifier_client.cli_options import DbOpt, JsonOpt, TaskOpt, db_url, err_console, fail
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.limits import prover_http
@@ -445,6 +442,9 @@ def verify(
         method=method, budget=budget,
     )  # fmt: skip
     try:  # refused before any traffic: a bad option is the user's error, not the Prover's
+        from verifier_client.api import parse_epsilon
+        from verifier_client.api import verify as verify_api
+
         eps, relative = parse_epsilon(epsilon)
         Options(task=task, epsilon=eps, relative=relative, **fields).validate()
     except ProtocolError as exc:
@@ -511,6 +511,8 @@ def audit_cmd(
     and that every session they hold is still logged and shown with the verdict signed here;
     the session's record then keeps the new head."""
     skipped: list[str] = []
+    from verifier_client.audit import audit, audit_session, load_bundle, save_bundle
+
     try:
         t = load_task(task)
         if file is not None:

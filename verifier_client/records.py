@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -21,8 +21,9 @@ from verifier_client.cancel import cancel_record
 from verifier_client.cli_options import DbOpt, JsonOpt, fail
 from verifier_client.client import ProverClient, TransportError
 from verifier_client.report import summary_lines
-from verifier_client.session import result_of
-from verifier_client.store import Record, VerifierStore
+
+if TYPE_CHECKING:
+    from verifier_client.store import Record, VerifierStore
 
 __all__ = ["cancel", "history", "show", "when"]
 
@@ -68,6 +69,8 @@ def asked(result: dict[str, Any]) -> str:
 
 
 def _cells(store: VerifierStore, row: Record) -> tuple[str, ...]:
+    from verifier_client.session import result_of
+
     r = result_of(store, row.id, None)
     cert = r.get("certified_epsilon")
     return (r["session"], when(r["created_at"]), row.task_ref, r["status"],
@@ -78,6 +81,8 @@ def _cells(store: VerifierStore, row: Record) -> tuple[str, ...]:
 
 def history(db: DbOpt = "sqlite:///verifier.db", json_out: JsonOpt = False) -> None:
     """Every recorded verification, oldest first, with column headers."""
+    from verifier_client.store import VerifierStore  # here: --help stays fast
+
     store = VerifierStore(db)
     rows = store.all()
     if json_out:
@@ -103,6 +108,8 @@ def history(db: DbOpt = "sqlite:///verifier.db", json_out: JsonOpt = False) -> N
 
 def show_lines(store: VerifierStore, row: Record) -> list[str]:
     """The readable summary of one record: what was asked of whom, when, and the verdict."""
+    from verifier_client.session import result_of
+
     r = result_of(store, row.id, None)
     lines = [
         f"session {r['session']} (local record {row.id})",
@@ -127,6 +134,8 @@ def show(
 ) -> None:
     """One recorded verification: a summary (task, epsilon as asked and absolute, verdict,
     certified bound, dates, trainings); ``--json`` prints the whole record."""
+    from verifier_client.store import VerifierStore  # here: --help stays fast
+
     store = VerifierStore(db)
     row = find(store, session)
     if json_out:
@@ -146,6 +155,8 @@ def cancel(
 ) -> None:
     """Cancel the Prover's job of an unfinished verification (signed with the key that started
     it); the record stays incomplete, and `verify --resume SESSION` restarts the job."""
+    from verifier_client.store import VerifierStore  # here: --help stays fast
+
     store = VerifierStore(db)
     row = find(store, session)
     sid = row.prover_session or row.id
