@@ -9,6 +9,7 @@ import inspect
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,44 @@ def test_the_cheap_readme_commands_run_as_written(tmp_path: Path) -> None:
         ran.append(argv[1])
     assert ran[:2] == ["keygen", "keygen"] and {"residual", "plan", "history"} <= set(ran)
     assert (tmp_path / "prover.key").stat().st_mode & 0o777 == 0o600
+
+
+def usage_session() -> str:
+    """The Usage section's session (steps 1 to 5, its first two bash blocks) as one script."""
+    usage = README.split("## Usage", 1)[1].split("\n## ", 1)[0]
+    session = re.findall(r"```bash\n(.*?)```", usage, flags=re.S)[:2]
+    assert "vda-verifier verify" in session[0] and "vda-verifier audit" in session[1]
+    return "\n".join(session)
+
+
+@pytest.mark.slow
+def test_the_readme_usage_session_runs_in_order(tmp_path: Path) -> None:
+    """Steps 1-5 as a user pastes them, in a fresh working directory and HOME, with this
+    environment's installed commands on PATH (not a new venv: installing one is minutes of
+    downloads; scripts/install.sh itself is tested by test_install.py and the image test).
+    The one change: the Prover's port (8000 in the README) is a free one, so that the test
+    never meets another server on this machine."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    script = usage_session().replace("8000", str(port))
+    bin_dir = Path(sys.executable).parent
+    env = {"PATH": f"{bin_dir}{os.pathsep}/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    done = subprocess.run(["bash", "-c", "set -m\n" + script + "\nwait"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    out, err = done.stdout, done.stderr
+    # (no `bash -e`: verify exits 1 on an abort, which a user's shell reads as a verdict)
+    assert done.returncode == 0, (out[-2000:], err[-3000:])
+    assert (tmp_path / "prover.key").stat().st_mode & 0o777 == 0o600
+    # verify's verdict in words and its session line; history's headers; show's summary
+    assert re.search(r"^(ACCEPT|ABORT)", out, flags=re.M), out[-2000:]
+    (sid,) = set(re.findall(r"^  session ([0-9a-f]{32})$", out, flags=re.M))
+    assert re.search(r"^session\s+created_\(UTC\)\s+task", out, flags=re.M)
+    assert f"session {sid} (local record" in out and "  task digits-logreg" in out
+    # the audit online matched, and offline it said what it could not check
+    assert out.count("MATCHES") == 2 and "DOES NOT MATCH" not in out
+    assert "not checked  log:" in out
+    assert (tmp_path / "transcript.json").exists()

@@ -127,7 +127,7 @@ def test_history_table_keeps_whole_ids_on_a_narrow_terminal(tmp_path: Path) -> N
     assert ambiguous.exit_code == 2
     assert "starts 2 session ids" in ambiguous.stderr
     assert len(ambiguous.stderr.strip().splitlines()) == 1
-    shown = runner.invoke(app, ["show", "f", "--db", db, "--json"]).stdout
-    assert json.loads(shown)["record"] == ids[2]
+    shown = runner.invoke(app, ["show", "f", "--db", db, "--json"])
+    assert json.loads(shown.stdout)["record"] == ids[2]
     missing = runner.invoke(app, ["show", "0", "--db", db])
     assert missing.exit_code == 2 and "no recorded verification" in missing.stderr
