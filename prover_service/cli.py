@@ -324,7 +324,12 @@ def serve(
     key: Annotated[Path | None, typer.Option(help="Signing key file (see keygen).")] = None,
     key_env: Annotated[str | None, typer.Option(help="Env variable holding the PEM key.")] = None,
     db: Annotated[
-        str, typer.Option(help="SQLAlchemy URL of the database, or a file path (SQLite).")
+        str,
+        typer.Option(
+            show_default=False,
+            help="SQLAlchemy URL of the database, or a file path (SQLite); default "
+            "sqlite:///prover.db.",
+        ),
     ] = "sqlite:///prover.db",
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
@@ -352,8 +357,11 @@ def serve(
     open_registration: Annotated[
         bool,
         typer.Option(
+            "--open-registration",
+            rich_help_panel="Switches",
+            show_default=False,
             help="Without --verifier-keys, let any key spend compute within its "
-            "quotas even on a public address (loopback always may)."
+            "quotas even on a public address (loopback always may; default: off).",
         ),
     ] = False,
     max_budget: Annotated[int, typer.Option(help="Largest attribution budget.")] = 100_000,
