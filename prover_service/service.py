@@ -174,10 +174,14 @@ class ProverService:
             "public_transcripts": s.public_transcripts,
         }
 
-    def task(self, task_hash: str) -> TaskBase:
+    def task(self, task_hash: str, wait: bool = False) -> TaskBase:
+        """A served task; 404 if unknown, 503 while its start-up check runs or if it failed.
+        ``wait`` (the job workers: a job resumed at start-up) first waits for the checks."""
         if task_hash not in self.tasks:
             raise NotFound(f"unknown task hash {task_hash!r}; GET /v1/info lists this Prover's")
-        self.checks.require(task_hash)  # 503 while its start-up check runs, or if it failed
+        if wait:
+            self.checks.wait()
+        self.checks.require(task_hash)
         return self.tasks[task_hash]
 
     # -- jobs -------------------------------------------------------------------------------
@@ -351,7 +355,7 @@ class ProverService:
 
     def _run_attribution(self, job: JobRow) -> None:
         params = json.loads(job.params_json)
-        task = self.task(params["task_hash"])
+        task = self.task(params["task_hash"], wait=True)
         seed = bytes.fromhex(params["seed"]) if params["seed"] else bytes(32)
         last = [0.0]
 

@@ -182,7 +182,7 @@ class Sessions:
         """Train the next missing chunk of a challenge job (or finish it); True when done."""
         row = self.get(json.loads(job.params_json)["session_id"])
         challenge = Challenge.model_validate(json.loads(row.challenge_json)["payload"])
-        task = self.svc.task(row.task_hash)
+        task = self.svc.task(row.task_hash, wait=True)  # a resumed job waits for the check
         design = challenge.design(task.n_train)
         with self.svc.db() as s:
             done = {c.start for c in s.scalars(select(ChunkRow).where(ChunkRow.job_id == job.id))}

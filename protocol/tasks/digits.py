@@ -253,44 +253,32 @@ class DigitsLogReg(TrainedTask):
             )
         return self._start
 
-    def _label_gradient(self, m: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
-        """X^T (m * onehot): (D C, K), the part of every gradient that does not depend on W."""
-        n, d, c = self._x.shape[0], self._d, self._c
-        k = m.shape[1]
-        y = work.view(n, c, k).zero_()
-        y.scatter_(1, self._labels.view(n, 1, 1).expand(n, 1, k), m[:, None, :])
-        return torch.mm(self._x.T, work).view(d * c, k)
-
     def _loss_grad(
         self,
         w: torch.Tensor,
         m: torch.Tensor,
         linear: torch.Tensor | None,
         work: torch.Tensor | None = None,
-        label_grad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Objective (K,) and gradient (D C, K) of the K models w (D C, K) with pool weights
-        m (N, K): f = sum_i m_i (logsumexp(z_i) - z_i,y_i) + 0.5 |W|^2_reg, with the label
-        terms taken from ``label_grad`` (:meth:`_label_gradient`, as sum_i m_i z_i,y_i =
-        <W, X^T (m * onehot)>). ``work`` (N, C K) holds the logits; every pass over it is in
-        place (four elementwise passes and two GEMMs per call)."""
+        m (N, K): f = sum_i m_i (logsumexp(z_i) - z_i,y_i) + 0.5 |W|^2_reg. ``work`` (N, C K)
+        holds the logits; every pass over it is in place (five passes and two GEMMs per call;
+        the residual m (p - onehot) is formed before the backward GEMM, never as a difference
+        of two GEMMs, which would cancel in float32)."""
         n, d, c = self._x.shape[0], self._d, self._c
         k = w.shape[1]
-        if work is None:
-            work = torch.empty((n, c * k), dtype=w.dtype, device=w.device)
-        if label_grad is None:
-            label_grad = self._label_gradient(m, work)
         flat = torch.mm(self._x, w.view(d, c * k), out=work)
         z = flat.view(n, c, k)
-        top = z.amax(1, keepdim=True)
-        e = z.sub_(top).exp_()
+        z.sub_(z.amax(1, keepdim=True))
+        labels = self._labels.view(n, 1, 1).expand(n, 1, k)
+        true = z.gather(1, labels).squeeze(1)
+        e = z.exp_()
         s = e.sum(1, keepdim=True)
-        scale = m[:, None, :] / s
-        lse = s.log_().add_(top).squeeze(1)
         reg_w = self._reg * w
-        f = (lse * m).sum(0) - (w * label_grad).sum(0) + 0.5 * (reg_w * w).sum(0)
-        e.mul_(scale)  # m p
-        g = torch.mm(self._x.T, flat).view(d * c, k).sub_(label_grad).add_(reg_w)
+        f = ((s.squeeze(1).log() - true) * m).sum(0) + 0.5 * (reg_w * w).sum(0)
+        e.mul_(m[:, None, :] / s)  # m p
+        e.scatter_add_(1, labels, -m[:, None, :])  # m (p - onehot)
+        g = torch.mm(self._x.T, flat).view(d * c, k).add_(reg_w)
         if linear is not None:
             f = f + (linear * w).sum(0)
             g = g + linear
@@ -313,8 +301,7 @@ class DigitsLogReg(TrainedTask):
         w0, h0inv = self._warm()
         w = w0.repeat(1, k) if start is None else start.to(self._x.dtype)
         work = torch.empty((self._x.shape[0], self._c * k), dtype=w.dtype, device=w.device)
-        label_grad = self._label_gradient(m, work)
-        f, g = self._loss_grad(w, m, linear, work, label_grad)
+        f, g = self._loss_grad(w, m, linear, work)
         step = torch.ones(k, device=w.device, dtype=w.dtype)
         hist: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for _ in range(self.iters):
@@ -328,7 +315,7 @@ class DigitsLogReg(TrainedTask):
             for (s_i, y_i, rho_i), a in zip(hist, reversed(alphas), strict=True):
                 r += s_i * (a - rho_i * (y_i * r).sum(0))
             w_new = w - step * r
-            f_new, g_new = self._loss_grad(w_new, m, linear, work, label_grad)
+            f_new, g_new = self._loss_grad(w_new, m, linear, work)
             ok = f_new <= f + 1e-4 * f.abs()
             s_vec, y_vec = w_new - w, g_new - g
             sy = (s_vec * y_vec).sum(0)

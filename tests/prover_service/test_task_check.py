@@ -123,3 +123,12 @@ def test_the_example_task_keeps_its_declared_tau() -> None:
     report = quick_check(task, rows=3)
     assert report.ok, report.advice()
     assert task.n_train == 128 and task.n_targets == 50 and task.tau == 1e-4
+
+
+@pytest.mark.parametrize("ref", ["digits-logreg", "digits-logreg:dtype=float32"])
+def test_both_logreg_precisions_keep_their_declared_tau(ref: str) -> None:
+    # float32 once broke its tau (2.2e-3 > 1e-3) when the gradient was a difference of GEMMs.
+    from protocol.tasks import load_task
+
+    report = quick_check(load_task(ref), rows=4)
+    assert report.ok, report.advice()
