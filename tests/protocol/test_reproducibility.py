@@ -190,3 +190,27 @@ def test_rows_at_any_position_of_a_chunk_match_planted() -> None:
     whole = t.evaluate(m, s)
     for rows in ([0], [49], [10, 3, 7], list(range(25, 50))):
         np.testing.assert_array_equal(t.evaluate(m[rows], s[rows]), whole[rows])
+
+
+def test_exact_float32_products_refuse_tf32_or_bfloat16_settings() -> None:
+    from protocol.tasks.digits import DigitsMLP
+
+    task = DigitsMLP(steps=2, hidden=8, batch=4)
+    masks, seeds = np.ones((1, task.n_train), dtype=bool), np.zeros(1, dtype=np.uint64)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # bfloat16 products through oneDNN on CPU
+    try:
+        with pytest.raises(InvalidParameterError, match="IEEE float32 matrix products"):
+            task.evaluate_outputs(masks, seeds)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert task.evaluate_outputs(masks, seeds).values.shape == (1, task.n_targets)
+
+
+def test_power_of_two_scales_are_exact_from_the_exponent_bits() -> None:
+    from protocol.tasks.exact import floor_log2, pow2
+
+    e = torch.arange(-126, 128, dtype=torch.int32)
+    assert torch.equal(pow2(e), torch.tensor([2.0**k for k in range(-126, 128)]))
+    m = torch.tensor([0.0, 1.0, 1.5, 2.0, 3.0, 2.0**20 - 1, 2.0**20], dtype=torch.float32)
+    assert floor_log2(m).tolist() == [-127, 0, 0, 1, 1, 19, 20]
