@@ -39,6 +39,16 @@ def when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
 
+def open_store(db: str) -> VerifierStore:
+    """The records at ``db``; a database file this user may not make private is exit 2."""
+    from verifier_client.store import VerifierStore  # here: --help stays fast
+
+    try:
+        return VerifierStore(db)
+    except ProtocolError as exc:
+        raise fail(str(exc)) from None
+
+
 def find(store: VerifierStore, session: str) -> Record:
     """The record of a session id, record id or unique prefix of either (exit 2 otherwise)."""
     row = store.get(session)
@@ -81,9 +91,7 @@ def _cells(store: VerifierStore, row: Record) -> tuple[str, ...]:
 
 def history(db: DbOpt = "sqlite:///verifier.db", json_out: JsonOpt = False) -> None:
     """Every recorded verification, oldest first, with column headers."""
-    from verifier_client.store import VerifierStore  # here: --help stays fast
-
-    store = VerifierStore(db)
+    store = open_store(db)
     rows = store.all()
     if json_out:
         typer.echo(json.dumps([r.as_dict() for r in rows]))
@@ -134,9 +142,7 @@ def show(
 ) -> None:
     """One recorded verification: a summary (task, epsilon as asked and absolute, verdict,
     certified bound, dates, trainings); ``--json`` prints the whole record."""
-    from verifier_client.store import VerifierStore  # here: --help stays fast
-
-    store = VerifierStore(db)
+    store = open_store(db)
     row = find(store, session)
     if json_out:
         typer.echo(json.dumps(row.as_dict(), indent=1))
@@ -155,9 +161,7 @@ def cancel(
 ) -> None:
     """Cancel the Prover's job of an unfinished verification (signed with the key that started
     it); the record stays incomplete, and `verify --resume SESSION` restarts the job."""
-    from verifier_client.store import VerifierStore  # here: --help stays fast
-
-    store = VerifierStore(db)
+    store = open_store(db)
     row = find(store, session)
     sid = row.prover_session or row.id
     if row.status == "decided":
