@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
 from protocol.certificate import (
+    CLT_MIN_EVENTS,
     Certificate,
     clt_refusal,
     default_validity,
@@ -324,6 +325,11 @@ class _Run:
         elif n * per_base > cap:
             n = max(2, cap // per_base)
             source = f"capped at {cap:,} Prover trainings (the plan asked for {asked})"
+        clt_min = math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)
+        if (o.validity == "auto" and o.pairs_per_level is None and n < clt_min
+                and clt_min * per_base <= cap):  # fmt: skip
+            # the plan assumed the normal approximation: give it the size it is allowed at
+            n, source = clt_min, f"{source}; raised to {clt_min:,}, the fewest clt is allowed at"
         k = o.spot_checks if o.spot_checks is not None else \
             min(max(1, math.ceil(o.spot_fraction * n * per_base)), n * per_base)  # fmt: skip
         return Sizes(epsilon, delta, n, k, source, predicted, var_lb, len(values))
