@@ -28,6 +28,7 @@ from torch import nn
 
 from protocol.codec import sha256_hex
 from protocol.errors import InvalidParameterError, TaskError
+from protocol.tasks.adapter import GLOBAL_TORCH_STATE
 from protocol.tasks.trained import TrainedTask, correct_class_margin, splitmix64
 
 __all__ = ["CifarResNet", "load_cifar10"]
@@ -175,7 +176,13 @@ class CifarResNet(TrainedTask):
     def train_one(self, mask: torch.Tensor, seed: int) -> nn.Module:
         """Train one model on the pool rows where ``mask`` is set, all randomness from ``seed``."""
         gen = torch.Generator(device="cpu").manual_seed(int(splitmix64(np.array([seed]))[0] >> 1))
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        # torch's layer initialisers read the global generator: seed it and build the model
+        # under the process-wide lock (protocol.tasks.adapter), so concurrent trainings do not
+        # interleave their draws
+        with (
+            GLOBAL_TORCH_STATE,
+            torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []),
+        ):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
             model = _ResNet(self.width).to(self.device)
         idx = torch.nonzero(mask, as_tuple=False).flatten().cpu()
