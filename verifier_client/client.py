@@ -115,12 +115,23 @@ class ProverRefused(ProtocolError):
         self.retry_after = retry_after
 
 
+def _not_ready(resp: Reply) -> bool:
+    """A 503 whose documented body says the task's start-up check is still running."""
+    if resp.status_code != 503:
+        return False
+    try:
+        return ErrorResponse.model_validate_json(resp.content).code == "task_not_ready"
+    except ValidationError:
+        return False
+
+
 class ProverClient:
     """The Verifier's view of one Prover: one method per endpoint, each returning its
     :mod:`protocol.wire` model (module doc for the errors)."""
 
     READ_RETRIES = 8
     MAX_RETRY_WAIT_S = 30.0
+    READY_WAIT_S = 1800.0  # the longest wait for a task's start-up check (503 task_not_ready)
 
     def __init__(
         self, http: httpx.Client, key: Ed25519PrivateKey | None = None,
@@ -134,6 +145,7 @@ class ProverClient:
         self.bytes_sent = 0
         self.deadline_s = deadline_s or http.timeout.read or DEFAULT_DEADLINE_S
         self._sizes: dict[str, tuple[int, int]] = {}  # task hash -> (Z, N), from info()
+        self.on_wait: Callable[[str], None] = lambda message: None  # says why it waits
 
     def _call(
         self, method: str, path: str, key: Ed25519PrivateKey | None = None, *,
@@ -143,15 +155,25 @@ class ProverClient:
         ``too_large``, the Prover's misbehaviour); :class:`TransportError` on a network failure,
         a 5xx or the deadline, :class:`ProverRefused` on a 4xx. A read (GET) over the Prover's
         read rate (429) is sent again, freshly signed, after its ``Retry-After`` (at most
-        :attr:`READ_RETRIES` times, each wait capped at :attr:`MAX_RETRY_WAIT_S`); writes are
-        never re-sent here."""
-        for attempt in range(self.READ_RETRIES + 1):
+        :attr:`READ_RETRIES` times, each wait capped at :attr:`MAX_RETRY_WAIT_S`). Any request
+        refused with 503 ``task_not_ready`` (the task's start-up check is running: nothing was
+        done) is sent again after its ``Retry-After``, for at most :attr:`READY_WAIT_S` in all,
+        each wait told to :attr:`on_wait`; other writes are never re-sent here."""
+        waited, attempt = 0.0, 0
+        while True:
             resp = self._send(method, path, key, cap, too_large, **kwargs)
-            if resp.status_code != 429 or method != "GET" or attempt == self.READ_RETRIES:
-                break
             retry = resp.headers.get("retry-after", "")
-            self.sleep(min(float(retry) if retry.isdigit() else 1.0, self.MAX_RETRY_WAIT_S))
-        return self._checked(method, path, resp)
+            wait = min(float(retry) if retry.isdigit() else 1.0, self.MAX_RETRY_WAIT_S)
+            if resp.status_code == 429 and method == "GET" and attempt < self.READ_RETRIES:
+                attempt += 1
+            elif _not_ready(resp) and waited < self.READY_WAIT_S:
+                # refused before any work was done, so any request may be sent again
+                self.on_wait(f"the Prover is still checking the task at start-up; "
+                             f"asking again in {wait:g} s")  # fmt: skip
+                waited += wait
+            else:
+                return self._checked(method, path, resp)
+            self.sleep(wait)
 
     def _send(
         self, method: str, path: str, key: Ed25519PrivateKey | None, cap: int,

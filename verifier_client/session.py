@@ -653,6 +653,15 @@ def run_verification(
     if client.key is None:
         client.key = key  # requests are signed with the Verifier's key
     run = _Run(client, store, key, opts, url, progress, notify)
+    if notify is not None:
+        told: list[str] = []
+
+        def once(message: str) -> None:  # the first wait for a start-up check, not each retry
+            if not told:
+                told.append(message)
+                notify("the Prover is still checking the task at start-up: waiting for it")
+
+        client.on_wait = once
     client.info()
     record: Record | None = None
     if resume is not None:

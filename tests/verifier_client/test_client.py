@@ -138,3 +138,43 @@ def test_an_attribution_request_is_its_wire_model() -> None:
     with pytest.raises(InvalidParameterError, match="budget"):
         client.request_attribution("0" * 64, "ridge", 0)  # refused here, nothing sent
     assert len(sent) == 1
+
+
+def test_a_task_still_being_checked_is_asked_again_and_a_refused_one_is_not() -> None:
+    # 503 task_not_ready: the Prover did nothing, so even a write is sent again (signed afresh)
+    sent: list[httpx.Request] = []
+    waits: list[float] = []
+    job = {"id": "a" * 32, "kind": "attribution", "status": "queued", "done": 0, "total": 4,
+           "result": None, "error": None}  # fmt: skip
+    replies: list[httpx.Response] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return replies.pop(0)
+
+    not_ready = {"code": "task_not_ready", "detail": "the start-up check of task t is running"}
+    replies += [httpx.Response(503, json=not_ready, headers={"Retry-After": "5"})] * 2
+    replies.append(httpx.Response(200, json=job))
+    http = httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p")
+    client = ProverClient(http, key=generate_key())
+    client.sleep = waits.append
+    told: list[str] = []
+    client.on_wait = told.append
+    assert client.request_attribution("b" * 64, "regression", 8).id == "a" * 32
+    assert waits == [5.0, 5.0] and len(sent) == 3 and len(told) == 2
+    assert len({r.headers["X-VDA-Nonce"] for r in sent}) == 3
+    # a task whose check failed, or a busy Prover, is not re-sent: the caller hears it at once
+    for code in ("task_refused", "busy"):
+        sent.clear()
+        replies[:] = [httpx.Response(503, json={"code": code, "detail": "no"})]
+        with pytest.raises(TransportError, match="503"):
+            client.request_attribution("b" * 64, "regression", 8)
+        assert len(sent) == 1
+    # the wait is bounded in all: past READY_WAIT_S the 503 reaches the caller
+    sent.clear()
+    waits.clear()
+    client.READY_WAIT_S = 12.0
+    replies[:] = [httpx.Response(503, json=not_ready, headers={"Retry-After": "5"})] * 10
+    with pytest.raises(TransportError, match="503"):
+        client.request_attribution("b" * 64, "regression", 8)
+    assert sum(waits) == 15.0 and len(sent) == 4
