@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,17 +22,22 @@ from protocol.certificate import certify
 from protocol.checkequiv import EquivReport, explain
 from protocol.datamodel import Datamodel
 from protocol.decision import Decision, decide, decide_threshold
-from protocol.messages import Challenge
+from protocol.messages import LIMITS, Challenge
 from protocol.residual import estimate_residual
-from protocol.sampling import sample_masks, training_seeds
+from protocol.sampling import SharedBaseDesign, sample_masks, training_seeds
 from protocol.signing import SignedMessage
 from protocol.tasks import Task, TaskBase
 from verifier_client.store import Record
 
 if TYPE_CHECKING:
-    from verifier_client.session import Design, _Run
+    from verifier_client.session import Design, Sizes, _Run
 
-__all__ = ["fresh_mse", "residual_decision", "run"]
+__all__ = ["LOOK_DELTA", "LOOK_FRACTION", "alone_looks", "fresh_mse", "residual_decision", "run"]
+
+# Checking alone looks twice: at LOOK_FRACTION of the planned bases with LOOK_DELTA[0] of delta,
+# then at all of them with the rest (a fixed schedule, so a union bound holds: alone_decision).
+LOOK_FRACTION = 0.5
+LOOK_DELTA = (0.1, 0.9)
 
 
 def fresh_mse(run: _Run, task: Task, model: Datamodel, count: int) -> NDArray[np.float64]:
@@ -68,9 +74,10 @@ def residual_decision(
 
 def run(
     run: _Run, task: TaskBase, task_hash: str, content: str, model: Datamodel,
-    record: Record | None,
+    record: Record | None, sizes: Sizes | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The non-interactive or the naive protocol, recorded like the interactive one."""
+    """The non-interactive or the naive protocol, recorded like the interactive one
+    (``sizes``: as :meth:`_Run.choose_route` planned them; else planned here)."""
     o = run.opts
     if o.protocol == "naive":
         record = _record(run, task_hash, content, "naive")
@@ -81,27 +88,77 @@ def run(
         )  # fmt: skip
         return run.finish(record, decision, None, None)
     if record is None:
-        record, challenge = run.start(
-            task, task_hash, content, run.sizes(task, model, run.opts.max_prover_trainings)
-        )
+        if sizes is None:
+            sizes = run.sizes(task, model, LIMITS["n_subsets"])
+        record, challenge = run.start(task, task_hash, content, sizes)
     else:
         challenge = Challenge.model_validate(
             SignedMessage.model_validate_json(record.challenge_json).payload
         )
     design = challenge.design(task.n_train)
-    values, _ = run.train(task, design.masks(), design.seeds(), "local_training")
     run.store.update(record.id, prover_trainings=0)
     if o.estimator == "residual":
+        values, _ = run.train(task, design.masks(), design.seeds(), "local_training")
         return run.finish(record, residual_decision(run, task, model, design, values, None),
                           None, None)  # fmt: skip
-    cert = certify(
-        values, model.predict(design.masks()), design, delta=challenge.delta,
-        aggregate=challenge.aggregate, spot_checks=None, tau=0.0,
-        validity=challenge.validity, bound=task.bound,
-        prediction_range=model.output_range(), p=challenge.p,
+    secret = json.loads(record.secret_json)
+    looks = tuple((secret.get("sizes") or {}).get("looks") or ()) or (challenge.pairs_per_level,)
+
+    def train(start: int, stop: int) -> NDArray[np.float64]:
+        values, _ = run.train(task, design.masks(start, stop), design.seeds(start, stop),
+                              "local_training")  # fmt: skip
+        return values
+
+    decision, bases = alone_looks(
+        train, looks, design, model, epsilon=challenge.epsilon, delta=challenge.delta,
+        aggregate=challenge.aggregate, validity=challenge.validity, bound=task.bound,
+        p=challenge.p,
     )  # fmt: skip
-    decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert, spot=None)
+    if bases < looks[-1]:
+        per_base = len(design) // challenge.pairs_per_level
+        run.note(f"checking alone: certified at the first look, {bases:,} of the "
+                 f"{looks[-1]:,} planned bases ({bases * per_base:,} trainings)")  # fmt: skip
     return run.finish(record, decision, None, None)
+
+
+def alone_looks(
+    train: Callable[[int, int], NDArray[np.float64]], looks: tuple[int, ...], design: Design,
+    model: Datamodel, *, epsilon: float, delta: float, aggregate: Literal["mean", "max"],
+    validity: Literal["betting", "clt", "finite"], bound: float, p: float,
+) -> tuple[Decision, int]:  # fmt: skip
+    """Checking alone in looks: ``train(start, stop)`` gives the Verifier's own values of
+    subsets start .. stop-1 of ``design``; at look i, the first ``looks[i]`` bases (a shared-base
+    design's prefix is the design of that many bases) are certified with m* = 0 and no tau at
+    ``LOOK_DELTA[i]`` of delta, and the looks stop at the first bound <= epsilon. Returns the
+    decision and the bases it used.
+
+    Validity: the schedule of looks and their shares of delta is fixed before any of these
+    values is trained (by the pilot, which is independent of them), so by a union bound every
+    look's bound holds at once with probability >= 1 - delta: stopping at the first look that
+    certifies keeps P(accept | err > epsilon) <= delta. A design that is not shared-base (its
+    prefix is not a design) gets one look with all of delta."""
+    if len(looks) > len(LOOK_DELTA) or not isinstance(design, SharedBaseDesign):
+        looks = (design.pairs_per_level,)
+    shares = LOOK_DELTA if len(looks) > 1 else (1.0,)
+    per_base = len(design) // design.pairs_per_level
+    values = np.empty((0, 0))
+    decision: Decision | None = None
+    for look, bases in enumerate(looks):
+        more = train(len(values), bases * per_base)
+        values = more if len(values) == 0 else np.concatenate([values, more])
+        part = design
+        if isinstance(design, SharedBaseDesign) and bases != design.pairs_per_level:
+            part = SharedBaseDesign(design.seed, design.n_train, design.p, design.rhos, bases)
+        cert = certify(
+            values, model.predict(part.masks()), part, delta=delta * shares[look],
+            aggregate=aggregate, spot_checks=None, tau=0.0, validity=validity, bound=bound,
+            prediction_range=model.output_range(), p=p,
+        )  # fmt: skip
+        decision = decide(epsilon=epsilon, delta=delta, certificate=cert, spot=None)
+        if decision.verdict == "accept":
+            return decision, bases
+    assert decision is not None  # noqa: S101 - looks is never empty
+    return decision, looks[-1]
 
 
 def _record(run: _Run, task_hash: str, content: str, protocol: str) -> Record:

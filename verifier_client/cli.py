@@ -368,8 +368,13 @@ def verify(
         ),
     ] = "latest",
     protocol: Annotated[
-        str, typer.Option(help="interactive | noninteractive | naive (baselines) | witness.")
-    ] = "interactive",
+        str,
+        typer.Option(
+            help="auto (the cheapest route that reaches epsilon, said before the Prover "
+            "trains) | interactive | noninteractive (checking alone) | witness (certifiable "
+            "tasks) | naive (a baseline)."
+        ),
+    ] = "auto",
     estimator: Annotated[
         str, typer.Option(help="gap (the certificate) | residual (the paper's, a baseline).")
     ] = "gap",

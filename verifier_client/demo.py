@@ -169,13 +169,18 @@ def run_demo(
                 max_prover_trainings=max_prover_trainings,
             )  # fmt: skip
             t0 = time.perf_counter()
-            with httpx.Client(base_url=url, timeout=300) as http:
-                bundle = fetch_bundle(ProverClient(http, key=vkey), result["session"], vkey)
-            report = audit(bundle, task)
-            result["audit"] = {"ok": report.ok, "recomputed": report.recomputed,
-                               "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            if result["session"] != result["record"]:  # checked alone: no Prover transcript
+                with httpx.Client(base_url=url, timeout=300) as http:
+                    bundle = fetch_bundle(ProverClient(http, key=vkey), result["session"], vkey)
+                report = audit(bundle, task)
+                result["audit"] = {"ok": report.ok, "recomputed": report.recomputed,
+                                   "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+                said = f"audit {'matches' if report.ok else 'DOES NOT MATCH'}"
+            else:
+                result["audit"] = None
+                said = "checked alone: no transcript to audit"
             result["seconds"] = round(time.perf_counter() - started, 1)
-            lines.say(f"{result['verdict']}; audit {'matches' if report.ok else 'DOES NOT MATCH'}")
+            lines.say(f"{result['verdict']}; {said}")
             results[name] = result
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
@@ -234,7 +239,8 @@ def _summary(console: Console, results: dict[str, Any], epsilon: float, task: st
         times = dict(r["times"])
         for line in time_lines(times):
             _plain(console, f"  time, {line}")
-        _plain(console, f"  time, audit {r['audit']['seconds']:.1f} s")
+        if r["audit"] is not None:
+            _plain(console, f"  time, audit {r['audit']['seconds']:.1f} s")
     table = Table(title=f"verifiable data attribution on {task}, epsilon = {epsilon:g}")
     table.add_column("")
     for name in provers:
@@ -245,9 +251,11 @@ def _summary(console: Console, results: dict[str, Any], epsilon: float, task: st
         ("  of which the estimate", lambda r: _num((r["certificate"] or {}).get("point"))),
         ("spot-check mismatches", _spots),
         ("Prover trainings (attribution + challenge)", _prover_trainings),
-        ("Verifier trainings (pilot + spot-checks)", lambda r: f"{r['local_trainings']:,}"),
+        ("route (the cheapest that reaches epsilon)", _route),
+        ("Verifier trainings (pilot + route)", lambda r: f"{r['local_trainings']:,}"),
+        ("  checking alone would have trained", _alone),
         ("bytes received / sent", lambda r: f"{r['bytes_received']:,} / {r['bytes_sent']:,}"),
-        ("audit", lambda r: "matches" if r["audit"]["ok"] else "MISMATCH"),
+        ("audit", _audit),
     ]
     for label, fn in rows:
         table.add_row(label, *(fn(r) for r in provers.values()))
@@ -268,6 +276,33 @@ def _prover_trainings(r: dict[str, Any]) -> str:
     if not attribution:
         return f"{r['prover_trainings']:,}"
     return f"{attribution:,} + {r['prover_trainings']:,}"
+
+
+def _route(r: dict[str, Any]) -> str:
+    return {"noninteractive": "checking alone"}.get(r["protocol"], r["protocol"])
+
+
+def _alone(r: dict[str, Any]) -> str:
+    """The pilot plus checking alone's own trainings, from the plan made before the Prover
+    trained (``routes`` in the result), or what this run trained when it checked alone."""
+    if r["protocol"] == "noninteractive":
+        return f"{r['local_trainings']:,} (this run)"
+    plans = {c["route"]: c for c in (r.get("routes") or {}).get("routes", [])}
+    alone, pilot = (
+        plans.get("noninteractive"),
+        int((r.get("sizes") or {}).get("pilot_trainings", 0)),
+    )
+    if alone is None:
+        return "-"
+    if not alone["reaches_epsilon"]:
+        return "no size reaches epsilon"
+    return f"{pilot + int(alone['verifier_training_equivalents']):,}"
+
+
+def _audit(r: dict[str, Any]) -> str:
+    if r["audit"] is None:
+        return "- (no transcript)"
+    return "matches" if r["audit"]["ok"] else "MISMATCH"
 
 
 def _spots(r: dict[str, Any]) -> str:

@@ -71,6 +71,7 @@ from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from protocol.witness import witness_limit
+from verifier_client.baselines import LOOK_DELTA, LOOK_FRACTION
 from verifier_client.cancel import cancel_on_interrupt
 from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.store import Record, VerifierStore
@@ -96,7 +97,7 @@ class Options:
     aggregate: str = "mean"
     validity: str = "auto"  # auto: clt where protocol.certificate.clt_refusal allows, else betting
     layout: str = "shared-base"
-    protocol: str = "interactive"
+    protocol: str = "auto"  # auto: the cheapest route that reaches epsilon (verifier_client.routes)
     estimator: str = "gap"
     pairs_per_level: int | None = None
     spot_checks: int | None = None
@@ -120,7 +121,10 @@ class Options:
     def validate(self) -> None:
         """Refuse bad options before any traffic (the user's error, not the Prover's)."""
         choices = {
-            "protocol": (self.protocol, ("interactive", "noninteractive", "naive", "witness")),
+            "protocol": (
+                self.protocol,
+                ("auto", "interactive", "noninteractive", "naive", "witness"),
+            ),
             "estimator": (self.estimator, ("gap", "residual")),
             "aggregate": (self.aggregate, ("mean", "max")),
             "validity": (self.validity, ("auto", "betting", "clt", "finite")),
@@ -192,6 +196,28 @@ class Sizes:
     predicted_width: float | None = None
     variance_lower_bound: float | None = None
     pilot_trainings: int = 0
+    looks: tuple[int, ...] = ()  # checking alone: the bases certified at each look (baselines)
+
+
+def cut_note(source: str) -> str:
+    """What a plan cut by a cap means, said in the text output as well as in --json."""
+    return (f"plan cut: {source}; the certificate stays sound, but it will be wider than "
+            "epsilon asks for, so an honest Prover may be aborted")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Pilot:
+    """The Verifier's pilot: its design and masks, its values, the committed g's predictions,
+    epsilon in absolute units (and Var f's lower bound when epsilon was relative) and the
+    seconds one local training took."""
+
+    design: Design
+    masks: NDArray[np.bool_]
+    values: NDArray[np.float64]
+    predictions: NDArray[np.float64]
+    epsilon: float
+    var_lb: float | None
+    seconds_per_training: float
 
 
 class _Run:
@@ -215,6 +241,8 @@ class _Run:
         self.times: dict[str, float] = {}
         self.local_trainings = 0
         self.device_class = ""  # the Prover's, from its signed response
+        self._pilot: Pilot | None = None
+        self.routes: dict[str, Any] | None = None  # every route's plan (choose_route)
 
     def random(self, label: str, n: int) -> bytes:
         """``n`` bytes for ``label``: from ``seed`` for the design, from ``secrets_seed`` (tests
@@ -275,20 +303,18 @@ class _Run:
         return content, model
 
     # 2. size: from epsilon ------------------------------------------------------------------
-    def sizes(self, task: TaskBase, model: Datamodel, prover_cap: int) -> Sizes:
-        """The challenge's sizes (module doc). A plan above the allowed Prover trainings
-        (``max_prover_trainings`` or the Prover's own limit) is cut to the allowance: the
-        certificate stays sound at any size, only its width grows, and the record says so.
-        (The pilot measures the spread with the committed g: a bad g inflates it, so a cheat
-        is typically sized at the allowance and aborted there.)"""
+    def pilot(self, task: TaskBase, model: Datamodel) -> Pilot:
+        """The local pilot (trained once, shared by every route's plan): its values, the
+        committed g's predictions on it, and epsilon in absolute units."""
+        if self._pilot is not None:
+            return self._pilot
         o = self.opts
-        delta = o.delta * 0.75 if o.relative else o.delta
-        if not (o.relative or o.pairs_per_level is None or o.spot_checks is None):
-            return Sizes(o.epsilon, delta, o.pairs_per_level or 0, o.spot_checks or 0, "given")
-        pilot = make_design(o.layout, self.random("pilot", 32), task.n_train, o.p, o.rho0,
-                            o.pilot)  # fmt: skip
-        masks = pilot.masks()
-        values, _ = self.train(task, masks, pilot.seeds(), "pilot")
+        design = make_design(o.layout, self.random("pilot", 32), task.n_train, o.p, o.rho0,
+                             o.pilot)  # fmt: skip
+        masks = design.masks()
+        t0 = time.perf_counter()
+        values, _ = self.train(task, masks, design.seeds(), "pilot")
+        seconds = (time.perf_counter() - t0) / max(1, len(masks))
         epsilon, var_lb = o.epsilon, None
         if o.relative:
             # the variance of f itself: the normal approximation unless a finite-sample
@@ -303,18 +329,48 @@ class _Run:
                     "or a larger --pilot"
                 )
             epsilon = o.epsilon * var_lb
+        self._pilot = Pilot(design, masks, values, model.predict(masks), epsilon, var_lb, seconds)
+        return self._pilot
+
+    def sizes(
+        self, task: TaskBase, model: Datamodel, prover_cap: int, trusted: bool | None = None,
+        quiet: bool = False, own: bool | None = None,
+    ) -> Sizes:  # fmt: skip
+        """The challenge's sizes (module doc). A plan above the allowed Prover trainings
+        (``max_prover_trainings`` or the Prover's own limit) is cut to the allowance: the
+        certificate stays sound at any size, only its width grows, and the record says so
+        (and, unless ``quiet``, so does a note). ``trusted`` (default: the values are the
+        Verifier's own, checking alone or the witness route): sized with m* = 0. ``own``
+        (default: checking alone): the Verifier trains E itself, so only ``prover_cap`` (the
+        protocol's limit) caps it, not ``max_prover_trainings``.
+        (The pilot measures the spread with the committed g: a bad g inflates it, so a cheat
+        is typically sized at the allowance and aborted there.)"""
+        o = self.opts
+        if trusted is None:
+            trusted = o.protocol in ("noninteractive", "witness")
+        if own is None:
+            own = o.protocol == "noninteractive"
+        delta = o.delta * 0.75 if o.relative else o.delta
+        if not (o.relative or o.pairs_per_level is None or o.spot_checks is None):
+            return Sizes(o.epsilon, delta, o.pairs_per_level or 0, o.spot_checks or 0, "given")
+        pilot = self.pilot(task, model)
+        epsilon, var_lb, trained = pilot.epsilon, pilot.var_lb, len(pilot.values)
         if o.pairs_per_level is not None and o.spot_checks is not None:
             return Sizes(epsilon, delta, o.pairs_per_level, o.spot_checks, "given", None, var_lb,
-                         len(values))  # fmt: skip
-        sd, mse = pilot_figures(values, model.predict(masks), pilot, o.aggregate)  # type: ignore[arg-type]
+                         trained)  # fmt: skip
+        sd, mse = pilot_figures(pilot.values, pilot.predictions, pilot.design, o.aggregate)  # type: ignore[arg-type]
         per_base = len(make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0, 1))
-        cap = min(o.max_prover_trainings, prover_cap)
+        cap = prover_cap if own else min(o.max_prover_trainings, prover_cap)
+        who = "trainings here" if own else "Prover trainings"
+        clt_min = math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)
+        looks_ok = own and o.layout == "shared-base" and o.pairs_per_level is None
+        final_delta = delta * LOOK_DELTA[-1] if looks_ok else delta
         try:
             plan = plan_certificate(
-                epsilon, delta, sd_pair_sum=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
-                rhos=pilot.rhos, spot_fraction=o.spot_fraction, layout=o.layout,
+                epsilon, final_delta, sd_pair_sum=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
+                rhos=pilot.design.rhos, spot_fraction=o.spot_fraction, layout=o.layout,
                 n_targets_split=task.n_targets if o.aggregate == "max" else 1,
-                trusted=o.protocol == "noninteractive",  # checking alone: sized for itself
+                trusted=trusted,  # checking alone: sized for itself
             )  # fmt: skip
             n, asked, predicted = plan.pairs_per_level, f"{plan.n_subsets:,}", plan.predicted_width
         except InvalidParameterError:  # no size reaches epsilon with this spread
@@ -324,15 +380,22 @@ class _Run:
             n, source = o.pairs_per_level, "given pairs; planner spot-checks"
         elif n * per_base > cap:
             n = max(2, cap // per_base)
-            source = f"capped at {cap:,} Prover trainings (the plan asked for {asked})"
-        clt_min = math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)
+            source = f"capped at {cap:,} {who} (the plan asked for {asked})"
+            if not quiet:
+                self.note(cut_note(source))
         if (o.validity == "auto" and o.pairs_per_level is None and n < clt_min
                 and clt_min * per_base <= cap):  # fmt: skip
             # the plan assumed the normal approximation: give it the size it is allowed at
             n, source = clt_min, f"{source}; raised to {clt_min:,}, the fewest clt is allowed at"
+        looks: tuple[int, ...] = ()
+        first = math.ceil(LOOK_FRACTION * n)
+        if looks_ok and first >= 2 and (o.validity not in ("auto", "clt") or first >= clt_min):
+            looks = (first, n)  # checking alone stops at the first look that certifies
         k = o.spot_checks if o.spot_checks is not None else \
             min(max(1, math.ceil(o.spot_fraction * n * per_base)), n * per_base)  # fmt: skip
-        return Sizes(epsilon, delta, n, k, source, predicted, var_lb, len(values))
+        if trusted:
+            k = 0  # the values are the Verifier's own (or each checked by its witness)
+        return Sizes(epsilon, delta, n, k, source, predicted, var_lb, trained, looks)
 
     # 3. challenge ---------------------------------------------------------------------------
     def start(
@@ -385,6 +448,7 @@ class _Run:
         )  # fmt: skip
         signed = sign_message(self.key, challenge)
         secret = {"spot_checks": spots, "salt": salt.hex(), "sizes": sizes.__dict__,
+                  "routes": self.routes,
                   "requested": {"epsilon": o.epsilon, "delta": o.delta,
                                 "relative": o.relative}}  # fmt: skip
         record = Record(
@@ -402,6 +466,32 @@ class _Run:
         )
         self.store.add(record)  # the secret is on disk before the challenge leaves
         return record, challenge
+
+    def choose_route(self, task: TaskBase, model: Datamodel, prover_cap: int) -> Sizes | None:
+        """Plan every route from the pilot, pick ``auto``'s (or the forced one), say the plan in
+        words and keep every route's cost for the record (:mod:`verifier_client.routes`).
+        None when the sizes were given (no pilot: the route is as asked, ``auto`` interactive).
+        """
+        from verifier_client import routes
+
+        o = self.opts
+        if not o.relative and o.pairs_per_level is not None and o.spot_checks is not None:
+            if o.protocol == "auto":
+                self.opts = replace(o, protocol="interactive")
+            return None
+        costs = routes.plan_routes(self, task, model, prover_cap)
+        forced = o.protocol != "auto"
+        chosen = next(c for c in costs if c.route == o.protocol) if forced else \
+            routes.choose(costs)  # fmt: skip
+        if chosen.sizes is None:
+            raise InvalidParameterError(f"--protocol {o.protocol}: {chosen.why}")
+        self.routes = {"chosen": chosen.route, "forced": forced,
+                       "routes": [c.as_dict() for c in costs]}  # fmt: skip
+        self.note(routes.plan_sentence(chosen, costs, forced))
+        if not chosen.reaches:
+            self.note(cut_note(chosen.sizes.source))
+        self.opts = replace(o, protocol=chosen.route)
+        return chosen.sizes
 
     def validity_for(self, n: int) -> Literal["betting", "clt", "finite"]:
         """The challenge's validity: as asked, or for ``auto`` clt where it is allowed at this
@@ -624,6 +714,7 @@ def result_of(store: VerifierStore, record_id: str, client: ProverClient | None)
         "certified_epsilon": cert.get("certified_epsilon") if cert else None,
         "aggregate": cert.get("aggregate") if cert else None,
         "sizes": secret.get("sizes"),
+        "routes": secret.get("routes"),
     }
     if client is not None:
         out |= {"bytes_received": client.bytes_received, "bytes_sent": client.bytes_sent}
@@ -646,8 +737,6 @@ def run_verification(
     ``notify(sentence)`` with what the user should know now (kept in the result's ``notes``)."""
     from verifier_client import baselines
 
-    if opts.protocol == "witness" and opts.spot_checks is None:
-        opts = replace(opts, spot_checks=0)  # the witness route draws no spot-checks
     if resume is None:
         opts.validate()  # before any traffic: a bad option is the user's error, not the Prover's
     if client.key is None:
@@ -687,12 +776,20 @@ def run_verification(
     else:
         content = record.attribution_hash
         _, model = client.attribution(content)
+    # 2. the route and its sizes, said before the Prover trains
+    planned: Sizes | None = None
+    if record is None and opts.protocol != "naive" and opts.estimator == "gap":
+        planned = run.choose_route(task, model, client.info().limits.max_subsets)
+        opts = run.opts
+    elif opts.protocol == "auto":
+        opts = run.opts = replace(opts, protocol="interactive")
     if opts.protocol not in ("interactive", "witness"):
-        return baselines.run(run, task, task_hash, content, model, record)
-    # 2-3. size and challenge
+        return baselines.run(run, task, task_hash, content, model, record, planned)
+    # 3. challenge
     if record is None:
         cap = client.info().limits.max_subsets
-        record, challenge = run.start(task, task_hash, content, run.sizes(task, model, cap))
+        sizes = planned if planned is not None else run.sizes(task, model, cap)
+        record, challenge = run.start(task, task_hash, content, sizes)
     else:
         challenge = Challenge.model_validate(
             SignedMessage.model_validate_json(record.challenge_json).payload

@@ -54,7 +54,8 @@ def _browser():  # type: ignore[no-untyped-def]
 
 
 def _verify(url: str, root: Path, epsilon: float, seed: int, relative: bool = False) -> dict:  # type: ignore[type-arg]
-    opts = Options(task=TASK, epsilon=epsilon, budget=400, max_prover_trainings=20_000,
+    opts = Options(task=TASK, epsilon=epsilon, protocol="interactive", budget=400,
+                   max_prover_trainings=20_000,
                    poll_s=0.02, seed=seed.to_bytes(8, "little"),
                    secrets_seed=seed.to_bytes(8, "little"), relative=relative)  # fmt: skip
     with httpx.Client(base_url=url, timeout=60) as http:

@@ -45,6 +45,7 @@ def _verify(url: str, root: Path, seed: int, **over: object) -> dict:  # type: i
     fields: dict[str, object] = dict(
         task=TASK,
         epsilon=EPSILON,
+        protocol="interactive",  # the protocol under test (auto's choice: test_routes.py)
         budget=400,
         max_prover_trainings=20_000,
         poll_s=0.02,

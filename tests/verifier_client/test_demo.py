@@ -24,7 +24,20 @@ def test_the_demo_accepts_the_honest_prover_aborts_the_cheat_and_says_why(tmp_pa
     assert honest["verdict"] == "accept" and honest["certified_epsilon"] <= 3.0
     assert cheat["verdict"] == "abort" and cheat["reason"] == "not_certified"
     assert cheat["certified_epsilon"] > 3.0 and cheat["prover_trainings"] <= 800
-    assert honest["audit"]["ok"] and cheat["audit"]["ok"]
+    # the route: the cheapest that reaches epsilon, said with the others' costs before the
+    # Prover trains; the honest Verifier never trains more than checking alone would have
+    plans = {c["route"]: c for c in honest["routes"]["routes"]}
+    assert honest["protocol"] == honest["routes"]["chosen"] == "interactive"
+    alone = (
+        honest["sizes"]["pilot_trainings"]
+        + plans["noninteractive"]["verifier_training_equivalents"]
+    )
+    assert honest["local_trainings"] <= alone
+    assert honest["audit"]["ok"]
+    # the cheat's inflated spread puts the interactive plan past the cap: it is checked alone
+    # (no transcript to audit) or, where that cannot reach epsilon either, interactively
+    assert cheat["protocol"] in ("interactive", "noninteractive")
+    assert cheat["audit"] is None if cheat["protocol"] == "noninteractive" else cheat["audit"]["ok"]
     text = out.getvalue()
     assert "epsilon = 3 (mean err over the targets)" in text
     assert "honest Prover: ACCEPT: certified, the attribution's mean err" in text
@@ -32,4 +45,8 @@ def test_the_demo_accepts_the_honest_prover_aborts_the_cheat_and_says_why(tmp_pa
     assert "err (the 'gap')" in text and "threshold: accept iff" in text
     assert "time, Prover" in text and "time, Verifier" in text and "CPU time: Provers" in text
     assert "{'" not in text  # no dict repr
+    assert (
+        "route: interactive: the Prover trains 800" in text and "Otherwise: checking alone" in text
+    )
+    assert "checking alone would have trained" in text
     assert (tmp_path / "keep" / "honest.log").exists()  # --keep keeps the Provers' logs

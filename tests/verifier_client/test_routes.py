@@ -1,0 +1,116 @@
+"""The route chooser (``verify --protocol auto``): the cheapest route that reaches epsilon, said
+in words before the Prover trains, and what it says is what the run then spends."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import verifier_client
+from protocol.errors import InvalidParameterError
+from protocol.signing import generate_key, save_private_key
+from tests.serving import serve_prover
+from verifier_client.cli import app
+from verifier_client.routes import RouteCost, choose, plan_sentence, spot_trainings
+from verifier_client.session import Sizes
+
+runner = CliRunner()
+TASK = "planted:n_train=20,n_targets=2"
+
+
+def _cost(route: str, cost: float, reaches: bool = True, why: str = "") -> RouteCost:
+    sizes = None if why else Sizes(0.5, 0.05, 100, 40, "planner (pilot)")
+    return RouteCost(route, sizes, cost, 400 if route != "noninteractive" else 0, cost * 0.01,
+                     reaches, why=why)  # fmt: skip
+
+
+def test_the_cheapest_route_that_reaches_epsilon_is_chosen() -> None:
+    inter, alone = _cost("interactive", 160), _cost("noninteractive", 800)
+    witness = _cost("witness", 4.5)
+    assert choose([inter, alone, witness]).route == "witness"
+    assert choose([inter, alone, _cost("witness", math.inf, False, "not certifiable")]) is inter
+    # a cheaper route cut short of epsilon by a cap loses to one that reaches it
+    assert choose([_cost("interactive", 10, reaches=False), alone]) is alone
+    # none reaches: interactive (the Prover's trainings, not this machine's, are then cut)
+    cut = [_cost("interactive", 10, False), _cost("noninteractive", 9, False)]
+    assert choose(cut).route == "interactive"
+    # a tie goes to the interactive route (the order of ROUTES)
+    assert choose([_cost("noninteractive", 160), inter]) is inter
+    text = plan_sentence(alone, [inter, alone, witness], forced=False)
+    assert text.startswith("route: checking alone: the Prover trains none, this machine trains 800")
+    assert "Otherwise: interactive: the Prover trains 400, this machine retrains 160" in text
+    assert "witness: the Prover trains 400, this machine checks" in text
+
+
+@pytest.mark.parametrize(("k", "per_base", "n", "want"),
+                         [(40, 4, 100, 40), (41, 4, 100, 44), (1, 4, 100, 4), (10**6, 4, 100, 400),
+                          (0, 4, 100, 0)])  # fmt: skip
+def test_spot_trainings_are_whole_bases_as_the_session_draws_them(
+    k: int, per_base: int, n: int, want: int
+) -> None:
+    assert spot_trainings(Sizes(1.0, 0.05, n, k, "given"), per_base) == want
+
+
+def _key(tmp_path: Path) -> Path:
+    key = tmp_path / "v.pem"
+    save_private_key(generate_key(), key)
+    return key
+
+
+@pytest.mark.parametrize("protocol", ["auto", "interactive", "noninteractive"])
+def test_the_plan_said_before_the_prover_trains_is_what_the_run_spends(
+    tmp_path: Path, protocol: str
+) -> None:
+    key = _key(tmp_path)
+    with serve_prover(tmp_path / "p", TASK) as url:
+        out = runner.invoke(app, [
+            "verify", "--prover", url, "--task", TASK, "--epsilon", "0.6", "--budget", "400",
+            "--max-prover-trainings", "20000", "--protocol", protocol, "--key", str(key),
+            "--db", f"sqlite:///{tmp_path}/v.db", "--seed", "5", "--json",
+        ])  # fmt: skip
+    assert out.exit_code == 0, (out.stdout[-600:], out.stderr[-600:])
+    result = json.loads(out.stdout)
+    routes = result["routes"]
+    plans = {c["route"]: c for c in routes["routes"]}
+    assert set(plans) == {"interactive", "noninteractive", "witness"}
+    assert plans["witness"]["unavailable"] == "the task is not certifiable"
+    chosen = plans[routes["chosen"]]
+    assert routes["forced"] is (protocol != "auto")
+    assert result["protocol"] == routes["chosen"]
+    if protocol == "auto":  # the cheapest that reaches epsilon
+        reaching = [c for c in plans.values() if c["reaches_epsilon"]]
+        assert chosen["verifier_training_equivalents"] == min(
+            c["verifier_training_equivalents"] for c in reaching
+        )
+    else:
+        assert routes["chosen"] == protocol
+    # what was said is what was spent: the pilot plus the route's own trainings
+    pilot = result["sizes"]["pilot_trainings"]
+    spent = result["local_trainings"] - pilot
+    if routes["chosen"] == "noninteractive" and "first_look_trainings" in chosen:
+        early = any(n.startswith("checking alone: certified at the first look") for n in
+                    result["notes"])  # fmt: skip
+        assert spent == (chosen["first_look_trainings"] if early else
+                         chosen["verifier_training_equivalents"])  # fmt: skip
+    else:
+        assert spent == chosen["verifier_training_equivalents"]
+    assert result["prover_trainings"] == chosen["prover_trainings"]
+    said = [n for n in result["notes"] if n.startswith("route: ")]
+    assert len(said) == 1 and "Otherwise:" in said[0]
+    assert ("as asked (--protocol)" in said[0]) is (protocol != "auto")
+    assert "route: " in out.stderr  # said on the terminal too, before the Prover trains
+    assert result["verdict"] == "accept"
+
+
+def test_a_forced_witness_route_on_a_task_that_has_none_is_refused_before_the_prover_trains(
+    tmp_path: Path,
+) -> None:
+    key = _key(tmp_path)
+    with serve_prover(tmp_path / "p", TASK) as url:
+        with pytest.raises(InvalidParameterError, match="not certifiable"):
+            verifier_client.verify(url, TASK, 0.6, key=key, db=f"sqlite:///{tmp_path}/v.db",
+                                   budget=400, protocol="witness")  # fmt: skip
