@@ -108,6 +108,7 @@ __all__ = [
     "max_undetected",
     "pass_probability",
     "pilot_figures",
+    "pilot_point",
     "plan_certificate",
     "predicted_width",
     "upper_bias_coefficient",
@@ -942,6 +943,21 @@ def pilot_figures(
     return float(np.max(u.std(axis=0, ddof=1))), float(np.max(sq.mean(axis=0)))
 
 
+def pilot_point(
+    values: FloatArray, predictions: FloatArray, design: StabilityDesign, aggregate: Aggregate
+) -> float:
+    """The certificate's point estimate of err on a pilot, without its bound: the mean pair-sum
+    (over targets for ``mean``, the largest target's for ``max``). Inputs as :func:`certify`."""
+    f = as_finite_matrix("values", values, (None, None))
+    g = as_finite_matrix("predictions", predictions, f.shape)
+    _check_choice("aggregate", aggregate, ("mean", "max"))
+    r = f - g
+    rhos, arrange = _members(design, f.shape[0])
+    ra, rb = arrange(r)
+    u = np.einsum("l,lnc->nc", linear_weights(rhos), ra * rb)
+    return float(u.mean()) if aggregate == "mean" else float(np.max(u.mean(axis=0)))
+
+
 def predicted_width(
     n: int, m_star: int, sd_pair_sum: float, mse: float, delta_stat: float, kappa: float
 ) -> dict[str, float]:
@@ -975,6 +991,7 @@ def plan_certificate(
     n_targets_split: int = 1,
     layout: str = "pairs",
     trusted: bool = False,
+    assumed_err: float | None = None,
 ) -> CertificatePlan:
     """Smallest n pairs per level (with k = spot_fraction |E| spot-checks) such that a g with
     err = epsilon / 2 is accepted w.p. >= 1 - delta under the normal approximation:
@@ -984,6 +1001,8 @@ def plan_certificate(
     pass ``n_targets_split = Z``. ``layout``: ``pairs`` (|E| = 2 L n) or ``shared-base``
     (|E| = (1 + L) n; ``sd_pair_sum`` then from a shared-base pilot). ``trusted``: the
     values are the Verifier's own (checking alone): m* = 0 and no delta for spot-checks.
+    ``assumed_err`` (default epsilon / 2): the err of the attribution the size must accept,
+    e.g. an upper figure from the pilot (:func:`pilot_point`), for a first look.
     """
     eps = _check_positive_float("epsilon", epsilon)
     dlt = check_probability("delta", delta)
@@ -993,6 +1012,9 @@ def plan_certificate(
     d_spot = 0.0 if trusted else dlt * spot_share
     d_stat = (dlt - d_spot) / 2.0 / n_targets_split
     z_c = float(norm.ppf(1.0 - dlt))
+    assumed = eps / 2 if assumed_err is None else float(assumed_err)
+    if not (math.isfinite(assumed) and 0 <= assumed < eps):
+        raise InvalidParameterError(f"assumed_err must lie in [0, epsilon); got {assumed_err!r}")
 
     _check_choice("layout", layout, ("pairs", "shared-base"))
     per_j = 2 * levels if layout == "pairs" else 1 + levels
@@ -1003,7 +1025,7 @@ def plan_certificate(
         m_star = 0 if trusted else max_undetected(n_sub, k, d_spot)
         parts = predicted_width(n, m_star, sd_pair_sum, mse, d_stat, kappa)
         parts["completeness"] = z_c * sd_pair_sum / math.sqrt(n)
-        return eps / 2 - sum(parts.values()), parts, k, m_star
+        return eps - assumed - sum(parts.values()), parts, k, m_star
 
     n = 16
     while margin(n)[0] < 0:

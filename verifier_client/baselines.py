@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,12 +33,55 @@ from verifier_client.store import Record
 if TYPE_CHECKING:
     from verifier_client.session import Design, Sizes, _Run
 
-__all__ = ["LOOK_DELTA", "LOOK_FRACTION", "alone_looks", "fresh_mse", "residual_decision", "run"]
+__all__ = [
+    "LOOK_DELTA", "LOOK_MAX_SHARE", "alone_looks", "first_look", "fresh_mse",
+    "residual_decision", "run",
+]  # fmt: skip
 
-# Checking alone looks twice: at LOOK_FRACTION of the planned bases with LOOK_DELTA[0] of delta,
-# then at all of them with the rest (a fixed schedule, so a union bound holds: alone_decision).
-LOOK_FRACTION = 0.5
-LOOK_DELTA = (0.1, 0.9)
+# Checking alone looks twice (a schedule fixed by the pilot, so a union bound holds:
+# alone_looks), half of delta each: first at the size that minimises the expected trainings
+# (first_look), then at the size planned for epsilon / 2. A first look above LOOK_MAX_SHARE of
+# the second saves too little: one look then, with all of delta.
+LOOK_DELTA = (0.5, 0.5)
+LOOK_MAX_SHARE = 0.8
+
+
+def first_look(
+    n: int,
+    *,
+    epsilon: float,
+    point: float,
+    sd: float,
+    mse: float,
+    n_pilot: int,
+    delta_stat: float,
+    kappa: float,
+    smallest: int,
+) -> tuple[int, float]:
+    """The first look's bases and the chance it certifies, for a second look at ``n`` bases.
+
+    The pilot measured err's point ``point`` with standard error se = sd / sqrt(n_pilot) (sd:
+    the pair-sums' SD, an upper figure). At m bases the bound is about err + w(m) with w the
+    statistical and bias parts of :func:`protocol.certificate.predicted_width` (m* = 0) at
+    ``delta_stat``, and its point has SD sd / sqrt(m); so, with err near N(point, se^2),
+    P(certified at m) ~ Phi((epsilon - point - w(m)) / sqrt(se^2 + sd^2 / m)). The expected
+    trainings are m + (1 - P) (n - m) (the second look trains only the rest). Returns the m of
+    a geometric grid from ``smallest`` to n that minimises them, and its P."""
+    from protocol.certificate import predicted_width
+    from protocol.distributions import norm
+
+    se = sd / math.sqrt(n_pilot)
+    point = max(0.0, point)  # err >= 0: a negative estimate is noise
+    best, chance = n, 0.0
+    m = max(2, smallest)
+    while m < n:
+        parts = predicted_width(m, 0, sd, mse, delta_stat, kappa)
+        w = parts["statistical"] + parts["bias"]
+        p = float(norm.cdf((epsilon - point - w) / math.sqrt(se**2 + sd**2 / m)))
+        if m + (1.0 - p) * (n - m) < best + (1.0 - chance) * (n - best):
+            best, chance = m, p
+        m = max(m + 1, math.ceil(m * 1.15))
+    return best, chance
 
 
 def fresh_mse(run: _Run, task: Task, model: Datamodel, count: int) -> NDArray[np.float64]:

@@ -7,8 +7,10 @@ Three routes certify the same err(g) <= epsilon at the same delta:
   of E (:mod:`protocol.certificate`, "Checked groups");
 * **alone** (``noninteractive``): the Verifier trains its own E and certifies it (m* = 0, no
   tau); the Prover trains nothing for the check. It looks twice (``verifier_client.baselines``):
-  at half the planned bases with a tenth of delta, then at all of them with the rest, and stops
-  at the first look that certifies; it is costed at its worst case, both looks;
+  first where the expected trainings are least, then at the size planned for epsilon / 2, half
+  of delta each, and stops at the first look that certifies; it is costed at its expected
+  trainings (the plan's chance that the first look certifies) and its worst case is said beside
+  it;
 * **witness**, for a certifiable task only (:mod:`protocol.tasks.certifiable`): the Prover
   trains E and returns each subset's parameters; the Verifier checks each by one gradient pass
   and certifies its own f(theta) with m* = 0 and a per-value tau.
@@ -71,6 +73,8 @@ class RouteCost:
     per_check: float = 1.0
     why: str = ""  # why the route is not available (then sizes is None)
     first_look: int = 0  # checking alone: the trainings of its first look (0: one look)
+    worst: int = 0  # checking alone: both looks' trainings
+    chance: float = 0.0  # checking alone: the plan's chance that its first look certifies
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,7 +86,11 @@ class RouteCost:
             out |= {"pairs_per_level": self.sizes.pairs_per_level,
                     "spot_checks": self.sizes.spot_checks, "source": self.sizes.source}  # fmt: skip
         if self.first_look:
-            out["first_look_trainings"] = self.first_look
+            out |= {
+                "first_look_trainings": self.first_look,
+                "worst_case_trainings": self.worst,
+                "first_look_chance": round(self.chance, 3),
+            }
         if self.route == "witness" and self.sizes is not None:
             out |= {"gradient_passes": self.gradient_passes, "per_check": round(self.per_check, 5)}
         if self.why:
@@ -128,14 +136,17 @@ def plan_routes(run: _Run, task: TaskBase, model: Datamodel, prover_cap: int) ->
     alone = run.sizes(task, model, LIMITS["n_subsets"], trusted=True, quiet=True, own=True)
     seconds = run.pilot(task, model).seconds_per_training
     prover_n = interactive.pairs_per_level * per_base
+    own_all = alone.pairs_per_level * per_base
+    own_first = alone.looks[0] * per_base if len(alone.looks) > 1 else 0
+    chance = alone.first_look_chance or 0.0
+    own_expected = own_first + (1.0 - chance) * (own_all - own_first) if own_first else own_all
     spots = spot_trainings(interactive, per_base)
     out = [
         RouteCost("interactive", interactive, float(spots), prover_n, spots * seconds,
                   not interactive.source.startswith("capped")),
-        RouteCost("noninteractive", alone, float(alone.pairs_per_level * per_base), 0,
-                  alone.pairs_per_level * per_base * seconds,
-                  not alone.source.startswith("capped"),
-                  first_look=alone.looks[0] * per_base if len(alone.looks) > 1 else 0),
+        RouteCost("noninteractive", alone, own_expected, 0, own_expected * seconds,
+                  not alone.source.startswith("capped"), first_look=own_first, worst=own_all,
+                  chance=chance),
     ]  # fmt: skip
     ratio = witness_check_cost(run, task)
     if ratio is None:
@@ -166,7 +177,9 @@ def _cost_words(c: RouteCost) -> str:
     elif c.route == "noninteractive":
         mine = f"this machine trains {int(c.verifier_trainings):,} models"
         if c.first_look:
-            mine += f" ({c.first_look:,} if its first look certifies)"
+            mine = (f"this machine trains {c.first_look:,} models, {c.worst:,} if its first look "
+                    f"does not certify ({c.chance:.0%} that it does: {c.verifier_trainings:,.0f} "
+                    "expected)")  # fmt: skip
     else:
         mine = (f"this machine checks {c.gradient_passes:,} witnesses, "
                 f"{c.verifier_trainings:,.1f} training-equivalents")  # fmt: skip

@@ -36,6 +36,7 @@ error is reported and the command exits 2.)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -54,11 +55,14 @@ from numpy.typing import NDArray
 from protocol.certificate import (
     CLT_MIN_EVENTS,
     Certificate,
+    CertificatePlan,
     clt_refusal,
     default_validity,
     group_subsets,
     pilot_figures,
+    pilot_point,
     plan_certificate,
+    upper_bias_coefficient,
     variance_lower_bound,
 )
 from protocol.checkequiv import EquivReport, check_equiv
@@ -71,7 +75,7 @@ from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from protocol.witness import witness_limit
-from verifier_client.baselines import LOOK_DELTA, LOOK_FRACTION
+from verifier_client.baselines import LOOK_DELTA, LOOK_MAX_SHARE, first_look
 from verifier_client.cancel import cancel_on_interrupt
 from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.store import Record, VerifierStore
@@ -197,6 +201,7 @@ class Sizes:
     variance_lower_bound: float | None = None
     pilot_trainings: int = 0
     looks: tuple[int, ...] = ()  # checking alone: the bases certified at each look (baselines)
+    first_look_chance: float | None = None  # the plan's chance that the first look certifies
 
 
 def cut_note(source: str) -> str:
@@ -363,16 +368,22 @@ class _Run:
         cap = prover_cap if own else min(o.max_prover_trainings, prover_cap)
         who = "trainings here" if own else "Prover trainings"
         clt_min = math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)
-        looks_ok = own and o.layout == "shared-base" and o.pairs_per_level is None
-        final_delta = delta * LOOK_DELTA[-1] if looks_ok else delta
-        try:
-            plan = plan_certificate(
-                epsilon, final_delta, sd_pair_sum=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
+        if o.validity != "auto" or o.pairs_per_level is not None or clt_min * per_base > cap:
+            clt_min = 0  # no raise (given, or not allowed): clt_refusal decides at the challenge
+
+        def plan(at: float, assumed: float | None = None) -> CertificatePlan:
+            return plan_certificate(
+                epsilon, at, sd_pair_sum=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
                 rhos=pilot.design.rhos, spot_fraction=o.spot_fraction, layout=o.layout,
                 n_targets_split=task.n_targets if o.aggregate == "max" else 1,
-                trusted=trusted,  # checking alone: sized for itself
+                trusted=trusted, assumed_err=assumed,  # checking alone: sized for itself
             )  # fmt: skip
-            n, asked, predicted = plan.pairs_per_level, f"{plan.n_subsets:,}", plan.predicted_width
+
+        looks_ok = own and o.layout == "shared-base" and o.pairs_per_level is None
+        try:
+            final = plan(delta * LOOK_DELTA[-1] if looks_ok else delta)
+            n, asked, predicted = final.pairs_per_level, f"{final.n_subsets:,}", \
+                final.predicted_width  # fmt: skip
         except InvalidParameterError:  # no size reaches epsilon with this spread
             n, asked, predicted = cap // per_base + 1, "more than any size", None
         source = "planner (pilot)"
@@ -383,19 +394,33 @@ class _Run:
             source = f"capped at {cap:,} {who} (the plan asked for {asked})"
             if not quiet:
                 self.note(cut_note(source))
-        if (o.validity == "auto" and o.pairs_per_level is None and n < clt_min
-                and clt_min * per_base <= cap):  # fmt: skip
+        if n < clt_min:
             # the plan assumed the normal approximation: give it the size it is allowed at
             n, source = clt_min, f"{source}; raised to {clt_min:,}, the fewest clt is allowed at"
         looks: tuple[int, ...] = ()
-        first = math.ceil(LOOK_FRACTION * n)
-        if looks_ok and first >= 2 and (o.validity not in ("auto", "clt") or first >= clt_min):
-            looks = (first, n)  # checking alone stops at the first look that certifies
+        chance: float | None = None
+        if looks_ok and predicted is not None and n * per_base <= cap:
+            # a first look where the expected trainings are least (baselines.first_look): an
+            # attribution far better than epsilon stops there
+            first, chance = first_look(
+                n, epsilon=epsilon, point=pilot_point(pilot.values, pilot.predictions,
+                                                      pilot.design, o.aggregate),  # type: ignore[arg-type]
+                sd=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse, n_pilot=o.pilot,
+                delta_stat=delta * LOOK_DELTA[0] / 2 / (task.n_targets if o.aggregate == "max"
+                                                       else 1),
+                kappa=upper_bias_coefficient(np.asarray(pilot.design.rhos)), smallest=clt_min,
+            )  # fmt: skip
+            if first <= LOOK_MAX_SHARE * n:
+                looks = (first, n)  # checking alone stops at the first look that certifies
+            else:  # one look: all of delta on it
+                chance = None
+                with contextlib.suppress(InvalidParameterError):
+                    n = max(plan(delta).pairs_per_level, clt_min)
         k = o.spot_checks if o.spot_checks is not None else \
             min(max(1, math.ceil(o.spot_fraction * n * per_base)), n * per_base)  # fmt: skip
         if trusted:
             k = 0  # the values are the Verifier's own (or each checked by its witness)
-        return Sizes(epsilon, delta, n, k, source, predicted, var_lb, trained, looks)
+        return Sizes(epsilon, delta, n, k, source, predicted, var_lb, trained, looks, chance)
 
     # 3. challenge ---------------------------------------------------------------------------
     def start(

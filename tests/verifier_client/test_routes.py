@@ -95,7 +95,7 @@ def test_the_plan_said_before_the_prover_trains_is_what_the_run_spends(
         early = any(n.startswith("checking alone: certified at the first look") for n in
                     result["notes"])  # fmt: skip
         assert spent == (chosen["first_look_trainings"] if early else
-                         chosen["verifier_training_equivalents"])  # fmt: skip
+                         chosen["worst_case_trainings"])  # fmt: skip
     else:
         assert spent == chosen["verifier_training_equivalents"]
     assert result["prover_trainings"] == chosen["prover_trainings"]
