@@ -65,7 +65,8 @@ def decided(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Decided]:
     application = create_app(make_settings(root / "p", run_worker=True, public_transcripts=True))
     with serve(application) as url:
         result = verify(url, TASK, 0.6, key=key, db=f"sqlite:///{root}/v.db", budget=400,
-                        max_prover_trainings=20_000, poll_s=0.02, seed=41)  # fmt: skip
+                        max_prover_trainings=20_000, poll_s=0.02, seed=41,
+                        protocol="interactive")  # fmt: skip
         assert (result["verdict"], result["reason"]) == ("accept", "certified"), result
         with httpx.Client(base_url=url, timeout=60) as http:
             bundle = fetch_bundle(ProverClient(http, key=key), str(result["session"]), key)
