@@ -137,14 +137,17 @@ class SessionAudit:
 
     @property
     def recorded(self) -> str | None:
+        """The signed verdict's ``verdict:reason`` (None if the transcript has none)."""
         return self.report.recorded
 
     @property
     def recomputed(self) -> str | None:
+        """The ``verdict:reason`` recomputed here (None if the audit stopped before)."""
         return self.report.recomputed
 
     @property
     def certificate(self) -> Certificate | None:
+        """The certificate recomputed here, for the bounds chart (None if there is none)."""
         return self.report.certificate
 
     @property
