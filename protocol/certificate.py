@@ -106,6 +106,7 @@ __all__ = [
     "default_validity",
     "group_subsets",
     "max_undetected",
+    "pair_members",
     "pass_probability",
     "pilot_figures",
     "pilot_point",
@@ -386,10 +387,11 @@ def _bound_finite(
 # -- certify ----------------------------------------------------------------------------------
 
 
-def _members(
+def pair_members(
     design: StabilityDesign, n_rows: int
 ) -> tuple[FloatArray, Callable[[FloatArray], tuple[FloatArray, FloatArray]]]:
-    """The levels and a map from per-subset rows (|E|, C) to the pair members (L, n, C) x 2.
+    """The levels and a map from per-subset rows (|E|, C) to the pair members (L, n, C) x 2:
+    the protocol's pair layout, public so that a page charting a fit uses the certificate's own.
 
     Pair layout (:class:`~protocol.sampling.ChallengeDesign`): subsets 2g and 2g + 1 of pair
     g = l n + j. Shared-base layout (:class:`~protocol.sampling.SharedBaseDesign`): x of base j
@@ -583,7 +585,7 @@ def certify(
             raise InvalidParameterError(f"values outside the declared range [-{bound}, {bound}]")
     elif validity in ("finite", "betting"):
         raise InvalidParameterError(f"validity {validity!r} needs the task's bound b")
-    rhos, _ = _members(design, f.shape[0])
+    rhos, _ = pair_members(design, f.shape[0])
     n_sub = f.shape[0]
     n = int(design.pairs_per_level)
     groups: NDArray[np.int64] | None = None
@@ -700,7 +702,7 @@ class _Pieces:
         prediction_range: tuple[FloatArray, FloatArray] | None,
     ) -> _Pieces:
         r = f - g
-        rhos, arrange = _members(design, f.shape[0])
+        rhos, arrange = pair_members(design, f.shape[0])
         levels, n = len(rhos), int(design.pairs_per_level)
         z_targets = f.shape[1]
         shared = getattr(design, "layout", "pairs") == "shared-base"
@@ -934,7 +936,7 @@ def pilot_figures(
     g = as_finite_matrix("predictions", predictions, f.shape)
     _check_choice("aggregate", aggregate, ("mean", "max"))
     r = f - g
-    rhos, arrange = _members(design, f.shape[0])
+    rhos, arrange = pair_members(design, f.shape[0])
     ra, rb = arrange(r)
     u = np.einsum("l,lnc->nc", linear_weights(rhos), ra * rb)
     sq = r * r

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +42,7 @@ __all__ = [
     "abort_decision",
     "certificate_figures",
     "certify_challenge",
+    "certify_values",
     "decide",
     "decide_threshold",
 ]
@@ -74,6 +75,40 @@ def certificate_figures(cert: Certificate) -> dict[str, float]:
     return {k: float(v) for k, v in raw.items() if math.isfinite(v)}
 
 
+def certify_values(
+    values: NDArray[np.float64],
+    model: Datamodel,
+    design: ChallengeDesign | SharedBaseDesign,
+    *,
+    delta: float,
+    aggregate: Literal["mean", "max"],
+    validity: Literal["betting", "clt", "finite"],
+    bound: float,
+    p: float,
+    tau: float | NDArray[np.float64] = 0.0,
+    spots: Sequence[int] | None = None,
+) -> Certificate:
+    """The certificate of values f (|E|, Z) on ``design`` against the committed ``model``: the
+    one call of :func:`protocol.certificate.certify` outside the benchmarks, which the session,
+    the baselines, the witness route and the transcript audit (:mod:`protocol.transcript`)
+    all reach (most through :func:`certify_challenge`).
+
+    ``spots`` None: the values are the Verifier's own (checking alone, tau 0) or each checked
+    by its witness (tau per value, (|E|, Z)), so m* = 0. Otherwise the opened spot-check set:
+    one that is a union of whole pair-sum groups (the Verifier's default: whole bases)
+    certifies with ``checked`` (m* over groups, and the checked groups' own bound), any other
+    as uniformly drawn subsets (``spot_checks = |C|``, m* over subsets)."""
+    groups, spot_checks = None, None
+    if spots is not None:
+        groups = checked_groups(design, spots)
+        spot_checks = None if groups is not None else len(spots)
+    return certify(
+        values, model.predict(design.masks()), design, delta=delta, aggregate=aggregate,
+        tau=tau, validity=validity, bound=bound, prediction_range=model.output_range(), p=p,
+        checked=groups, spot_checks=spot_checks,
+    )  # fmt: skip
+
+
 def certify_challenge(
     challenge: Challenge,
     bound: float,
@@ -81,19 +116,19 @@ def certify_challenge(
     design: ChallengeDesign | SharedBaseDesign,
     values: NDArray[np.float64],
     spots: Sequence[int],
+    *,
+    trusted_tau: float | NDArray[np.float64] | None = None,
 ) -> Certificate:
-    """The certificate of a challenge's response, from its opened spot-check set: the one call
-    the session, ``vda-verifier audit`` and the Prover's audit page share.
-
-    A spot-check set that is a union of whole pair-sum groups (the Verifier's default: whole
-    bases) certifies with ``checked`` (m* over groups, and the checked groups' own bound);
-    any other set as uniformly drawn subsets (``spot_checks = |C|``, m* over subsets)."""
-    groups = checked_groups(design, spots)
-    return certify(
-        values, model.predict(design.masks()), design, delta=challenge.delta,
-        aggregate=challenge.aggregate, tau=challenge.tau, validity=challenge.validity,
-        bound=bound, prediction_range=model.output_range(), p=challenge.p,
-        checked=groups, spot_checks=None if groups is not None else len(spots),
+    """The certificate of a challenge's response (:func:`certify_values` at the challenge's
+    delta, aggregate, validity, p and tau), from its opened spot-check set ``spots``: the call
+    the session, ``vda-verifier audit`` and the Prover's audit page share. ``trusted_tau``
+    instead (``spots`` then ignored): the values are trusted, m* = 0, each charged that tau
+    rather than the challenge's (the witness route)."""
+    return certify_values(
+        values, model, design, delta=challenge.delta, aggregate=challenge.aggregate,
+        validity=challenge.validity, bound=bound, p=challenge.p,
+        tau=challenge.tau if trusted_tau is None else trusted_tau,
+        spots=list(spots) if trusted_tau is None else None,
     )  # fmt: skip
 
 

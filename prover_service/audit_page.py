@@ -1,12 +1,15 @@
 """What the ``/audit`` page shows: each session's checks recomputed here, and its charts as SVG.
 
-The recomputation uses the protocol only (the service never imports the Verifier's client):
-signatures (:func:`protocol.signing.open_signed`), hashes, the spot-check commitment, the
-opened spot-checks re-trained (:func:`protocol.evaluation.run_task`,
-:func:`protocol.checkequiv.check_equiv`), the certificate (:func:`protocol.certificate.certify`,
-the same call as the Verifier's ``certify_challenge``), the decision
-(:func:`protocol.decision.decide`), and each message's inclusion in the transparency log.
-A transcript altered in the database fails here, visibly, whatever its stored verdict says.
+The checks are :func:`protocol.transcript.audit_transcript`, the one pure audit that
+``vda-verifier audit`` runs too (the service never imports the Verifier's client): signatures,
+hashes, the spot-check commitment, the range of the values, the opened spot-checks re-trained,
+the certificate and the decision, on the session's transcript as
+``GET /v1/sessions/{id}/transcript`` shows it and its arrays as the store holds them (read
+unchecked, so that the audit's own hash check reports a damaged one, as it would for anyone
+holding those bytes). The page adds what only the Prover can show: whether it serves the task,
+each message's inclusion in the transparency log, with its proof, and the noise-stability fit
+below. A transcript altered in the database fails here, visibly, whatever its stored verdict
+says.
 
 Charts are drawn as inline SVG strings on the server: no JavaScript, no build step. Two per
 session: the per-target bounds of the certificate (:func:`bounds_chart`) and the noise-stability
@@ -24,27 +27,18 @@ from html import escape
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+from pydantic import ValidationError
 
-from protocol.certificate import Certificate, _members
-from protocol.checkequiv import check_equiv
-from protocol.datamodel import Datamodel
-from protocol.decision import certify_challenge, decide
+from protocol.certificate import Certificate, pair_members
 from protocol.errors import ProtocolError
-from protocol.evaluation import run_task
-from protocol.messages import (
-    AttributionManifest,
-    Challenge,
-    ResponseManifest,
-    Verdict,
-    array_from_npy,
-    commit_spot_checks,
-)
 from protocol.residual import StabilityDesign, fit_nonnegative
-from protocol.signing import SignedMessage, open_signed
+from protocol.signing import SignedMessage
+from protocol.transcript import AuditReport, Transcript, audit_transcript
 from protocol.transparency import leaf_hash, log_entry, verify_inclusion
 from prover_service.audit_summary import summary
 from prover_service.errors import ServiceError
-from prover_service.store import SessionRow
+from prover_service.store import ArrayStore, SessionRow
 
 __all__ = [
     "SessionAudit",
@@ -89,15 +83,15 @@ class StabilityFit:
 
 
 def stability_fit(
-    values: np.ndarray,  # type: ignore[type-arg]
-    predictions: np.ndarray | None,  # type: ignore[type-arg]
+    values: NDArray[np.float64],
+    predictions: NDArray[np.float64] | None,
     design: StabilityDesign,
 ) -> StabilityFit:
     """The fit from the reported values (|E|, Z), the datamodel's predictions on the same
     masks (None: fit f itself, the residual estimator) and the design (either layout)."""
     f = np.asarray(values, dtype=np.float64)
     r = f if predictions is None else f - np.asarray(predictions, dtype=np.float64)
-    rhos, arrange = _members(design, r.shape[0])  # the protocol's pair layout, both designs
+    rhos, arrange = pair_members(design, r.shape[0])  # the protocol's pair layout, both designs
     ra, rb = arrange(r)
     psi = (ra * rb).mean(axis=2)  # (L, n): r(x) r(x') per pair, mean over the targets
     n = psi.shape[1]
@@ -122,26 +116,64 @@ def stability_fit(
 
 @dataclass
 class SessionAudit:
-    """The recomputed checks of one session, its figures and its log proofs."""
+    """One session's audit as the page shows it: the transcript's report
+    (:func:`protocol.transcript.audit_transcript`), then the page's own rows (``extra``: the
+    task served here, the noise-stability fit, the log), the fit and the log proofs."""
 
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    recorded: str | None = None
-    recomputed: str | None = None
-    certificate: Certificate | None = None
+    report: AuditReport = field(default_factory=AuditReport)
+    extra: list[dict[str, Any]] = field(default_factory=list)
     stability: StabilityFit | None = None
     proofs: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        """Append one of the page's own checks; returns ``ok``."""
+        self.extra.append({"check": name, "ok": bool(ok), "detail": detail})
         return ok
 
     @property
+    def checks(self) -> list[dict[str, Any]]:
+        """Every row: the transcript's, then the page's."""
+        return [*self.report.checks, *self.extra]
+
+    @property
+    def recorded(self) -> str | None:
+        """The signed verdict's ``verdict:reason`` (None if the transcript has none)."""
+        return self.report.recorded
+
+    @property
+    def recomputed(self) -> str | None:
+        """The ``verdict:reason`` recomputed here (None if the audit stopped before)."""
+        return self.report.recomputed
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """The certificate recomputed here, for the bounds chart (None if there is none)."""
+        return self.report.certificate
+
+    @property
     def ok(self) -> bool:
-        return all(c["ok"] for c in self.checks) and self.recorded == self.recomputed
+        """The transcript's report is ok and so is every row the page adds."""
+        return self.report.ok and all(c["ok"] for c in self.extra)
 
     def stability_svg(self) -> str:
         """The noise-stability chart (inline SVG), or "" when the transcript has no values."""
         return stability_chart(self.stability) if self.stability is not None else ""
+
+
+class StoredArrays:
+    """The Prover's array store as a :class:`protocol.transcript.ArraySource`: bytes read
+    unchecked (:meth:`ArrayStore.read`; the audit checks them), KeyError for absent ones."""
+
+    def __init__(self, store: ArrayStore) -> None:
+        self.store = store
+
+    def __getitem__(self, sha256: str, /) -> bytes:
+        return self.store.read(sha256)
+
+
+def session_transcript(svc: Any, row: SessionRow) -> Transcript:
+    """The transcript of ``row``, exactly as ``GET /v1/sessions/{id}/transcript`` shows it."""
+    return Transcript.model_validate(svc.sessions.transcript_of(row))
 
 
 def _log_checks(rep: SessionAudit, svc: Any, messages: dict[str, SignedMessage]) -> None:
@@ -161,89 +193,30 @@ def _log_checks(rep: SessionAudit, svc: Any, messages: dict[str, SignedMessage])
 
 
 def audit_session(svc: Any, row: SessionRow) -> SessionAudit:
-    """Every check of the audit, recomputed from what the database holds (module doc)."""
+    """The session's audit (module doc): the transcript's report, then the page's rows."""
     rep = SessionAudit()
-    key = svc.public_key
-    task = svc.tasks.get(row.task_hash)
-    messages: dict[str, SignedMessage] = {}
     try:
-        a_signed, dm_bytes = svc.attribution(row.attribution_hash)
-        messages["attribution"] = a_signed
-        attribution = open_signed(a_signed, AttributionManifest, signer=key)
-        model = Datamodel.from_bytes(dm_bytes)
-        rep.add("attribution signed by the Prover; datamodel matches its hash",
-                model.content_hash == attribution.content_hash)  # fmt: skip
-        c_signed = SignedMessage.model_validate_json(row.challenge_json)
-        messages["challenge"] = c_signed
-        challenge = open_signed(c_signed, Challenge)
-        rep.add("challenge signed by the key it names", c_signed.signer == challenge.verifier_key)
-        rep.add("challenge names this attribution and task",
-                challenge.attribution_hash == attribution.content_hash
-                and challenge.task_hash == attribution.task_hash == row.task_hash)  # fmt: skip
-        if row.response_json is None or row.verdict_json is None or task is None:
-            rep.add("transcript complete (response and verdict)", False, "missing messages")
-            _log_checks(rep, svc, messages)
-            return rep
-        r_signed = SignedMessage.model_validate_json(row.response_json)
-        messages["response"] = r_signed
-        response = open_signed(r_signed, ResponseManifest, signer=key)
-        rep.add("response answers this challenge", response.challenge_digest == c_signed.digest)
-        values = array_from_npy(response.values, svc.arrays.get(response.values.sha256))
-        probes = array_from_npy(response.probes, svc.arrays.get(response.probes.sha256))
-        rep.add("response arrays match their signed hashes", True)
-        v_signed = SignedMessage.model_validate_json(row.verdict_json)
-        messages["verdict"] = v_signed
-        verdict = open_signed(v_signed, Verdict, signer=challenge.verifier_key)
-        rep.recorded = f"{verdict.verdict}:{verdict.reason}"
-        rep.add("verdict names this challenge and response",
-                (verdict.challenge_digest, verdict.response_digest)
-                == (c_signed.digest, r_signed.digest))  # fmt: skip
-        opened = commit_spot_checks(verdict.spot_check_indices, bytes.fromhex(verdict.salt))
-        rep.add("spot-check commitment opens", opened == challenge.spot_check_commitment)
-    except (ProtocolError, ServiceError, KeyError, ValueError) as exc:
-        rep.add("signatures, hashes and formats", False, str(exc))
-        _log_checks(rep, svc, messages)
+        transcript = session_transcript(svc, row)
+    except (ServiceError, KeyError, ValidationError) as exc:
+        rep.report.add("signatures, hashes and formats", False, f"no transcript: {exc}")
         return rep
-
-    design = challenge.design(task.n_train)
-    values = values.astype(np.float64)
-    idx = np.array(verdict.spot_check_indices, dtype=np.int64)
-    masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx]) if len(idx) else \
-        np.zeros((0, task.n_train), dtype=bool)  # fmt: skip
-    seeds = design.seeds()[idx] if len(idx) else np.zeros(0, dtype=np.uint64)
-    local = run_task(task, masks, seeds)
-    spot = check_equiv(values[idx], probes[idx].astype(np.float32), local.values, local.probes,
-                       challenge.tau)  # fmt: skip
-    rep.add("spot-checks re-trained here agree with the verdict's count",
-            spot.mismatches == int(verdict.figures.get("spot_mismatches", 0)),
-            f"{spot.mismatches} mismatches here")  # fmt: skip
-    predictions = model.predict(design.masks())
-    try:
-        gap = challenge.estimator != "residual"
-        rep.stability = stability_fit(values, predictions if gap else None, design)
-    except (ProtocolError, ValueError) as exc:
-        rep.add("noise-stability fit from the signed values", False, str(exc))
-    cert = None
-    if spot.all_match and challenge.estimator != "residual":
+    task = svc.tasks.get(row.task_hash)
+    if task is None:
+        rep.add("the task is served here", False, f"task {row.task_hash[:16]}... is not")
+    else:
+        rep.report = audit_transcript(transcript, StoredArrays(svc.arrays), task, svc.public_key)
+    opened = rep.report.opened
+    if opened is not None:
         try:
-            cert = certify_challenge(challenge, task.bound, model, design, values, idx.tolist())
-        except ProtocolError as exc:  # e.g. a clt challenge at a size clt is now refused at
-            rep.add("certificate recomputed from the transcript", False, str(exc))
-            rep.recomputed = "refused"
-            _log_checks(rep, svc, messages)
-            return rep
-        rep.certificate = cert
-        recorded = verdict.figures.get("certified_epsilon", math.inf)
-        here = cert.certified_epsilon
-        rep.add("certificate recomputed from the transcript",
-                math.isclose(here, recorded, rel_tol=1e-9, abs_tol=1e-12),
-                f"certified err {here:.6g} here, {recorded:.6g} recorded")  # fmt: skip
-    decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert,
-                      spot=spot)  # fmt: skip
-    rep.recomputed = f"{decision.verdict}:{decision.reason}"
-    rep.add("decision reproduces the recorded verdict", rep.recomputed == rep.recorded,
-            f"recomputed {rep.recomputed}, recorded {rep.recorded}")  # fmt: skip
-    _log_checks(rep, svc, messages)
+            gap = opened.challenge.estimator != "residual"
+            predictions = opened.model.predict(opened.design.masks()) if gap else None
+            rep.stability = stability_fit(opened.values, predictions, opened.design)
+        except (ProtocolError, ValueError) as exc:
+            rep.add("noise-stability fit from the signed values", False, str(exc))
+    t = transcript
+    named = {"attribution": t.attribution, "challenge": t.challenge, "response": t.response,
+             "verdict": t.verdict_message}  # fmt: skip
+    _log_checks(rep, svc, {name: signed for name, signed in named.items() if signed is not None})
     return rep
 
 
@@ -302,9 +275,9 @@ def stability_chart(fit: StabilityFit, width: int = 640, height: int = 280) -> s
         return left + plot_w * v
 
     def y(v: float) -> float:
-        return top + plot_h * (1.0 - (v - lo) / (hi - lo))
+        return float(top + plot_h * (1.0 - (v - lo) / (hi - lo)))
 
-    def line(xs: np.ndarray, cls: str, dash: str = "") -> str:  # type: ignore[type-arg]
+    def line(xs: NDArray[np.float64], cls: str, dash: str = "") -> str:
         pts = " ".join(f"{x(float(a)):.1f},{y(fit.at(float(a))):.1f}" for a in xs)
         style = f' stroke-dasharray="{dash}"' if dash else ""
         return (f'<polyline class="{cls}" points="{pts}" fill="none" stroke="#d62728" '

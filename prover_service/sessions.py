@@ -392,7 +392,11 @@ class Sessions:
             return list(s.scalars(q))
 
     def transcript(self, session_id: str, requester: str | None) -> dict[str, Any]:
-        row = self.read(session_id, requester)
+        return self.transcript_of(self.read(session_id, requester))
+
+    def transcript_of(self, row: SessionRow) -> dict[str, Any]:
+        """The transcript of a session row (``TranscriptOut``'s fields): what
+        ``GET /v1/sessions/{id}/transcript`` answers and the ``/audit`` page audits."""
         attribution, _ = self.svc.attribution(row.attribution_hash)
         return {
             "session_id": row.id, "status": row.status, "verdict": row.verdict,

@@ -454,13 +454,20 @@ class ArrayStore:
 
     def get(self, sha: str) -> bytes:
         """The bytes stored under ``sha``, checked against it; KeyError if absent."""
-        path = self._path(sha)
-        if not path.is_file():
-            raise KeyError(sha)
-        data = path.read_bytes()
+        data = self.read(sha)
         if hashlib.sha256(data).hexdigest() != sha:
             raise CorruptArray(f"array {sha[:16]}... is damaged: its bytes do not match its name")
         return data
+
+    def read(self, sha: str) -> bytes:
+        """The bytes stored under ``sha``, *not* checked (KeyError if absent): for a reader that
+        checks them against a signed hash itself (the audit page's
+        :class:`protocol.transcript.ArraySource`), so a damaged file is reported as the
+        transcript's fault, the same way an auditor holding those bytes would see it."""
+        path = self._path(sha)
+        if not path.is_file():
+            raise KeyError(sha)
+        return path.read_bytes()
 
     def discard(self, sha: str) -> None:
         """Remove a (damaged) array, so that its job recomputes it."""

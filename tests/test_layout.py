@@ -68,6 +68,8 @@ def test_dependency_direction(package: str) -> None:
         "protocol.checkequiv",
         "protocol.decision",
         "protocol.wire",
+        "protocol.transcript",
+        "protocol.witness_route",
         "prover_service.api.schemas",
         "verifier_client.client",
     ],

@@ -2,21 +2,26 @@
 decision recomputed from what the transcript holds.
 
 Anyone with the transcript (``GET /v1/sessions/{id}/transcript`` plus the arrays it names) and
-the task can run it; no private key is needed. The checks, in order:
+the task can run it; no private key is needed. Checks 1-6 are
+:func:`protocol.transcript.audit_transcript`, the one pure audit the Prover's ``/audit`` page
+runs too (:func:`audit` hands it a bundle); this module fetches the bundle and adds the online
+checks (7-9). In order:
 
 1. the attribution manifest is signed by the Prover, and the datamodel bytes hash to it;
 2. the challenge is signed by the key it names and names that attribution and task;
 3. the response is signed by the Prover, answers that challenge, and its arrays hash to it;
 4. the verdict is signed by the challenge's verifier, names that challenge and response, and
    opens the spot-check commitment;
-5. the opened spot-checks, re-trained here, compare with the response as the verdict says;
-6. the certificate (:func:`protocol.certificate.certify`, the same call the session made) is
-   recomputed from the response and the opened spot-checks, and the decision
+5. the response's values are in range, and the opened spot-checks, re-trained here, compare
+   with the response as the verdict says (the same rows and range check as the session's);
+6. the certificate (:func:`protocol.decision.certify_challenge`, the same call the session
+   made) is recomputed from the response and the opened spot-checks, and the decision
    (:func:`protocol.decision.decide`) reproduces the recorded verdict and reason.
 
-7. every unsigned field the Prover shows beside the signed verdict (the transcript's and the
-   session's ``verdict`` and ``status``, its ``session_id``) agrees with it: a Prover that
-   flips an abort to accept in its database, where its listings read it, is caught;
+7. every unsigned field the Prover shows beside the signed verdict (the transcript's, and
+   online the session's, ``verdict`` and ``status``, its ``session_id``) agrees with it: a
+   Prover that flips an abort to accept in its database, where its listings read it, is
+   caught;
 8. (online, :func:`audit_log`) the Prover's transparency log: its tree head is signed by the
    Prover, every message of the transcript is included in it, and it is consistent with every
    earlier head the auditor holds (the Verifier's records keep the last head each audit saw),
@@ -35,31 +40,25 @@ offline with ``audit --file``; tampering with any byte of it is detected.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
+from pydantic import ValidationError
 
-from protocol.checkequiv import check_equiv
-from protocol.datamodel import Datamodel
-from protocol.decision import certify_challenge, decide
-from protocol.errors import BadResponseError, ProtocolError
-from protocol.messages import (
-    ArrayRef,
-    AttributionManifest,
-    Challenge,
-    ResponseManifest,
-    Verdict,
-    array_from_npy,
-    commit_spot_checks,
-)
+from protocol.errors import ProtocolError, ShapeError
+from protocol.messages import ArrayRef, Verdict
 from protocol.signing import SignedMessage, open_signed
-from protocol.tasks import Task, declared, spec_hash
+from protocol.tasks import Task
+from protocol.transcript import (
+    AuditReport,
+    Transcript,
+    audit_transcript,
+    shown_fields,
+    unsigned_fields,
+)
 from protocol.transparency import (
     LogProofError,
     TreeHead,
@@ -68,9 +67,7 @@ from protocol.transparency import (
     verify_consistency,
     verify_inclusion,
 )
-from protocol.wire import SessionOut
 from verifier_client.client import ProverClient, ProverRefused
-from verifier_client.session import train_local
 from verifier_client.store import Record
 
 __all__ = [
@@ -82,33 +79,7 @@ __all__ = [
     "fetch_bundle",
     "load_bundle",
     "save_bundle",
-    "unsigned_fields",
 ]
-
-
-@dataclass
-class AuditReport:
-    """Each check with its outcome; ``ok`` iff every check passed."""
-
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    recorded: str | None = None
-    recomputed: str | None = None
-
-    def add(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
-        return ok
-
-    @property
-    def ok(self) -> bool:
-        return all(c["ok"] for c in self.checks) and self.recorded == self.recomputed
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "recorded": self.recorded,
-            "recomputed": self.recomputed,
-            "checks": self.checks,
-        }
 
 
 def fetch_bundle(client: ProverClient, session_id: str, key: Any) -> dict[str, Any]:
@@ -141,138 +112,34 @@ def load_bundle(path: Path) -> dict[str, Any]:
         raise ProtocolError(f"cannot read transcript file {str(path)!r}: {exc}") from None
 
 
-def _blob(bundle: dict[str, Any], sha: str) -> bytes:
-    data = base64.b64decode(bundle["blobs"].get(sha, ""))
-    return data
+class BundleArrays:
+    """A bundle's blobs (base64 text by SHA-256) as a :class:`protocol.transcript.ArraySource`:
+    KeyError for a blob it lacks, :class:`ShapeError` for one that is not base64."""
+
+    def __init__(self, blobs: dict[str, str]) -> None:
+        self.blobs = blobs
+
+    def __getitem__(self, sha256: str, /) -> bytes:
+        text = self.blobs[sha256]
+        try:
+            return base64.b64decode(text)
+        except (binascii.Error, TypeError, ValueError):
+            raise ShapeError(f"blob {sha256[:16]}... is not base64") from None
 
 
 def audit(bundle: dict[str, Any], task: Task, prover_key: str | None = None) -> AuditReport:
-    """Run every check (module doc) on a transcript bundle."""
-    rep = AuditReport()
-    t = bundle["transcript"]
-    key = prover_key or t["prover_key"]
+    """Run every offline check (module doc, 1-7) on a transcript bundle: the transcript's
+    model parsed, then :func:`protocol.transcript.audit_transcript` on it and its blobs."""
     try:
-        a_signed = SignedMessage.model_validate(t["attribution"])
-        attribution = open_signed(a_signed, AttributionManifest, signer=key)
-        model = Datamodel.from_bytes(_blob(bundle, attribution.content_hash))
-        rep.add(
-            "attribution signed by the Prover; datamodel matches its hash",
-            model.content_hash == attribution.content_hash,
-        )
-        c_signed = SignedMessage.model_validate(t["challenge"])
-        challenge = open_signed(c_signed, Challenge)
-        rep.add("challenge signed by the key it names", c_signed.signer == challenge.verifier_key)
-        rep.add(
-            "challenge names this attribution and task",
-            challenge.attribution_hash == attribution.content_hash
-            and challenge.task_hash == attribution.task_hash == spec_hash(task),
-        )
-        if t.get("response") is None or t.get("verdict_message") is None:
-            rep.add("transcript complete (response and verdict)", False, "missing messages")
-            return rep
-        r_signed = SignedMessage.model_validate(t["response"])
-        response = open_signed(r_signed, ResponseManifest, signer=key)
-        rep.add("response answers this challenge", response.challenge_digest == c_signed.digest)
-        values = array_from_npy(response.values, _blob(bundle, response.values.sha256))
-        probes = array_from_npy(response.probes, _blob(bundle, response.probes.sha256))
-        rep.add("response arrays match their signed hashes", True)
-        v_signed = SignedMessage.model_validate(t["verdict_message"])
-        verdict = open_signed(v_signed, Verdict, signer=challenge.verifier_key)
-        rep.recorded = f"{verdict.verdict}:{verdict.reason}"
-        rep.add(
-            "verdict names this challenge and response",
-            (verdict.challenge_digest, verdict.response_digest)
-            == (c_signed.digest, r_signed.digest),
-        )
-        opened = commit_spot_checks(verdict.spot_check_indices, bytes.fromhex(verdict.salt))
-        rep.add("spot-check commitment opens", opened == challenge.spot_check_commitment)
-        unsigned_fields(rep, t, verdict)
-    except ProtocolError as exc:
-        rep.add("signatures, hashes and formats", False, str(exc))
+        transcript = Transcript.model_validate(bundle["transcript"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "transcript"
+        rep = AuditReport()
+        rep.add("signatures, hashes and formats", False,
+                f"the transcript is malformed: {where}: {first['msg']}")  # fmt: skip
         return rep
-
-    design = challenge.design(task.n_train)
-    values = values.astype(np.float64)
-    if challenge.witness_limit is not None:  # the witness route: no spot-checks to re-train
-        return _audit_witness(rep, bundle, challenge, response, task, model, design, values,
-                              dict(verdict.figures))  # fmt: skip
-    bad = None
-    if (
-        values.shape != (len(design), task.n_targets)
-        or not np.all(np.isfinite(values))
-        or (np.abs(values).max() > task.bound)
-    ):
-        bad = "values malformed or out of range"
-    idx = np.array(verdict.spot_check_indices, dtype=np.int64)
-    report = None
-    if bad is None:
-        masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx]) if len(idx) else \
-            np.zeros((0, task.n_train), dtype=bool)  # fmt: skip
-        seeds = design.seeds()[idx] if len(idx) else np.zeros(0, dtype=np.uint64)
-        local_v, local_p = train_local(task, masks, seeds)
-        report = check_equiv(
-            values[idx], probes[idx].astype(np.float32), local_v, local_p, challenge.tau
-        )
-    mismatches = report.mismatches if report is not None else 0
-    rep.add(
-        "spot-checks re-trained here agree with the verdict's count",
-        mismatches == int(verdict.figures.get("spot_mismatches", 0 if bad else -1)),
-        f"{mismatches} mismatches here",
-    )
-    figures = dict(verdict.figures)
-    if challenge.estimator == "residual":
-        rep.add("decision rule", False, "the residual estimator is a baseline: not audited")
-        return rep
-    cert = None
-    if bad is None and report is not None and report.all_match:
-        try:
-            cert = certify_challenge(challenge, task.bound, model, design, values, idx.tolist())
-        except ProtocolError as exc:  # e.g. a clt challenge at a size clt is now refused at
-            rep.add("certificate recomputed from the transcript", False, str(exc))
-            rep.recomputed = "refused"
-            return rep
-        recorded = figures.get("certified_epsilon", math.inf)
-        rep.add(
-            "certificate recomputed from the transcript",
-            math.isclose(cert.certified_epsilon, recorded, rel_tol=1e-9, abs_tol=1e-12),
-            f"certified epsilon {cert.certified_epsilon:.6g} here, {recorded:.6g} recorded",
-        )
-    decision = decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert,
-                      spot=report, bad_response=bad)  # fmt: skip
-    rep.recomputed = f"{decision.verdict}:{decision.reason}"
-    return rep
-
-
-def _audit_witness(
-    rep: AuditReport, bundle: dict[str, Any], challenge: Challenge, response: ResponseManifest,
-    task: Task, model: Datamodel, design: Any, values: NDArray[np.float64],
-    figures: dict[str, float],
-) -> AuditReport:  # fmt: skip
-    """The witness route's recomputation (verifier_client.witness): every subset's check and
-    the certificate, from the bundle's witness."""
-    from verifier_client import witness as route_module
-
-    try:
-        if response.witness is None:
-            raise BadResponseError("the response carries no witness")
-        blob = _blob(bundle, response.witness.sha256)
-        theta = np.asarray(array_from_npy(response.witness, blob), dtype=np.float64)
-        route = route_module.route_from_arrays(challenge, declared(task), design, theta, values,
-                                               len(blob))  # fmt: skip
-    except ProtocolError as exc:
-        rep.add("witness readable", False, str(exc))
-        return rep
-    rep.add("witness rejections recomputed", len(route.rejected) == figures.get(
-        "witness_rejected", -1), f"{len(route.rejected)} rejected here")  # fmt: skip
-    decision = route_module.witness_decision(challenge, declared(task), model, design, route)
-    if decision.certificate is not None:
-        recorded = figures.get("certified_epsilon", math.inf)
-        here = decision.certificate.certified_epsilon
-        rep.add("certificate recomputed from the transcript",
-                math.isclose(here, recorded, rel_tol=1e-9, abs_tol=1e-12),
-                f"certified epsilon {here:.6g} here, {recorded:.6g} recorded")  # fmt: skip
-    rep.recomputed = f"{decision.verdict}:{decision.reason}"
-    return rep
+    return audit_transcript(transcript, BundleArrays(bundle["blobs"]), task, prover_key)
 
 
 _LOGGED = ("attribution", "challenge", "response", "verdict_message")
@@ -312,29 +179,14 @@ def audit_log(
             earlier = open_signed(earlier_signed, TreeHead, signer=client.prover_key)
             if earlier.size > head.size:
                 raise LogProofError(f"the log shrank from {earlier.size} to {head.size} entries")
-            doc = client.log_consistency(earlier.size, head.size)
+            consistency = client.log_consistency(earlier.size, head.size)
             verify_consistency(earlier.size, head.size, bytes.fromhex(earlier.root_hash), root,
-                               [bytes.fromhex(p) for p in doc.proof])  # fmt: skip
+                               [bytes.fromhex(p) for p in consistency.proof])  # fmt: skip
             rep.add(f"log: consistent with the held head of size {earlier.size}", True)
         except (ProtocolError, KeyError, ValueError) as exc:
             size = earlier_signed.payload.get("size")
             rep.add(f"log: consistent with the held head of size {size}", False, str(exc))
     return signed_head
-
-
-def unsigned_fields(
-    rep: AuditReport, transcript: dict[str, Any], verdict: Verdict, state: SessionOut | None = None
-) -> bool:
-    """Check (module doc, 7) that what the Prover shows unsigned -- the transcript's
-    ``verdict``, ``status`` and ``session_id``, and the session's (``state``, if read) --
-    agrees with the signed ``verdict``; the disagreements are named in the check's detail."""
-    want = {"verdict": verdict.verdict, "status": "decided", "session_id": verdict.session_id}
-    shown = {f"transcript.{k}": (transcript.get(k), v) for k, v in want.items()}
-    if state is not None:
-        shown |= {f"session.{k}": (getattr(state, k), v) for k, v in want.items()}
-    bad = [f"{name} is {got!r}, signed {signed!r}" for name, (got, signed) in shown.items()
-           if got != signed]  # fmt: skip
-    return rep.add("unsigned fields agree with the signed verdict", not bad, "; ".join(bad))
 
 
 def _signed(text: str | None) -> SignedMessage | None:
@@ -375,9 +227,9 @@ def audit_held(
         except ProverRefused as exc:
             gone.append(f"{sid} ({record.verdict}:{record.reason} here): {exc}")
             continue
-        signed = _signed(record.verdict_json)
+        ours = _signed(record.verdict_json)
         held_digest = shown.verdict_message.digest if shown.verdict_message else None
-        if signed is not None and held_digest != signed.digest:
+        if ours is not None and held_digest != ours.digest:
             changed.append(f"{sid}: the Prover shows another verdict than the one signed here")
     n = len(covered)
     rep.add(f"log: every session a held head covers is included ({n} held)", not missing,
@@ -428,7 +280,9 @@ def audit_session(
                     "" if same else f"recorded here: {ours.verdict}:{ours.reason}")  # fmt: skip
         if client.key is not None and t.get("verdict_message"):
             verdict = open_signed(SignedMessage.model_validate(t["verdict_message"]), Verdict)
-            unsigned_fields(rep, t, verdict, client.session(session_id))
+            shown = {"transcript": {k: t.get(k) for k in ("verdict", "status", "session_id")},
+                     "session": shown_fields(client.session(session_id))}  # fmt: skip
+            unsigned_fields(rep, shown, verdict)
     held = [SignedMessage.model_validate_json(r.log_head_json) for r in mine if r.log_head_json]
     transcript = bundle["transcript"] if bundle is not None else {"prover_key": wanted}
     head = audit_log(rep, client, transcript, held)

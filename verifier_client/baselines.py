@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol.certificate import certify
 from protocol.checkequiv import EquivReport, explain
 from protocol.datamodel import Datamodel
-from protocol.decision import Decision, decide, decide_threshold
+from protocol.decision import Decision, certify_values, decide, decide_threshold
 from protocol.messages import LIMITS, Challenge
 from protocol.residual import estimate_residual
 from protocol.sampling import SharedBaseDesign, sample_masks, training_seeds
@@ -193,11 +192,8 @@ def alone_looks(
         part = design
         if isinstance(design, SharedBaseDesign) and bases != design.pairs_per_level:
             part = SharedBaseDesign(design.seed, design.n_train, design.p, design.rhos, bases)
-        cert = certify(
-            values, model.predict(part.masks()), part, delta=delta * shares[look],
-            aggregate=aggregate, spot_checks=None, tau=0.0, validity=validity, bound=bound,
-            prediction_range=model.output_range(), p=p,
-        )  # fmt: skip
+        cert = certify_values(values, model, part, delta=delta * shares[look],
+                              aggregate=aggregate, validity=validity, bound=bound, p=p)  # fmt: skip
         decision = decide(epsilon=epsilon, delta=delta, certificate=cert, spot=None)
         if decision.verdict == "accept":
             return decision, bases

@@ -57,6 +57,7 @@ from protocol.messages import (
 )
 from protocol.npy import npy_max_bytes, shape_matches, shape_text
 from protocol.signing import SignedMessage, open_signed, sign_request
+from protocol.transcript import check_values
 from protocol.transparency import TreeHead
 from protocol.wire import (
     AttributionOut,
@@ -351,15 +352,7 @@ class ProverClient:
         Anything else is the Prover's misbehaviour: :class:`BadResponseError` with the reason, so
         the session aborts with a signable verdict instead of carrying NaN into its figures.
         """
-        values = np.asarray(self.array(ref, shape), dtype=np.float64)
-        if values.shape != shape:
-            raise BadResponseError(f"values of shape {values.shape}, expected {shape}")
-        finite = np.isfinite(values)
-        if not finite.all():
-            raise BadResponseError(f"{int((~finite).sum())} values are NaN or infinite")
-        if values.size and float(np.abs(values).max()) > bound:
-            raise BadResponseError(f"values lie outside [-{bound:g}, {bound:g}]")
-        return values
+        return check_values(self.array(ref, shape), shape, bound)  # the audit's range check
 
     def post_verdict(self, session_id: str, verdict: SignedMessage) -> SessionOut:
         """Post the signed verdict; the session as the Prover now holds it."""

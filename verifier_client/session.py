@@ -65,7 +65,7 @@ from protocol.certificate import (
     upper_bias_coefficient,
     variance_lower_bound,
 )
-from protocol.checkequiv import EquivReport, check_equiv
+from protocol.checkequiv import EquivReport
 from protocol.datamodel import Datamodel
 from protocol.decision import Decision, abort_decision, certify_challenge, decide
 from protocol.errors import BadResponseError, InvalidParameterError, VerificationError
@@ -74,6 +74,7 @@ from protocol.messages import LIMITS, Challenge, ResponseManifest, Verdict, comm
 from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
+from protocol.transcript import check_probes, spot_check
 from protocol.witness import witness_limit
 from verifier_client.baselines import LOOK_DELTA, LOOK_MAX_SHARE, first_look
 from verifier_client.cancel import cancel_on_interrupt
@@ -595,9 +596,8 @@ class _Run:
                 raise BadResponseError("the response answers another challenge")
             values = self.client.values(manifest.values, (len(design), task.n_targets),
                                         task.bound)  # fmt: skip
-            probes = self.client.array(manifest.probes, (len(design), None)).astype(np.float32)
-            if probes.ndim != 2 or len(probes) != len(design) or not np.isfinite(probes).all():
-                raise BadResponseError(f"probes of shape {probes.shape} (or not finite)")
+            probes = check_probes(self.client.array(manifest.probes, (len(design), None)),
+                                  len(design))  # fmt: skip
         except VerificationError as exc:  # the Prover misbehaved: an abort with its reason
             return signed, *empty, exc
         finally:
@@ -614,13 +614,15 @@ class _Run:
     def spot_check(self, task: Task, design: Design, spots: list[int],
                    values: NDArray[np.float64], probes: NDArray[np.float32],
                    tau: float) -> EquivReport:  # fmt: skip
-        """Re-train the secret spot-checks here and compare them under the challenge's tau."""
-        idx = np.array(spots, dtype=np.int64)
-        masks = np.stack([design.masks(int(i), int(i) + 1)[0] for i in idx]) if len(idx) else \
-            np.zeros((0, task.n_train), dtype=bool)  # fmt: skip
-        seeds = design.seeds()[idx] if len(idx) else np.zeros(0, dtype=np.uint64)
-        local_v, local_p = self.train(task, masks, seeds, "spot_checks")
-        return check_equiv(values[idx], probes[idx], local_v, local_p, tau)
+        """Re-train the secret spot-checks here and compare them under the challenge's tau
+        (:func:`protocol.transcript.spot_check`, the audit's own)."""
+
+        def train(
+            masks: NDArray[np.bool_], seeds: NDArray[np.uint64]
+        ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+            return self.train(task, masks, seeds, "spot_checks")
+
+        return spot_check(design, spots, values, probes, tau, train)
 
     # 6. certificate -------------------------------------------------------------------------
     def certificate(self, challenge: Challenge, task: Task, model: Datamodel, design: Design,

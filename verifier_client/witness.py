@@ -11,64 +11,37 @@ per-value tau (|E|, Z), the rejections, and the cost (CPU seconds, gradient pass
 rejected subset and its gradient norm.
 
 The session calls these behind ``verify --protocol witness``; they take the objects the session
-already holds, so the route can be planned and re-plumbed without touching the check.
+already holds, so the route can be planned and re-plumbed without touching the check. Only the
+download is here: the check and the decision are pure (:mod:`protocol.witness_route`, re-exported
+below), so the transcript audit (:mod:`protocol.transcript`) runs the same code.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol.certificate import Certificate, certify
-from protocol.datamodel import Datamodel
-from protocol.decision import Decision, abort_decision, decide
-from protocol.errors import BadResponseError, InvalidParameterError, WitnessRejectedError
 from protocol.messages import Challenge, ResponseManifest
-from protocol.residual import StabilityDesign
 from protocol.tasks import TaskBase
-from protocol.tasks.certifiable import certifiable_of
-from protocol.witness import Rejection, WitnessCheck, check_witnesses
+from protocol.witness_route import (
+    Design,
+    WitnessRoute,
+    design_masks,
+    route_from_arrays,
+    witness_certificate,
+    witness_decision,
+    witness_ref,
+)
 from verifier_client.client import ProverClient
 
 __all__ = [
     "WitnessRoute",
     "check_route",
+    "design_masks",
     "route_from_arrays",
     "witness_certificate",
     "witness_decision",
 ]
-
-
-@dataclass(frozen=True)
-class WitnessRoute:
-    """The checked witnesses of one response (module doc).
-
-    ``values`` (|E|, Z): f(theta) computed here; ``tau`` (|E|, Z): each value's bound;
-    ``rejected``: the failed subsets; ``cpu_seconds``: the Verifier's CPU time in the check
-    (process time); ``gradient_passes``: one per subset; ``witness_bytes``: as downloaded."""
-
-    values: NDArray[np.float64]
-    tau: NDArray[np.float64]
-    rejected: tuple[Rejection, ...]
-    limit: float
-    cpu_seconds: float
-    gradient_passes: int
-    witness_bytes: int
-    check: WitnessCheck
-
-    def figures(self) -> dict[str, float]:
-        """Scalars for the signed verdict."""
-        return {
-            "witness_limit": self.limit,
-            "witness_max_tau": float(self.tau.max(initial=0.0)),
-            "witness_rejected": float(len(self.rejected)),
-            "witness_gradient_passes": float(self.gradient_passes),
-            "witness_cpu_s": round(self.cpu_seconds, 4),
-            "witness_bytes": float(self.witness_bytes),
-        }
 
 
 def check_route(
@@ -76,79 +49,17 @@ def check_route(
     challenge: Challenge,
     manifest: ResponseManifest,
     task: TaskBase,
-    design: StabilityDesign,
+    design: Design,
     reported: NDArray[np.float64],
 ) -> WitnessRoute:
     """Download and check the witness of every subset (module doc).
 
     A task without the extension is the user's error (:class:`InvalidParameterError`); a
     response without a witness, or one of the wrong shape or dtype, is the Prover's
-    (:class:`BadResponseError`), refused before the array is downloaded."""
-    cert = certifiable_of(task)
-    if cert is None:
-        raise InvalidParameterError(f"task {task.name!r} is not certifiable: no witness route")
-    if challenge.witness_limit is None:
-        raise InvalidParameterError("the challenge asked for no witness (witness_limit)")
-    ref = manifest.witness
-    want = (len(reported), int(cert.n_params))
-    if ref is None:
-        raise BadResponseError("the response carries no witness, though the challenge asked")
-    if ref.dtype != "<f8" or tuple(ref.shape) != want:
-        raise BadResponseError(f"witness of {ref.dtype} {tuple(ref.shape)}; need <f8 {want}")
+    (:class:`BadResponseError`), refused before the array is downloaded
+    (:func:`protocol.witness_route.witness_ref`)."""
+    ref = witness_ref(challenge, manifest, task, len(reported))
     before = client.bytes_received
     theta = np.asarray(client.array(ref), dtype=np.float64)
     return route_from_arrays(challenge, task, design, theta, reported,
                              client.bytes_received - before)  # fmt: skip
-
-
-def route_from_arrays(
-    challenge: Challenge, task: TaskBase, design: StabilityDesign, theta: NDArray[np.float64],
-    reported: NDArray[np.float64], witness_bytes: int,
-) -> WitnessRoute:  # fmt: skip
-    """The check on arrays already in hand (the session's download, or an audit's bundle)."""
-    cert = certifiable_of(task)
-    if cert is None or challenge.witness_limit is None:
-        raise InvalidParameterError(f"task {task.name!r} or its challenge has no witness route")
-    t0 = time.process_time()
-    check = check_witnesses(cert, theta, design_masks(design), reported, challenge.witness_limit)
-    cpu = time.process_time() - t0
-    return WitnessRoute(check.values, check.tau, check.rejected, check.limit, cpu,
-                        check.gradient_passes, witness_bytes, check)  # fmt: skip
-
-
-def design_masks(design: StabilityDesign) -> NDArray[np.bool_]:
-    """Every subset's mask, (|E|, N), in design order."""
-    masks = getattr(design, "masks", None)
-    if not callable(masks):
-        raise InvalidParameterError("the design draws no masks")
-    return np.asarray(masks(), dtype=bool)
-
-
-def witness_certificate(
-    challenge: Challenge, task: TaskBase, model: Datamodel, design: StabilityDesign,
-    route: WitnessRoute,
-) -> Certificate:  # fmt: skip
-    """The certificate on the Verifier's own values f(theta): m* = 0 (every subset checked)
-    and each value charged its own tau."""
-    return certify(
-        route.values, model.predict(design_masks(design)), design, delta=challenge.delta,
-        aggregate=challenge.aggregate, spot_checks=None, tau=route.tau,
-        validity=challenge.validity, bound=task.bound, prediction_range=model.output_range(),
-        p=challenge.p,
-    )  # fmt: skip
-
-
-def witness_decision(
-    challenge: Challenge, task: TaskBase, model: Datamodel, design: StabilityDesign,
-    route: WitnessRoute,
-) -> Decision:  # fmt: skip
-    """Abort ``witness_rejected`` if any subset failed, else the certificate's verdict."""
-    figures = route.figures()
-    try:
-        route.check.raise_for_rejection()
-    except WitnessRejectedError as exc:
-        return abort_decision(exc, epsilon=challenge.epsilon, delta=challenge.delta,
-                              extra=figures)  # fmt: skip
-    cert = witness_certificate(challenge, task, model, design, route)
-    return decide(epsilon=challenge.epsilon, delta=challenge.delta, certificate=cert, spot=None,
-                  extra=figures)  # fmt: skip
