@@ -115,7 +115,7 @@ def cell(name: str, aggregate: str, epsilon: float, reps: int, seed: int) -> dic
         d_alone = SharedBaseDesign(design.seed, task.n_train, 0.5, design.rhos, n_alone)
         t0 = time.process_time()
         decision, used = alone_looks(
-            lambda a, b: values[a:b], tuple(looks), d_alone, g, epsilon=eps_abs,
+            lambda a, b, v=values: v[a:b], tuple(looks), d_alone, g, epsilon=eps_abs,
             delta=pilot_delta(run), aggregate=aggregate,  # type: ignore[arg-type]
             validity=default_validity(0.5, n_alone), bound=task.bound, p=0.5,
         )  # fmt: skip

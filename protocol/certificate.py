@@ -954,7 +954,7 @@ def pilot_point(
     g = as_finite_matrix("predictions", predictions, f.shape)
     _check_choice("aggregate", aggregate, ("mean", "max"))
     r = f - g
-    rhos, arrange = _members(design, f.shape[0])
+    rhos, arrange = pair_members(design, f.shape[0])
     ra, rb = arrange(r)
     u = np.einsum("l,lnc->nc", linear_weights(rhos), ra * rb)
     return float(u.mean()) if aggregate == "mean" else float(np.max(u.mean(axis=0)))

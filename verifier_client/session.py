@@ -764,6 +764,8 @@ def run_verification(
     ``notify(sentence)`` with what the user should know now (kept in the result's ``notes``)."""
     from verifier_client import baselines
 
+    if opts.protocol == "witness" and opts.spot_checks is None:
+        opts = replace(opts, spot_checks=0)  # the witness route draws no spot-checks
     if resume is None:
         opts.validate()  # before any traffic: a bad option is the user's error, not the Prover's
     if client.key is None:

@@ -73,7 +73,9 @@ def test_verify_reports_progress_without_a_terminal_and_reused_attributions(
     key = _key(tmp_path)
     db = f"sqlite:///{tmp_path}/v.db"
     with serve_prover(tmp_path / "p", TASK) as url:
-        base = ["verify", "--prover", url, "--key", str(key), "--db", db]
+        # the interactive route: sessions with the Prover to list (auto may check alone)
+        base = ["verify", "--prover", url, "--key", str(key), "--db", db, "--protocol",
+                "interactive"]  # fmt: skip
         first = runner.invoke(app, [*base, *COMMON])
         assert first.exit_code == 0, first.stderr[-800:]
         # CliRunner's stderr is no terminal: one line per phase start, not a live bar

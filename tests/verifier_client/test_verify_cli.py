@@ -31,6 +31,8 @@ def test_verify_accept_abort_and_error_exit_codes(tmp_path: Path) -> None:
         # ~0.01 (certified well below 0.6); paying nothing (scale:0) has err 1.25 = 2 epsilon.
         "--max-prover-trainings",
         "20000",
+        "--protocol",
+        "interactive",  # a session with the Prover to audit (auto may check alone)
         "--json",
         "--no-progress",
     ]
