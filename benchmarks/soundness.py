@@ -426,11 +426,18 @@ def sweep(
 
 def sweep_tables(paths: list[str]) -> str:
     """The two tables of docs/soundness.md from sweep JSON files: soundness (the worst
-    adversary's P(accept) at err = epsilon, with its count) and honest coverage/completeness."""
+    adversary's P(accept) at err = epsilon, with its count) and honest coverage/completeness.
+    Per cell only its runs with the most challenges are shown (an earlier, smaller run of the
+    same cell is superseded)."""
     cells = []
     for path in paths:
         with open(path) as fh:
             cells += json.load(fh)["cells"]
+    most: dict[tuple[str, float, float], int] = {}
+    for c in cells:  # a cell rerun at more challenges supersedes its smaller runs
+        key = (c["aggregate"], c["p"], c["noise"])
+        most[key] = max(most.get(key, 0), c["reps"])
+    cells = [c for c in cells if c["reps"] == most[(c["aggregate"], c["p"], c["noise"])]]
     cells.sort(key=lambda c: (c["aggregate"], c["p"], c["noise"]))
     head = ("| aggregate | p | seed noise | validity | reps | m* | " +
             " | ".join(f"{a}: P(accept), worst m" for a in SWEEP_ADVERSARIES) + " |")  # fmt: skip
