@@ -51,7 +51,7 @@ def _run(task: PlantedTask, g: Datamodel, epsilon: float, seed: int) -> tuple[st
 
 def test_the_two_looks_keep_the_error_rate_at_the_boundary() -> None:
     # err = epsilon exactly: an accept at either look is an error. The union bound gives <= delta
-    # (LOOK_DELTA sums to 1). Measured (seeds 0..239): 2 accepts of 240, none at the first look.
+    # (LOOK_DELTA sums to 1). Measured (seeds 0..239): 2 accepts of 240, both at the first look.
     assert sum(LOOK_DELTA) == 1.0
     task, g = _task_with_err(0.3)
     assert abs(float(task.err(g).mean()) - 0.3) < 1e-12
@@ -60,7 +60,7 @@ def test_the_two_looks_keep_the_error_rate_at_the_boundary() -> None:
 
 
 def test_a_good_attribution_stops_at_the_first_look_and_trains_half() -> None:
-    # err = epsilon / 10: the first look (half the bases, a tenth of delta) certifies almost
+    # err = epsilon / 10: the first look (half the bases, half of delta) certifies almost
     # always; then only half of the design is trained. Measured (seeds 0..39): 40 of 40 early.
     task, g = _task_with_err(0.05)
     runs = [_run(task, g, 0.5, seed) for seed in range(40)]
@@ -69,6 +69,6 @@ def test_a_good_attribution_stops_at_the_first_look_and_trains_half() -> None:
     assert len(early) >= 36
     assert all(trained == BASES // 2 * 4 for _, _, trained in early)
     # one that does not certify at the first look goes on and trains the rest, once (err 0.3 at
-    # epsilon 0.45, measured seeds 0..39: 18 accepts, 2 of them at the first look)
+    # epsilon 0.45, measured seeds 0..39: 15 accepts, 6 of them at the first look)
     late = _run(*_task_with_err(0.3), 0.45, 3)
     assert late[1] == BASES and late[2] == BASES * 4
