@@ -205,6 +205,30 @@ class Sizes:
     first_look_chance: float | None = None  # the plan's chance that the first look certifies
 
 
+def reachable_epsilon(
+    bases_for: Callable[[float], int], bases: int, epsilon: float
+) -> float | None:
+    """The smallest epsilon (to 1 %) whose plan fits in ``bases`` bases, above ``epsilon`` (the
+    one asked, which does not fit): what a cut plan can promise instead. None past 10^4 x."""
+    hi = epsilon
+    for _ in range(14):  # up to epsilon * 2^14
+        hi *= 2
+        with contextlib.suppress(InvalidParameterError):
+            if bases_for(hi) <= bases:
+                break
+    else:
+        return None
+    lo = hi / 2
+    while hi / lo > 1.01:
+        mid = math.sqrt(lo * hi)
+        try:
+            fits = bases_for(mid) <= bases
+        except InvalidParameterError:
+            fits = False
+        lo, hi = (lo, mid) if fits else (mid, hi)
+    return hi
+
+
 def cut_note(source: str) -> str:
     """What a plan cut by a cap means, said in the text output as well as in --json."""
     return (f"plan cut: {source}; the certificate stays sound, but it will be wider than "
@@ -393,6 +417,16 @@ class _Run:
         elif n * per_base > cap:
             n = max(2, cap // per_base)
             source = f"capped at {cap:,} {who} (the plan asked for {asked})"
+            reach = reachable_epsilon(
+                lambda e: plan_certificate(
+                    e, delta, sd_pair_sum=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
+                    rhos=pilot.design.rhos, spot_fraction=o.spot_fraction, layout=o.layout,
+                    n_targets_split=task.n_targets if o.aggregate == "max" else 1,
+                    trusted=trusted,
+                ).pairs_per_level, n, epsilon,
+            )  # fmt: skip
+            if reach is not None:
+                source += f"; at this size the plan reaches epsilon = {reach:.3g}"
             if not quiet:
                 self.note(cut_note(source))
         if n < clt_min:

@@ -114,3 +114,14 @@ def test_a_forced_witness_route_on_a_task_that_has_none_is_refused_before_the_pr
         with pytest.raises(InvalidParameterError, match="not certifiable"):
             verifier_client.verify(url, TASK, 0.6, key=key, db=f"sqlite:///{tmp_path}/v.db",
                                    budget=400, protocol="witness")  # fmt: skip
+
+
+def test_a_cut_plan_says_the_epsilon_it_can_reach() -> None:
+    from verifier_client.session import reachable_epsilon
+
+    def bases_for(eps: float) -> int:  # a width ~ 1 / sqrt(n): n = (2 / eps)^2
+        return math.ceil((2.0 / eps) ** 2)
+
+    reach = reachable_epsilon(bases_for, 100, 0.05)  # 100 bases reach eps = 0.2
+    assert reach is not None and 0.2 <= reach <= 0.2 * 1.01 and bases_for(reach) <= 100
+    assert reachable_epsilon(bases_for, 0, 0.05) is None  # nothing fits
