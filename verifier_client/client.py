@@ -6,7 +6,7 @@ key: with it every request is signed (``X-VDA-*`` headers over method, path and 
 nonce and body hash: :func:`protocol.signing.sign_request`), which a Prover needs before it
 starts an attribution job or shows a session, its response or its arrays.
 
-Three outcomes besides success, never mixed:
+Three outcomes besides success, never mixed (the first two under :class:`VerifierError`):
 
 - the network or the Prover's infrastructure failed (connection refused, time-out, 5xx):
   :class:`TransportError` -- retry or exit, **never** an abort;
@@ -75,7 +75,7 @@ from protocol.wire import (
 )
 from verifier_client.limits import ReplyTooLarge, deadline, read_capped
 
-__all__ = ["ProverClient", "ProverRefused", "Reply", "TransportError"]
+__all__ = ["ProverClient", "ProverRefused", "Reply", "TransportError", "VerifierError"]
 
 T = TypeVar("T")
 JSON_CAP = LIMITS["json_bytes"]  # the protocol's bound on a JSON message
@@ -96,11 +96,18 @@ class Reply:
         return self.content.decode("utf-8", errors="replace")
 
 
-class TransportError(Exception):
+class VerifierError(Exception):
+    """The root of what the Verifier's client raises about its exchange with a Prover, apart
+    from the Prover's misbehaviour (a :class:`protocol.errors.VerificationError`, which the
+    session turns into an abort): :class:`TransportError` (time-outs included) and
+    :class:`ProverRefused`. ``except VerifierError`` catches both."""
+
+
+class TransportError(VerifierError):
     """The network or the Prover's infrastructure failed: retry or exit, never an abort."""
 
 
-class ProverRefused(ProtocolError):
+class ProverRefused(ProtocolError, VerifierError):
     """The Prover answered a request with an error status (4xx): its code and detail.
 
     Neither misbehaviour nor a transport failure: the request was refused (a quota, an unknown

@@ -178,3 +178,20 @@ def test_a_task_still_being_checked_is_asked_again_and_a_refused_one_is_not() ->
     with pytest.raises(TransportError, match="503"):
         client.request_attribution("b" * 64, "regression", 8)
     assert sum(waits) == 15.0 and len(sent) == 4
+
+
+def test_transport_errors_and_refusals_share_one_root_apart_from_misbehaviour() -> None:
+    from verifier_client.client import VerifierError
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    http = httpx.Client(transport=httpx.MockTransport(handle), base_url="http://p")
+    with pytest.raises(VerifierError) as timed_out:
+        ProverClient(http).job("a" * 32)
+    assert isinstance(timed_out.value, TransportError)
+    refused = _client(httpx.Response(404, json={"code": "not_found", "detail": "no such job"}))
+    with pytest.raises(VerifierError) as caught:
+        refused.job("a" * 32)
+    assert isinstance(caught.value, ProverRefused)
+    assert not issubclass(MalformedResponseError, VerifierError)  # misbehaviour: an abort
