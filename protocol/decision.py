@@ -53,7 +53,7 @@ class Decision:
     """accept or abort, the reason, every figure it rests on (finite floats only: they are
     signed into the verdict), advice a user can act on, and the certificate when there is one."""
 
-    verdict: str
+    verdict: Literal["accept", "abort"]
     reason: str
     figures: dict[str, float] = field(default_factory=dict)
     detail: str = ""

@@ -105,7 +105,7 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         },
         deadline_s=settings.body_timeout_s,
         authenticate=lambda headers, method, target, sha: gate.authenticate(
-            headers,  # type: ignore[arg-type]
+            headers,
             method,
             target,
             b"",

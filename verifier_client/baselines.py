@@ -98,7 +98,7 @@ def residual_decision(
     spot: EquivReport | None,
 ) -> Decision:  # fmt: skip
     """The paper's test: MSE-hat (fresh samples) - B-hat_{>=2} (from E) <= the threshold."""
-    res = estimate_residual(values, design, confidence=1 - run.opts.delta)  # type: ignore[arg-type]
+    res = estimate_residual(values, design, confidence=1 - run.opts.delta)
     mse = fresh_mse(run, task, model, run.opts.fresh_samples)
     diff = mse - res.residual
     return decide_threshold(
