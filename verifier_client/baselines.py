@@ -1,4 +1,4 @@
-"""The baselines the product is measured against (PROTOCOL.md section 4), kept apart from it.
+"""The baselines the product is measured against (docs/protocol.md#baselines), kept apart from it.
 
 * ``noninteractive``: the Verifier trains E itself (no Prover trainings, no spot-checks) and
   certifies on its own trusted values (m* = 0): what the interactive protocol saves is the

@@ -1,4 +1,6 @@
-"""One verification, end to end (PROTOCOL.md sections 4 and 7), recorded as it goes.
+"""One verification, end to end, recorded as it goes.
+
+See docs/protocol.md#two-message-protocol and docs/protocol.md#certificate.
 
 The interactive protocol, top to bottom (:func:`run_verification`):
 
