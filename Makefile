@@ -9,7 +9,7 @@ export MKL_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 
-.PHONY: install demo diagnostics test lint bench constraints clean schemathesis
+.PHONY: install demo diagnostics test test-quick lint bench constraints clean schemathesis
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q --durations=15
+
+# The edit loop: lint, then every test but the slow ones (over ~20 s); `make test` runs all (CI).
+test-quick: lint
+	$(BIN)/pytest -q -m "not slow"
 
 schemathesis: install
 	$(BIN)/pytest -q tests/prover_service/test_schemathesis.py

@@ -1,4 +1,4 @@
-"""The pure protocol core of verifiable data attribution (PROTOCOL.md).
+"""The pure protocol core of verifiable data attribution (docs/protocol.md).
 
 Sampling of subsets and seeds (:mod:`protocol.sampling`), residual and error-gap estimation
 (:mod:`protocol.residual`), the certificate every verdict is made of

@@ -1,4 +1,6 @@
-"""Strategic corruption of reported values against the error-gap certificate (PROTOCOL.md §7).
+"""Strategic corruption of reported values against the error-gap certificate.
+
+See docs/protocol.md#certificate.
 
 The design, the estimator and the aggregate are public; only the spot-check set C is secret.
 A cheating Prover holding a datamodel g with err(g) > epsilon reports honest f except on

@@ -82,7 +82,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
@@ -615,22 +615,22 @@ def certify(
         if refusal is not None:
             raise InvalidParameterError(refusal)
     pieces = _Pieces.build(f, g, design, tau_arr, bound, prediction_range)
-    common = {"aggregate": aggregate, "validity": validity, "detail": detail,
-              "decide_at": None if detail else decide_at}  # fmt: skip
+    common: _BoundOptions = {"aggregate": aggregate, "validity": validity, "detail": detail,
+                             "decide_at": None if detail else decide_at}  # fmt: skip
     if groups is None or len(groups) < 3:
-        res = _bound_err(pieces, None, m_star, (dlt - d_spot) / 2.0, None, **common)  # type: ignore[arg-type]
+        res = _bound_err(pieces, None, m_star, (dlt - d_spot) / 2.0, None, **common)
         source, trusted_u, robust_u = "all", None, None
     else:
         # half of the rest to the checked groups alone, half to all of E; within the robust
         # half, clt spends a sixth on the checked groups' SD bounds (for S and for Q)
         share = (dlt - d_spot) / 2.0
-        trusted = _bound_err(pieces, groups, 0, share / 2.0, None, **common)  # type: ignore[arg-type]
+        trusted = _bound_err(pieces, groups, 0, share / 2.0, None, **common)
         sd_caps = None
         d_half = share / 2.0
         if validity == "clt" and m_star > 0:
             d_half = share / 3.0
             sd_caps = pieces.sd_caps(groups, share / 6.0, aggregate == "mean")
-        robust = _bound_err(pieces, None, m_star, d_half, sd_caps, **common)  # type: ignore[arg-type]
+        robust = _bound_err(pieces, None, m_star, d_half, sd_caps, **common)
         trusted_u, robust_u = trusted.u, robust.u
         res = trusted if trusted.u <= robust.u else robust
         source = "trusted" if trusted.u <= robust.u else "robust"
@@ -763,6 +763,15 @@ class _Pieces:
             np.sqrt(variance_upper_bound(u, d)),
             np.sqrt(variance_upper_bound(sq, d)),
         )
+
+
+class _BoundOptions(TypedDict):
+    """What every :func:`_bound_err` call of one certificate shares (its keyword arguments)."""
+
+    aggregate: Aggregate
+    validity: Validity
+    detail: bool
+    decide_at: float | None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Each run is summarised by its values on the targets (float64, clipped) and its outputs on the
 task's public probe set (float32). The task's declared tau (``TaskBase.tau``, possibly raised by
-the Verifier in the challenge) decides how they are compared (PROTOCOL.md section 4):
+the Verifier in the challenge) decides how they are compared
+(docs/protocol.md#two-message-protocol, step 4):
 
 * **tau = 0, exact**: the task declares itself bitwise reproducible on every device, so the
   SHA-256 :func:`fingerprint` of the exact bytes must match;

@@ -1,7 +1,7 @@
 """Linear datamodels g_z(x) = w_0 + sum_i w_i x_i (the attribution), and their quality figures.
 
 A :class:`Datamodel` holds Z targets at once: ``intercept`` (Z,) and ``weights`` (Z, N), both
-float64 and in **mask units** (x in {0, 1}, PROTOCOL.md section 1). Quality figures:
+float64 and in **mask units** (x in {0, 1}, docs/protocol.md#datamodels). Quality figures:
 
 * ``predict(masks)`` -> (K, Z);
 * ``mse(masks, values)`` -> (Z,), the empirical MSE_p(f, g) on samples;

@@ -3,7 +3,7 @@
 The session, the audit and any third party call the same functions, so an audit *recomputes*
 the decision from the transcript instead of trusting a recorded threshold.
 
-:func:`decide` (the product, PROTOCOL.md section 7), checks in order, each a reason to abort:
+:func:`decide` (the product, docs/protocol.md#certificate), checks in order, each a reason to abort:
 
 1. the response is malformed (shape, non-finite, outside [-b, b]) -> ``bad_response``;
 2. a spot-check differs from the Verifier's own re-training under CHECKEQUIV ->
@@ -53,7 +53,7 @@ class Decision:
     """accept or abort, the reason, every figure it rests on (finite floats only: they are
     signed into the verdict), advice a user can act on, and the certificate when there is one."""
 
-    verdict: str
+    verdict: Literal["accept", "abort"]
     reason: str
     figures: dict[str, float] = field(default_factory=dict)
     detail: str = ""

@@ -1,4 +1,4 @@
-"""The protocol's messages (PROTOCOL.md section 4), as frozen pydantic models.
+"""The protocol's messages (docs/protocol.md#two-message-protocol), as frozen pydantic models.
 
 Flow: the Prover publishes an :class:`AttributionManifest` (commit); the Verifier sends a
 :class:`Challenge` naming it; the Prover answers with a :class:`ResponseManifest`; the Verifier

@@ -1,4 +1,6 @@
-"""Residual estimation (Saunshi et al. 2022; PROTOCOL.md section 3) and the error-gap estimator.
+"""Residual estimation (Saunshi et al. 2022) and the error-gap estimator.
+
+See docs/protocol.md#noise-stability.
 
 **Noise stability.** For pairs (x, x') with x' rho-correlated to x and independent training
 seeds, h(rho) = E[f(x) f(x')] = sum_k B_k rho^k. :func:`noise_stability` turns the f-values of

@@ -28,7 +28,8 @@ row ``i`` is ``w[j] < T(p)`` from ``stream(seed, domain, i)``.
     fresh_j = w[2N + j] < T(p)
     x'_j    = x_j if keep_j else fresh_j
 
-so x ~ B_p and x' ~ B_p with each coordinate kept with probability rho (PROTOCOL.md section 2).
+so x ~ B_p and x' ~ B_p with each coordinate kept with probability rho
+(docs/protocol.md#noise-stability).
 
 **Training seeds** (domain ``"train-seed"``, subset index ``e``): the first 8 keystream bytes
 of ``stream(seed, "train-seed", e)`` read as a little-endian ``uint64``.

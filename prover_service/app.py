@@ -86,7 +86,7 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         title="Verifiable data attribution: Prover",
         version="1",
         description="Publishes signed attributions and answers signed challenges "
-        "(PROTOCOL.md section 4). Errors are `{code, detail}` (`ErrorResponse`).",
+        "(docs/protocol.md#two-message-protocol). Errors are `{code, detail}` (`ErrorResponse`).",
         lifespan=lifespan,
         redirect_slashes=False,  # no 307 built from the Host header: an unknown path is a 404
         dependencies=[Depends(limit_reads)],  # every GET: read_rate_per_minute per caller
@@ -105,7 +105,7 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         },
         deadline_s=settings.body_timeout_s,
         authenticate=lambda headers, method, target, sha: gate.authenticate(
-            headers,  # type: ignore[arg-type]
+            headers,
             method,
             target,
             b"",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, case, delete, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.signing import BadSignatureError, signed_request_bytes, verify_bytes
 from prover_service.errors import Forbidden, StoreError, TooManyRequests, Unauthorized
@@ -137,7 +137,7 @@ class DatabaseLedger:
 
     shared = True
 
-    def __init__(self, db: sessionmaker[Any]) -> None:
+    def __init__(self, db: sessionmaker[Session]) -> None:
         self.db = db
         self._lock = threading.Lock()
         self._next_prune = 0.0
@@ -217,7 +217,7 @@ class Gate:
         self.started_at = now()
         self.ledger: Ledger = ledger or MemoryLedger()
 
-    def share(self, db: sessionmaker[Any]) -> None:
+    def share(self, db: sessionmaker[Session]) -> None:
         """Keep nonces and buckets in the database ``db``, shared with every process on it."""
         self.ledger = DatabaseLedger(db)
 

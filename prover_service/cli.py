@@ -389,7 +389,7 @@ def serve(
         settings = Settings(db=db, key_file=key, key_env=key_env, tasks=task, adversary=adversary,
                             public_transcripts=public_transcripts, check_tasks=check_tasks,
                             verifier_keys_file=verifier_keys, max_budget=max_budget,
-                            max_subsets=max_subsets, executor=executor,
+                            max_subsets=max_subsets, executor=executor,  # type: ignore[arg-type]  # pydantic validates the str: 'bad setting executor'
                             ray_address=ray_address)  # fmt: skip
         if (
             not _loopback(host)

@@ -63,12 +63,12 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.errors import ProtocolError
 from prover_service.errors import (
@@ -107,12 +107,14 @@ class JobCancelled(Exception):
 
 StepFn = Callable[[JobRow], bool]  # run one chunk of a challenge; True when the job is finished
 RunFn = Callable[[JobRow], None]  # run a whole attribution
+# An unfinished job as the quota checks read it: (owner, total, done, reserved_bytes).
+_ActiveRow = Row[str | None, int, int, int | None]
 
 
 class Jobs:
     """The job table, its quotas, and the two worker lanes (module doc)."""
 
-    def __init__(self, settings: Settings, db: sessionmaker, arrays: ArrayStore) -> None:  # type: ignore[type-arg]
+    def __init__(self, settings: Settings, db: sessionmaker[Session], arrays: ArrayStore) -> None:
         self.settings, self.db, self.arrays = settings, db, arrays
         self._admit = threading.Lock()
         self._wake = {"challenge": threading.Event(), "attribution": threading.Event()}
@@ -176,7 +178,9 @@ class Jobs:
                 then(s)
         self._wake[job.kind].set()
 
-    def _fair_share(self, active: list[Any], mine: list[Any], owner: str, total: int) -> None:
+    def _fair_share(
+        self, active: Sequence[_ActiveRow], mine: Sequence[_ActiveRow], owner: str, total: int
+    ) -> None:
         """429 unless the job fits the queue, or its key stays within its fair share (module
         doc): one job, else 1/A of ``max_queued_jobs`` and of ``max_queued_trainings``."""
         s_ = self.settings
@@ -218,7 +222,7 @@ class Jobs:
                 .where(JobRow.id == job_id, JobRow.status.in_(("queued", "running", "done")))
                 .values(**fields, updated_at=t)
             )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)  # type: ignore[attr-defined]  # Session.execute is typed Result; DML gives a CursorResult
 
     def check_cancelled(self, job_id: str) -> None:
         """Raise :class:`JobCancelled` if the job has been cancelled."""

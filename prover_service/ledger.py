@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.messages import array_to_npy
 from protocol.tasks import TrainingOutputs
@@ -48,7 +48,7 @@ def _load_npy(data: bytes) -> NDArray[Any]:
 class JobLedger:
     """The chunks of job ``job_id`` in the ``chunks`` table and the array store (module doc)."""
 
-    def __init__(self, db: sessionmaker, arrays: ArrayStore, job_id: str) -> None:  # type: ignore[type-arg]
+    def __init__(self, db: sessionmaker[Session], arrays: ArrayStore, job_id: str) -> None:
         self.db, self.arrays, self.job_id = db, arrays, job_id
 
     def get(self, start: int, stop: int) -> TrainingOutputs | None:
@@ -57,6 +57,8 @@ class JobLedger:
             row = s.get(ChunkRow, (self.job_id, start))
         if row is None:
             return None
+        values: NDArray[Any] | None
+        probes: NDArray[Any] | None
         try:
             values = _load_npy(self.arrays.get(row.values_sha))
             probes = _load_npy(self.arrays.get(row.probes_sha))

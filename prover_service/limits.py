@@ -41,7 +41,9 @@ __all__ = ["SPOOL_BYTES", "BodyLimit", "UnsignedPostLimit", "error_response"]
 
 SPOOL_BYTES = 2**20  # of an upload held in memory before the rest goes to a temporary file
 #: authenticate(headers (key, time, nonce, signature), method, target, body SHA-256) -> key
-Authenticate = Callable[[tuple[str | None, ...], str, str, str], str | None]
+Authenticate = Callable[
+    [tuple[str | None, str | None, str | None, str | None], str, str, str], str | None
+]
 
 
 def error_response(
@@ -58,8 +60,8 @@ def _from(exc: ServiceError) -> JSONResponse:
 
 
 def _target(scope: Scope) -> str:
-    raw = scope.get("raw_path") or scope["path"].encode()
-    query = scope.get("query_string") or b""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string") or b""
     return raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
 
 
@@ -195,8 +197,12 @@ class BodyLimit:
         """Verify an upload's request signature on its hash; keep the signer on the request."""
         if self.authenticate is None:
             return True
-        names = (b"x-vda-key", b"x-vda-timestamp", b"x-vda-nonce", b"x-vda-signature")
-        signed = tuple(headers[n].decode("latin-1") if n in headers else None for n in names)
+
+        def text(name: bytes) -> str | None:
+            return headers[name].decode("latin-1") if name in headers else None
+
+        signed = (text(b"x-vda-key"), text(b"x-vda-timestamp"), text(b"x-vda-nonce"),
+                  text(b"x-vda-signature"))  # fmt: skip
         try:
             key = await run_in_threadpool(
                 self.authenticate, signed, scope["method"], _target(scope), digest.hexdigest()

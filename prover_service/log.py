@@ -61,7 +61,7 @@ def _frontier(text: str) -> list[bytes]:
 class TransparencyLog:
     """Append signed messages; serve signed tree heads and proofs (module doc)."""
 
-    def __init__(self, db: sessionmaker, key: Ed25519PrivateKey) -> None:  # type: ignore[type-arg]
+    def __init__(self, db: sessionmaker[Session], key: Ed25519PrivateKey) -> None:
         self.db, self.key = db, key
 
     # -- writing ----------------------------------------------------------------------------

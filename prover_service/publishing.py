@@ -24,7 +24,7 @@ from protocol.messages import Provenance
 from protocol.quality import held_out_quality
 from protocol.sampling import seed_from_text
 from protocol.signing import SignedMessage
-from protocol.tasks import Task, load_task, spec_hash
+from protocol.tasks import Task, declared, load_task, spec_hash
 from prover_service.attribution import AttributionResult
 from prover_service.attribution import attribute as run_attribution
 from prover_service.attribution.base import Progress
@@ -261,5 +261,5 @@ def _open_service(
                         key_env=key_env, tasks=[ref] if isinstance(ref, str) else [],
                         run_worker=False, check_tasks=False)  # fmt: skip
     service = ProverService(settings)
-    service.tasks.setdefault(spec_hash(task), task)  # type: ignore[arg-type]
+    service.tasks.setdefault(spec_hash(task), declared(task))
     return service

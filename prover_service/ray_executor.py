@@ -76,7 +76,7 @@ def _pickle_by_value_if_needed(task: TaskBase) -> None:
         top = name.partition(".")[0]  # found on sys.path, not only held in sys.modules
         importable = top in sys.builtin_module_names or PathFinder.find_spec(top) is not None
         if not importable:
-            cloudpickle.register_pickle_by_value(module)
+            cloudpickle.register_pickle_by_value(module)  # type: ignore[no-untyped-call]  # cloudpickle ships no annotations
 
 
 class RayExecutor(Executor):
@@ -112,7 +112,7 @@ class RayExecutor(Executor):
         if self.workers:
             return self.workers
         self._connect()
-        have = ray.cluster_resources()
+        have = ray.cluster_resources()  # type: ignore[no-untyped-call]  # ray leaves it unannotated
         if self.num_gpus > 0:
             return max(1, int(have.get("GPU", 0) / self.num_gpus))
         return max(1, int(have.get("CPU", 1) / max(self.num_cpus, 1e-9)))

@@ -74,7 +74,7 @@ class GuardedH11Protocol(H11Protocol):
         counter: Counter[str] = state.vda_per_address
         return counter
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's H11Protocol: asyncio's is a BaseTransport
         super().connection_made(transport)
         address = self.client[0] if self.client else "unknown"
         counts = self._per_address()

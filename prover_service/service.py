@@ -39,7 +39,7 @@ from protocol.messages import (
     array_from_npy,
     array_to_npy,
 )
-from protocol.sampling import ChallengeDesign
+from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, load_private_key, public_key_hex, sign_message
 from protocol.tasks import TaskBase, load_task, spec_hash
 from prover_service.adversary import parse_adversary
@@ -116,7 +116,10 @@ class ProverService:
         adversary = parse_adversary(spec)
 
         def values(
-            v: NDArray[np.float64], row: SessionRow, task: TaskBase, design: ChallengeDesign
+            v: NDArray[np.float64],
+            row: SessionRow,
+            task: TaskBase,
+            design: ChallengeDesign | SharedBaseDesign,
         ) -> NDArray[np.float64]:
             _, dm_bytes = self.attribution(row.attribution_hash)
             predictions = Datamodel.from_bytes(dm_bytes).predict(design.masks())

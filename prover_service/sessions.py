@@ -24,7 +24,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,7 +40,7 @@ from protocol.messages import (
     array_to_npy,
     commit_spot_checks,
 )
-from protocol.sampling import ChallengeDesign
+from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import BadSignatureError, SignedMessage, open_signed, sign_message
 from protocol.tasks import TaskBase, TrainingOutputs
 from prover_service.errors import (
@@ -66,13 +66,18 @@ from prover_service.store import (
 )
 from prover_service.witnesses import WitnessHook, WitnessOutputs, require_certifiable, solve_chunk
 
+if TYPE_CHECKING:
+    from prover_service.service import ProverService
+
 __all__ = ["LOCAL", "Sessions", "ValuesHook"]
 
 CHUNK_MODELS = 1024
 _CHUNKS = cast(Table, ChunkRow.__table__)
 _SESSION_ARRAYS = cast(Table, SessionArrayRow.__table__)
 LOCAL = "local"  # the operator's own in-process calls: never a hex key, so never a request's
-ValuesHook = Callable[[NDArray[np.float64], SessionRow, TaskBase, ChallengeDesign], NDArray[Any]]
+ValuesHook = Callable[
+    [NDArray[np.float64], SessionRow, TaskBase, ChallengeDesign | SharedBaseDesign], NDArray[Any]
+]
 
 
 def _load_npy(data: bytes) -> NDArray[Any]:
@@ -101,7 +106,7 @@ class Sessions:
     """Challenges, responses, verdicts and the reads of them (module doc)."""
 
     def __init__(
-        self, service: Any, jobs: Jobs, values_hook: ValuesHook | None = None,
+        self, service: ProverService, jobs: Jobs, values_hook: ValuesHook | None = None,
         witness_hook: WitnessHook | None = None,
     ) -> None:  # fmt: skip
         self.svc, self.jobs = service, jobs
@@ -247,7 +252,11 @@ class Sessions:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), joined
 
     def _finish(
-        self, job: JobRow, row: SessionRow, task: TaskBase, design: ChallengeDesign
+        self,
+        job: JobRow,
+        row: SessionRow,
+        task: TaskBase,
+        design: ChallengeDesign | SharedBaseDesign,
     ) -> bool:
         joined = self._chunks(job.id)
         if joined is None:
@@ -368,9 +377,9 @@ class Sessions:
                     verdict_json=signed.model_dump_json(), verdict=verdict.verdict, status="decided"
                 )  # fmt: skip
             )
-            if result.rowcount:  # type: ignore[attr-defined]
+            if result.rowcount:  # type: ignore[attr-defined]  # Session.execute is typed Result; DML gives a CursorResult
                 self.svc.log.append(s, signed, session_id)
-        if not result.rowcount:  # type: ignore[attr-defined]
+        if not result.rowcount:  # type: ignore[attr-defined]  # Session.execute is typed Result; DML gives a CursorResult
             held = self.get(session_id).verdict_json
             if held is None or SignedMessage.model_validate_json(held).digest != signed.digest:
                 raise Conflict("a verdict was already recorded for this session")

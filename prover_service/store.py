@@ -222,7 +222,7 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///"))
 
 
-def make_engine(url: str) -> tuple[Engine, sessionmaker]:  # type: ignore[type-arg]
+def make_engine(url: str) -> tuple[Engine, sessionmaker[Session]]:
     """Engine and session factory; creates the tables (and missing columns) if needed.
 
     Raises :class:`StoreError` in one line when the database cannot be opened or is damaged.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,25 @@ def test_layout_of_the_design_card_exists() -> None:
     for part in ("protocol", "prover_service", "verifier_client", "tests", "docker", "docs"):
         assert (ROOT / part).is_dir(), part
     assert (ROOT / "docker-compose.yml").is_file()
+
+
+def _cited_sources() -> list[Path]:
+    code = [p for pkg in FORBIDDEN for p in sorted((ROOT / pkg).rglob("*.py"))]
+    return [*code, ROOT / "docs" / "service.md"]
+
+
+def test_protocol_citations_name_sections_of_docs_protocol_md() -> None:
+    """The code (and so /openapi.json) and docs/service.md cite docs/protocol.md by anchor;
+    every anchor cited exists, and nothing cites PROTOCOL.md, which lives outside the repo."""
+    anchors = set(re.findall(r'<a id="([a-z0-9-]+)"></a>', (ROOT / "docs/protocol.md").read_text()))
+    assert {"datamodels", "noise-stability", "two-message-protocol", "certificate"} <= anchors
+    cited: set[str] = set()
+    for path in _cited_sources():
+        text = path.read_text()
+        where = path.relative_to(ROOT)
+        assert "PROTOCOL.md" not in text, f"{where} cites PROTOCOL.md, not in this repository"
+        found = re.findall(r"protocol\.md#([a-z0-9-]+)", text)
+        missing = set(found) - anchors
+        assert not missing, f"{where} cites docs/protocol.md#{sorted(missing)}, no such anchor"
+        cited.update(found)
+    assert cited, "no citation of docs/protocol.md found"

@@ -107,7 +107,8 @@ def save_bundle(bundle: dict[str, Any], path: Path) -> None:
 
 def load_bundle(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
+        bundle: dict[str, Any] = json.loads(path.read_text())
+        return bundle
     except (OSError, ValueError) as exc:
         raise ProtocolError(f"cannot read transcript file {str(path)!r}: {exc}") from None
 

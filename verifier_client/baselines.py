@@ -1,4 +1,4 @@
-"""The baselines the product is measured against (PROTOCOL.md section 4), kept apart from it.
+"""The baselines the product is measured against (docs/protocol.md#baselines), kept apart from it.
 
 * ``noninteractive``: the Verifier trains E itself (no Prover trainings, no spot-checks) and
   certifies on its own trusted values (m* = 0): what the interactive protocol saves is the
@@ -98,7 +98,7 @@ def residual_decision(
     spot: EquivReport | None,
 ) -> Decision:  # fmt: skip
     """The paper's test: MSE-hat (fresh samples) - B-hat_{>=2} (from E) <= the threshold."""
-    res = estimate_residual(values, design, confidence=1 - run.opts.delta)  # type: ignore[arg-type]
+    res = estimate_residual(values, design, confidence=1 - run.opts.delta)
     mse = fresh_mse(run, task, model, run.opts.fresh_samples)
     diff = mse - res.residual
     return decide_threshold(

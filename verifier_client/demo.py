@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,12 @@ def run_demo(
     if seed is None:
         seed, seed_label = seed_from_text(DEFAULT_SEED), DEFAULT_SEED
     started = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="vda-demo-") if keep is None else None
-    root = keep if tmp is None else Path(tmp.name)
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if keep is None:
+        tmp = tempfile.TemporaryDirectory(prefix="vda-demo-")
+        root = Path(tmp.name)
+    else:
+        root = keep
     root.mkdir(parents=True, exist_ok=True)
     save_private_key(generate_key(), root / "prover.key", overwrite=True)
     vkey = generate_key()
@@ -245,7 +250,7 @@ def _summary(console: Console, results: dict[str, Any], epsilon: float, task: st
     table.add_column("")
     for name in provers:
         table.add_column(f"{name} Prover", justify="right")
-    rows = [
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("verdict", lambda r: f"{r['verdict']} ({r['reason']})"),
         ("certified mean err <=", lambda r: _num(r["certified_epsilon"])),
         ("  of which the estimate", lambda r: _num((r["certificate"] or {}).get("point"))),
@@ -279,7 +284,8 @@ def _prover_trainings(r: dict[str, Any]) -> str:
 
 
 def _route(r: dict[str, Any]) -> str:
-    return {"noninteractive": "checking alone"}.get(r["protocol"], r["protocol"])
+    protocol: str = r["protocol"]
+    return {"noninteractive": "checking alone"}.get(protocol, protocol)
 
 
 def _alone(r: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ def _confidence(delta: float) -> str:
 
 
 def _asked(result: dict[str, Any]) -> str:
-    eps_abs = result.get("epsilon_absolute") or result.get("epsilon")
+    eps_abs = result.get("epsilon_absolute") or result["epsilon"]
     if result.get("relative"):
         return f"{100 * float(result['epsilon']):.3g} % of Var f = {float(eps_abs):.3g}"
     return f"{float(eps_abs):.3g}"

@@ -1,4 +1,6 @@
-"""One verification, end to end (PROTOCOL.md sections 4 and 7), recorded as it goes.
+"""One verification, end to end, recorded as it goes.
+
+See docs/protocol.md#two-message-protocol and docs/protocol.md#certificate.
 
 The interactive protocol, top to bottom (:func:`run_verification`):
 
@@ -99,11 +101,12 @@ class Options:
     epsilon: float
     delta: float = 0.05
     relative: bool = False  # epsilon is a fraction of Var f (the mean over targets)
-    aggregate: str = "mean"
-    validity: str = "auto"  # auto: clt where protocol.certificate.clt_refusal allows, else betting
-    layout: str = "shared-base"
+    aggregate: Literal["mean", "max"] = "mean"
+    # auto: clt where protocol.certificate.clt_refusal allows, else betting
+    validity: Literal["auto", "betting", "clt", "finite"] = "auto"
+    layout: Literal["pairs", "shared-base"] = "shared-base"
     protocol: str = "auto"  # auto: the cheapest route that reaches epsilon (verifier_client.routes)
-    estimator: str = "gap"
+    estimator: Literal["gap", "residual"] = "gap"
     pairs_per_level: int | None = None
     spot_checks: int | None = None
     spot_fraction: float = 0.1
@@ -349,7 +352,9 @@ class _Run:
         if o.relative:
             # the variance of f itself: the normal approximation unless a finite-sample
             # validity was asked for (then Maurer & Pontil's bound, valid but wide)
-            var_validity = "finite" if o.validity in ("betting", "finite") else "clt"
+            var_validity: Literal["finite", "clt"] = (
+                "finite" if o.validity in ("betting", "finite") else "clt"
+            )
             lower = variance_lower_bound(values, o.delta / 4, validity=var_validity,
                                          bound=task.bound)  # fmt: skip
             var_lb = float(lower.mean() if o.aggregate == "mean" else lower.min())
@@ -388,7 +393,7 @@ class _Run:
         if o.pairs_per_level is not None and o.spot_checks is not None:
             return Sizes(epsilon, delta, o.pairs_per_level, o.spot_checks, "given", None, var_lb,
                          trained)  # fmt: skip
-        sd, mse = pilot_figures(pilot.values, pilot.predictions, pilot.design, o.aggregate)  # type: ignore[arg-type]
+        sd, mse = pilot_figures(pilot.values, pilot.predictions, pilot.design, o.aggregate)
         per_base = len(make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0, 1))
         cap = prover_cap if own else min(o.max_prover_trainings, prover_cap)
         who = "trainings here" if own else "Prover trainings"
@@ -439,7 +444,7 @@ class _Run:
             # attribution far better than epsilon stops there
             first, chance = first_look(
                 n, epsilon=epsilon, point=pilot_point(pilot.values, pilot.predictions,
-                                                      pilot.design, o.aggregate),  # type: ignore[arg-type]
+                                                      pilot.design, o.aggregate),
                 sd=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse, n_pilot=o.pilot,
                 delta_stat=delta * LOOK_DELTA[0] / 2 / (task.n_targets if o.aggregate == "max"
                                                        else 1),
@@ -493,13 +498,13 @@ class _Run:
             delta=sizes.delta,
             bound=task.bound,
             tau=o.tau_for(task),
-            estimator=o.estimator,  # type: ignore[arg-type]
+            estimator=o.estimator,
             nonce=self.random("nonce", 16).hex(),
             timestamp=int(time.time()),
             verifier_key=public_key_hex(self.key),
             prover_key=self.client.prover_key,
-            layout=o.layout,  # type: ignore[arg-type]
-            aggregate=o.aggregate,  # type: ignore[arg-type]
+            layout=o.layout,
+            aggregate=o.aggregate,
             validity=validity,
             witness_limit=(o.witness_limit or witness_limit(sizes.epsilon, task.bound, shape.rhos))
             if witness else None,
@@ -560,7 +565,7 @@ class _Run:
         if o.validity in ("betting", "clt", "finite"):
             if o.validity == "clt" and (why := clt_refusal(o.p, n)) is not None:
                 raise InvalidParameterError(why)
-            return o.validity  # type: ignore[return-value]
+            return o.validity
         chosen = default_validity(o.p, n)
         if chosen != "clt":
             self.note(
@@ -683,7 +688,7 @@ class _Run:
                 session_id=sid,
                 challenge_digest=challenge.digest,
                 response_digest=response.digest,
-                verdict=decision.verdict,  # type: ignore[arg-type]
+                verdict=decision.verdict,
                 reason=decision.reason,
                 figures=decision.figures,
                 spot_check_indices=tuple(secret["spot_checks"]),

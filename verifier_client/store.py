@@ -14,7 +14,7 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Float, Integer, String, Text, create_engine, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -44,7 +44,7 @@ class Record(_Base):
     task_ref: Mapped[str] = mapped_column(String(512))
     attribution_hash: Mapped[str] = mapped_column(String(64))
     protocol: Mapped[str] = mapped_column(String(16))
-    estimator: Mapped[str] = mapped_column(String(16))
+    estimator: Mapped[Literal["gap", "residual"]] = mapped_column(String(16))  # as validated
     challenge_json: Mapped[str] = mapped_column(Text)
     secret_json: Mapped[str] = mapped_column(Text)  # spot-check indices + salt
     status: Mapped[str] = mapped_column(String(16), index=True, default="incomplete")
@@ -147,7 +147,7 @@ class VerifierStore:
     def __init__(self, url: str) -> None:
         url = _as_url(url)
         kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {}
-        self.engine = create_engine(url, **kwargs)  # type: ignore[arg-type]
+        self.engine = create_engine(url, **kwargs)
         self._closer = weakref.finalize(self, self.engine.dispose)
         try:
             self._create_schema()

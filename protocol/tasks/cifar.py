@@ -214,7 +214,7 @@ class CifarResNet(TrainedTask):
                     x = torch.where(flip, x.flip(3), x)
                     loss = nn.functional.cross_entropy(model(x), self._y[rows], label_smoothing=0.2)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]
+                    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                     opt.step()
                     sched.step()
         return model.eval()

@@ -50,12 +50,11 @@ def write_features(
     y_targets: NDArray[Any],
 ) -> str:
     """Save a features file (module doc); returns its SHA-256."""
-    arrays = {"x_pool": np.asarray(x_pool, dtype=np.float64),
-              "y_pool": np.asarray(y_pool, dtype=np.int64),
-              "x_targets": np.asarray(x_targets, dtype=np.float64),
-              "y_targets": np.asarray(y_targets, dtype=np.int64)}  # fmt: skip
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]
+        np.savez(fh, x_pool=np.asarray(x_pool, dtype=np.float64),
+                 y_pool=np.asarray(y_pool, dtype=np.int64),
+                 x_targets=np.asarray(x_targets, dtype=np.float64),
+                 y_targets=np.asarray(y_targets, dtype=np.int64))  # fmt: skip
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

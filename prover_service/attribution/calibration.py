@@ -449,7 +449,7 @@ def import_scores(
     """An outside tool's scores, calibrated with ``budget`` trainings; ``details`` holds the
     calibration quality (:meth:`CalibrationQuality.summary`, its ``warnings`` list included)."""
     loaded = scores if isinstance(scores, LoadedScores) else None
-    array = loaded.scores if loaded is not None else scores
+    array = scores.scores if isinstance(scores, LoadedScores) else scores
     model, quality = calibrate_with_quality(task, array, budget, p, seed, progress)
     details: dict[str, Any] = quality.summary()
     if loaded is not None:

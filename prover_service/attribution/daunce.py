@@ -26,7 +26,8 @@ it refuses others, e.g. ``planted``, which only evaluates f.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -83,8 +84,15 @@ def loss_covariance(
     return np.asarray(np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0))
 
 
+# The copies' pool weights (K, N) for copies [start, stop); and, for the linearised variant,
+# the linear term of their objectives from those weights and the per-example gradients (the
+# task's tensor, as Differentiable.example_gradients returns it: typed Any there).
+_WeightsFn = Callable[[int, int], NDArray[np.float64]]
+_LinearFn = Callable[[int, int, NDArray[np.float64], Any], "torch.Tensor"]
+
+
 def _run_copies(
-    task: Task, copies: int, weights_of: object, linear_of: object | None,
+    task: Task, copies: int, weights_of: _WeightsFn, linear_of: _LinearFn | None,
     progress: Progress | None, total: int,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:  # fmt: skip
     import torch  # only Daunce needs it: the CLIs' start-up stays torch-free
@@ -97,9 +105,9 @@ def _run_copies(
     p_losses = np.empty((copies, task.n_train))
     for start in range(0, copies, chunk):
         stop = min(start + chunk, copies)
-        weights = weights_of(start, stop)  # type: ignore[operator]
+        weights = weights_of(start, stop)
         w_t = torch.tensor(weights, dtype=theta0.dtype, device=theta0.device)
-        linear = linear_of(start, stop, weights, grads) if linear_of else None  # type: ignore[operator]
+        linear = linear_of(start, stop, weights, grads) if linear_of else None
         with torch.no_grad():
             thetas = ext.finetune(w_t, linear, theta0)
             t_losses[start:stop] = ext.example_losses(thetas, "targets").double().cpu().numpy()

@@ -174,6 +174,7 @@ def test_a_killed_client_resumes_without_a_new_challenge(
         assert len(store.all()) == 1
 
 
+@pytest.mark.slow
 def test_baselines_and_the_papers_estimator(tmp_path: Path) -> None:
     # The paper's estimator (with fresh local samples) and the non-interactive baseline reach the
     # same verdicts as the default; the naive MSE-only baseline is fooled by the w/2 cheat.

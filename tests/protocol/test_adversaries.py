@@ -127,6 +127,7 @@ def test_strategic_counts_and_best_count() -> None:
                       rank=2)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_certificate_is_not_fooled_at_the_best_count(layout: str) -> None:
     # g with exact err = 1 on every target, |E| = 12,000, delta = 0.05 (delta_spot = 0.025),

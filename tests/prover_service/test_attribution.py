@@ -53,6 +53,7 @@ def digits() -> tuple[DigitsLogReg, np.ndarray, np.ndarray]:
     return task, masks, task.evaluate(masks, training_seeds(key, range(256)))
 
 
+@pytest.mark.slow
 def test_daunce_agrees_with_regression_and_predicts_fresh_subsets(
     digits: tuple[DigitsLogReg, np.ndarray, np.ndarray],
 ) -> None:
