@@ -177,6 +177,11 @@ class ProverService:
             "public_transcripts": s.public_transcripts,
         }
 
+    def close(self) -> None:
+        """Close the database's pooled connections (a service replaced in the same process,
+        e.g. a restart in a test; the app's own process exit closes them otherwise)."""
+        self.engine.dispose()
+
     def task(self, task_hash: str, wait: bool = False) -> TaskBase:
         """A served task; 404 if unknown, 503 while its start-up check runs or if it failed.
         ``wait`` (the job workers: a job resumed at start-up) first waits for the checks."""

@@ -249,9 +249,11 @@ def test_a_killed_job_resumes_and_gives_identical_bytes(tmp_path: Path) -> None:
         if interrupt:
             service.run_pending(max_chunks=2)
             assert service.job(session.job_id).done == 2048
+            service.close()  # the killed process's connections are gone with it
             service = ProverService(settings)  # the restart
         service.run_pending()
         rm = ResponseManifest.model_validate(service.response(session.id).payload)
+        service.close()
         return rm.values.sha256 + rm.probes.sha256
 
     assert run(tmp_path / "a", interrupt=False) == run(tmp_path / "b", interrupt=True)
