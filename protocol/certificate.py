@@ -936,18 +936,25 @@ class CertificatePlan:
     parts: dict[str, float]
 
 
-def pilot_figures(
+def _pilot_pair_sums(
     values: FloatArray, predictions: FloatArray, design: StabilityDesign, aggregate: Aggregate
-) -> tuple[float, float]:
-    """(SD of the pair-sums u_j, E r^2) from a pilot run: the mean over targets for ``mean``,
-    the largest target for ``max``. Inputs as :func:`certify`."""
+) -> tuple[FloatArray, FloatArray]:
+    """The pair-sums u (n, Z) and residuals r = f - g of a pilot, inputs checked."""
     f = as_finite_matrix("values", values, (None, None))
     g = as_finite_matrix("predictions", predictions, f.shape)
     _check_choice("aggregate", aggregate, ("mean", "max"))
     r = f - g
     rhos, arrange = pair_members(design, f.shape[0])
     ra, rb = arrange(r)
-    u = np.einsum("l,lnc->nc", linear_weights(rhos), ra * rb)
+    return np.einsum("l,lnc->nc", linear_weights(rhos), ra * rb), r
+
+
+def pilot_figures(
+    values: FloatArray, predictions: FloatArray, design: StabilityDesign, aggregate: Aggregate
+) -> tuple[float, float]:
+    """(SD of the pair-sums u_j, E r^2) from a pilot run: the mean over targets for ``mean``,
+    the largest target for ``max``. Inputs as :func:`certify`."""
+    u, r = _pilot_pair_sums(values, predictions, design, aggregate)
     sq = r * r
     if aggregate == "mean":
         return float(u.mean(axis=1).std(ddof=1)), float(sq.mean())
@@ -959,13 +966,7 @@ def pilot_point(
 ) -> float:
     """The certificate's point estimate of err on a pilot, without its bound: the mean pair-sum
     (over targets for ``mean``, the largest target's for ``max``). Inputs as :func:`certify`."""
-    f = as_finite_matrix("values", values, (None, None))
-    g = as_finite_matrix("predictions", predictions, f.shape)
-    _check_choice("aggregate", aggregate, ("mean", "max"))
-    r = f - g
-    rhos, arrange = pair_members(design, f.shape[0])
-    ra, rb = arrange(r)
-    u = np.einsum("l,lnc->nc", linear_weights(rhos), ra * rb)
+    u, _ = _pilot_pair_sums(values, predictions, design, aggregate)
     return float(u.mean()) if aggregate == "mean" else float(np.max(u.mean(axis=0)))
 
 
