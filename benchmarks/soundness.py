@@ -49,6 +49,7 @@ from protocol.adversaries import (  # noqa: E402
     strategic_counts,
 )
 from protocol.certificate import (  # noqa: E402
+    CLT_MIN_EVENTS,
     certify,
     default_validity,
     max_undetected,
@@ -313,7 +314,8 @@ def sweep_cell(
     training example, err = c epsilon exactly) on a planted task at subset fraction p and seed
     noise ``noise``, n shared bases, k = ceil(|E| / 10) spot-checks, epsilon = Var f / 4.
 
-    Spot-checks are whole bases (k = ceil(n / 10), a tenth of E's trainings), so m* counts
+    Spot-checks are whole bases (k = ceil(n / 10), a tenth of E's trainings, raised under
+    ``clt`` to the fewest bases clt is allowed at, as the session sizes them), so m* counts
     corrupted bases. Honest: coverage (U >= err) at c = 1/2 and 1, and acceptance at c = 1/2
     (completeness).
     Every adversary at c = 1 (the boundary), for every count of strategic_counts (up to 2 m* + 2):
@@ -330,11 +332,13 @@ def sweep_cell(
              for c, g in models.items()}  # fmt: skip
     ranges = {c: g.output_range() for c, g in models.items()}
     n_sub = 4 * n
+    chosen = validity or default_validity(p, n)
     k = math.ceil(n / 10)  # whole bases checked: a tenth of E's trainings
+    if chosen == "clt":  # as the session sizes it: clt's condition holds at k too
+        k = max(k, min(n, math.ceil(CLT_MIN_EVENTS / min(p, 1 - p) ** 2)))
     d_spot = delta / 2
     m_star = max_undetected(n, k, d_spot)
     counts = strategic_counts(n, k, d_spot)
-    chosen = validity or default_validity(p, n)
     rng = np.random.default_rng(seed)
     honest_cover: dict[float, list[bool]] = {0.5: [], 1.0: []}
     honest_accept: list[bool] = []
@@ -427,17 +431,17 @@ def sweep(
 def sweep_tables(paths: list[str]) -> str:
     """The two tables of docs/soundness.md from sweep JSON files: soundness (the worst
     adversary's P(accept) at err = epsilon, with its count) and honest coverage/completeness.
-    Per cell only its runs with the most challenges are shown (an earlier, smaller run of the
-    same cell is superseded)."""
-    cells = []
-    for path in paths:
+    Per cell one run is shown: the one with the most challenges, and of those the one from
+    the file given last (a rerun supersedes an earlier or smaller run of the same cell)."""
+    best: dict[tuple[str, float, float], tuple[tuple[int, int], dict[str, Any]]] = {}
+    for order, path in enumerate(paths):
         with open(path) as fh:
-            cells += json.load(fh)["cells"]
-    most: dict[tuple[str, float, float], int] = {}
-    for c in cells:  # a cell rerun at more challenges supersedes its smaller runs
-        key = (c["aggregate"], c["p"], c["noise"])
-        most[key] = max(most.get(key, 0), c["reps"])
-    cells = [c for c in cells if c["reps"] == most[(c["aggregate"], c["p"], c["noise"])]]
+            for c in json.load(fh)["cells"]:
+                key = (c["aggregate"], c["p"], c["noise"])
+                rank = (c["reps"], order)
+                if key not in best or rank >= best[key][0]:
+                    best[key] = (rank, c)
+    cells = [c for _, c in best.values()]
     cells.sort(key=lambda c: (c["aggregate"], c["p"], c["noise"]))
     head = ("| aggregate | p | seed noise | validity | reps | m* | " +
             " | ".join(f"{a}: P(accept), worst m" for a in SWEEP_ADVERSARIES) + " |")  # fmt: skip

@@ -141,6 +141,8 @@ class Certificate:
     delta each: ``trusted_bound`` from the checked groups alone (the Verifier's own values,
     m* = 0) and ``robust_bound`` from all of E; ``source`` names the one U and its parts come
     from ("trusted" or "robust"; "all" when nothing was checked as whole groups).
+    ``trusted_validity`` is the validity the trusted bound ran at: ``clt`` only where
+    :func:`clt_refusal` allows it at the checked groups' count k, else ``betting``.
     """
 
     aggregate: str
@@ -168,6 +170,7 @@ class Certificate:
     source: str = "all"
     trusted_bound: float | None = None
     robust_bound: float | None = None
+    trusted_validity: str | None = None
 
     def accepts(self, epsilon: float) -> bool:
         """The verdict: accept iff certified_epsilon <= epsilon."""
@@ -609,25 +612,37 @@ def certify(
         if not isinstance(max_corrupted, int) or max_corrupted < 0:
             raise InvalidParameterError(f"max_corrupted must be an int >= 0; got {max_corrupted!r}")
         m_star = max_corrupted
+    frac = float(getattr(design, "p", 0.5)) if p is None else check_probability("p", p)
     if validity == "clt":
-        frac = float(getattr(design, "p", 0.5)) if p is None else check_probability("p", p)
         refusal = clt_refusal(frac, n)
         if refusal is not None:
             raise InvalidParameterError(refusal)
     pieces = _Pieces.build(f, g, design, tau_arr, bound, prediction_range)
     common: _BoundOptions = {"aggregate": aggregate, "validity": validity, "detail": detail,
                              "decide_at": None if detail else decide_at}  # fmt: skip
+    trusted_validity: Validity | None = None
     if groups is None or len(groups) < 3:
         res = _bound_err(pieces, None, m_star, (dlt - d_spot) / 2.0, None, **common)
         source, trusted_u, robust_u = "all", None, None
     else:
         # half of the rest to the checked groups alone, half to all of E; within the robust
-        # half, clt spends a sixth on the checked groups' SD bounds (for S and for Q)
+        # half, clt spends a sixth on the checked groups' SD bounds (for S and for Q). The
+        # normal approximation is held to the same condition at k checked groups as at n:
+        # below it the trusted bound is the betting one, and no SD cap is read from them
         share = (dlt - d_spot) / 2.0
-        trusted = _bound_err(pieces, groups, 0, share / 2.0, None, **common)
+        k_clt = validity == "clt" and clt_refusal(frac, len(groups)) is None
+        trusted_validity = validity if validity != "clt" or k_clt else "betting"
+        if trusted_validity == "betting" and bound is None:
+            raise InvalidParameterError(
+                f"{len(groups)} checked groups are too few for validity 'clt' "
+                f"({clt_refusal(frac, len(groups))}); the betting bound on them needs the "
+                "task's bound b"
+            )
+        trusted = _bound_err(pieces, groups, 0, share / 2.0, None,
+                             **{**common, "validity": trusted_validity})  # fmt: skip
         sd_caps = None
         d_half = share / 2.0
-        if validity == "clt" and m_star > 0:
+        if k_clt and m_star > 0:
             d_half = share / 3.0
             sd_caps = pieces.sd_caps(groups, share / 6.0, aggregate == "mean")
         robust = _bound_err(pieces, None, m_star, d_half, sd_caps, **common)
@@ -661,6 +676,7 @@ def certify(
         source=source,
         trusted_bound=trusted_u,
         robust_bound=robust_u,
+        trusted_validity=trusted_validity,
     )
 
 

@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["ROUTES", "RouteCost", "choose", "plan_routes", "plan_sentence"]
 
 ROUTES = ("interactive", "noninteractive", "witness")
+#: who wins a tie in this machine's trainings: checking alone needs no Prover and spends all of
+#: delta on its own values, the interactive route splits delta with its spot-check event
+TIE_ORDER = ("noninteractive", "witness", "interactive")
 NAMES = {"interactive": "interactive", "noninteractive": "checking alone", "witness": "witness"}
 
 
@@ -161,12 +164,12 @@ def plan_routes(run: _Run, task: TaskBase, model: Datamodel, prover_cap: int) ->
 
 
 def choose(costs: list[RouteCost]) -> RouteCost:
-    """The cheapest route that reaches epsilon (ties: the order of :data:`ROUTES`); the
+    """The cheapest route that reaches epsilon (ties: :data:`TIE_ORDER`); the
     interactive one when none reaches it."""
     reaching = [c for c in costs if c.reaches and c.sizes is not None]
     if not reaching:
         return next(c for c in costs if c.route == "interactive")
-    return min(reaching, key=lambda c: (c.verifier_trainings, ROUTES.index(c.route)))
+    return min(reaching, key=lambda c: (c.verifier_trainings, TIE_ORDER.index(c.route)))
 
 
 def _cost_words(c: RouteCost) -> str:

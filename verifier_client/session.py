@@ -460,6 +460,16 @@ class _Run:
             min(max(1, math.ceil(o.spot_fraction * n * per_base)), n * per_base)  # fmt: skip
         if trusted:
             k = 0  # the values are the Verifier's own (or each checked by its witness)
+        elif o.spot_checks is None:
+            # the certificate reads its trusted bound and SD caps from the checked bases with
+            # clt only where clt_refusal allows it at their count too; below, those bounds
+            # pay the range (protocol.certificate.certify), so check at least that many
+            chosen = o.validity if o.validity != "auto" else default_validity(o.p, n)
+            k_min = min(n, math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)) * per_base
+            if chosen == "clt" and k < k_min:
+                k = k_min
+                source += (f"; spot-checks raised to {k_min // per_base:,} bases, the fewest "
+                           "clt is allowed at on the checked bases")  # fmt: skip
         return Sizes(epsilon, delta, n, k, source, predicted, var_lb, trained, looks, chance)
 
     # 3. challenge ---------------------------------------------------------------------------

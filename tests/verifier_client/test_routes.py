@@ -38,8 +38,9 @@ def test_the_cheapest_route_that_reaches_epsilon_is_chosen() -> None:
     # none reaches: interactive (the Prover's trainings, not this machine's, are then cut)
     cut = [_cost("interactive", 10, False), _cost("noninteractive", 9, False)]
     assert choose(cut).route == "interactive"
-    # a tie goes to the interactive route (the order of ROUTES)
-    assert choose([_cost("noninteractive", 160), inter]) is inter
+    # a tie goes to checking alone (no Prover, all of delta on its own values)
+    tie = _cost("noninteractive", 160)
+    assert choose([inter, tie]) is tie and choose([tie, inter]) is tie
     text = plan_sentence(alone, [inter, alone, witness], forced=False)
     assert text.startswith("route: checking alone: the Prover trains none, this machine trains 800")
     assert "Otherwise: interactive: the Prover trains 400, this machine retrains 160" in text
