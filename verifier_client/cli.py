@@ -580,6 +580,9 @@ def demo(
         str, typer.Option(help="digits-logreg in float32 (default) or float64 (digits-logreg).")
     ] = "digits-logreg:dtype=float32",
     keep: Annotated[Path | None, typer.Option(help="Keep keys, databases and logs here.")] = None,
+    protocol: Annotated[
+        str, typer.Option(help="Route: interactive (both transcripts audited), auto, noninteractive.")
+    ] = "interactive",
     json_out: JsonOpt = False,
 ) -> None:
     """The whole story on digits-logreg: an honest and a cheating Prover, both verified at once
@@ -590,6 +593,7 @@ def demo(
         results = run_demo(
             Console(stderr=json_out), pairs, budget, epsilon, keep, spot_checks,
             seed_from_text(seed), spot_fraction, max_prover_trainings, task, seed_label=seed,
+            protocol=protocol,
         )  # fmt: skip
     except (ProtocolError, TransportError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
@@ -597,7 +601,8 @@ def demo(
         typer.echo(json.dumps(results))
     provers = [results["honest"], results["cheating"]]
     ok = provers[0]["verdict"] == "accept" and provers[1]["verdict"] == "abort"
-    raise typer.Exit(code=0 if ok and all(r["audit"]["ok"] for r in provers) else 1)
+    audited = all(r["audit"] is None or r["audit"]["ok"] for r in provers)  # None: checked alone
+    raise typer.Exit(code=0 if ok and audited else 1)
 
 
 app.command()(history)

@@ -24,8 +24,9 @@ def test_the_demo_accepts_the_honest_prover_aborts_the_cheat_and_says_why(tmp_pa
     assert honest["verdict"] == "accept" and honest["certified_epsilon"] <= 3.0
     assert cheat["verdict"] == "abort" and cheat["reason"] == "not_certified"
     assert cheat["certified_epsilon"] > 3.0 and cheat["prover_trainings"] <= 800
-    # the route: the cheapest that reaches epsilon, said with the others' costs before the
-    # Prover trains; the honest Verifier never trains more than checking alone would have
+    # the route: interactive (as the demo asks, so both transcripts are audited), said with
+    # the others' costs before the Prover trains; the honest Verifier trains no more than
+    # checking alone would have (at p = 1/2 they tie: clt on the checked bases needs 200)
     plans = {c["route"]: c for c in honest["routes"]["routes"]}
     assert honest["protocol"] == honest["routes"]["chosen"] == "interactive"
     alone = (
