@@ -126,3 +126,25 @@ def test_a_cut_plan_says_the_epsilon_it_can_reach() -> None:
     reach = reachable_epsilon(bases_for, 100, 0.05)  # 100 bases reach eps = 0.2
     assert reach is not None and 0.2 <= reach <= 0.2 * 1.01 and bases_for(reach) <= 100
     assert reachable_epsilon(bases_for, 0, 0.05) is None  # nothing fits
+
+
+@pytest.mark.parametrize(("p", "cap", "bases"), [(0.5, 1200, 200), (0.1, 10**7, 5000)])
+def test_under_clt_the_interactive_route_checks_as_many_bases_as_clt_needs(
+    p: float, cap: int, bases: int
+) -> None:
+    # certify runs clt on the checked bases only at k min(p, 1-p)^2 >= 50 (else the range-priced
+    # betting bound): the session's sizes check at least that many whole bases, and say so
+    from typing import Any, cast
+
+    from protocol.certificate import default_validity
+    from protocol.tasks import load_task
+    from verifier_client.session import Options, _Run
+
+    task = load_task(TASK)
+    opts = Options(task=TASK, epsilon=0.6, p=p, seed=b"5")
+    run = _Run(cast(Any, None), cast(Any, None), cast(Any, None), opts, "", None)
+    sizes = run.sizes(task, task.optimal_datamodel(), cap, trusted=False, quiet=True)
+    n = sizes.pairs_per_level
+    assert default_validity(p, n) == "clt" and n >= bases
+    assert spot_trainings(sizes, 4) == sizes.spot_checks == 4 * bases
+    assert "spot-checks raised to" in sizes.source
