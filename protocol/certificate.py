@@ -638,8 +638,8 @@ def certify(
                 f"({clt_refusal(frac, len(groups))}); the betting bound on them needs the "
                 "task's bound b"
             )
-        trusted = _bound_err(pieces, groups, 0, share / 2.0, None,
-                             **{**common, "validity": trusted_validity})  # fmt: skip
+        k_opts: _BoundOptions = {**common, "validity": trusted_validity}
+        trusted = _bound_err(pieces, groups, 0, share / 2.0, None, **k_opts)
         sd_caps = None
         d_half = share / 2.0
         if k_clt and m_star > 0:

@@ -581,7 +581,7 @@ def demo(
     ] = "digits-logreg:dtype=float32",
     keep: Annotated[Path | None, typer.Option(help="Keep keys, databases and logs here.")] = None,
     protocol: Annotated[
-        str, typer.Option(help="Route: interactive (both transcripts audited), auto, noninteractive.")
+        str, typer.Option(help="interactive (both transcripts audited), auto or noninteractive.")
     ] = "interactive",
     json_out: JsonOpt = False,
 ) -> None:
