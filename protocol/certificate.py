@@ -979,11 +979,36 @@ def pilot_figures(
 
 def pilot_point(
     values: FloatArray, predictions: FloatArray, design: StabilityDesign, aggregate: Aggregate
-) -> float:
-    """The certificate's point estimate of err on a pilot, without its bound: the mean pair-sum
-    (over targets for ``mean``, the largest target's for ``max``). Inputs as :func:`certify`."""
+) -> tuple[float, float]:
+    """The certificate's point estimate of err on a pilot, without its bound, and its standard
+    error. ``mean``: the mean pair-sum over bases and targets, SE from the bases. ``max``: the
+    largest target's err, estimated by empirical Bayes: the raw largest of Z noisy per-target
+    means is biased up by about SE sqrt(2 ln Z), and on a small pilot it is mostly noise. Each
+    target's mean m_z (SE s_z) is shrunk to the grand mean by s_z^2 / (s_z^2 + t^2), with t^2 =
+    max(0, Var_z m_z - mean s_z^2) the spread of the true errs the means show beyond their
+    noise (s_z^2 less the grand mean's: the targets share their masks); the point is the
+    largest shrunk mean, its SE the posterior SD of that target plus the grand mean's SE.
+    Inputs as :func:`certify`."""
     u, _ = _pilot_pair_sums(values, predictions, design, aggregate)
-    return float(u.mean()) if aggregate == "mean" else float(np.max(u.mean(axis=0)))
+    n = u.shape[0]
+    if aggregate == "mean":
+        per_base = u.mean(axis=1)
+        return float(per_base.mean()), float(per_base.std(ddof=1) / math.sqrt(n))
+    means = u.mean(axis=0)
+    se2 = u.var(axis=0, ddof=1) / n
+    z = len(means)
+    if z == 1:
+        return float(means[0]), float(math.sqrt(se2[0]))
+    # the targets share their masks, so their noise is correlated: the grand mean's SE comes
+    # from the per-base averages, and the deviations m_z - grand carry the rest of the noise
+    grand = float(means.mean())
+    se2_grand = float(u.mean(axis=1).var(ddof=1) / n)
+    noise = np.maximum(se2 - se2_grand, 0.0)
+    spread = max(0.0, float(means.var(ddof=1) - noise.mean()))
+    keep = np.divide(spread, spread + noise, out=np.ones_like(noise), where=(spread + noise) > 0)
+    shrunk = grand + keep * (means - grand)
+    top = int(np.argmax(shrunk))
+    return float(shrunk[top]), float(math.sqrt(keep[top] * noise[top] + se2_grand))
 
 
 def predicted_width(

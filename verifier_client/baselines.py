@@ -50,26 +50,26 @@ def first_look(
     *,
     epsilon: float,
     point: float,
+    se: float,
     sd: float,
     mse: float,
-    n_pilot: int,
     delta_stat: float,
     kappa: float,
     smallest: int,
 ) -> tuple[int, float]:
     """The first look's bases and the chance it certifies, for a second look at ``n`` bases.
 
-    The pilot measured err's point ``point`` with standard error se = sd / sqrt(n_pilot) (sd:
-    the pair-sums' SD, an upper figure). At m bases the bound is about err + w(m) with w the
-    statistical and bias parts of :func:`protocol.certificate.predicted_width` (m* = 0) at
-    ``delta_stat``, and its point has SD sd / sqrt(m); so, with err near N(point, se^2),
+    The pilot estimated err at ``point`` with standard error ``se``
+    (:func:`protocol.certificate.pilot_point`; sd: the pair-sums' SD, an upper figure). At m
+    bases the bound is about err + w(m) with w the statistical and bias parts of
+    :func:`protocol.certificate.predicted_width` (m* = 0) at ``delta_stat``, and its point has
+    SD sd / sqrt(m); so, with err near N(point, se^2),
     P(certified at m) ~ Phi((epsilon - point - w(m)) / sqrt(se^2 + sd^2 / m)). The expected
     trainings are m + (1 - P) (n - m) (the second look trains only the rest). Returns the m of
     a geometric grid from ``smallest`` to n that minimises them, and its P."""
     from protocol.certificate import predicted_width
     from protocol.distributions import norm
 
-    se = sd / math.sqrt(n_pilot)
     point = max(0.0, point)  # err >= 0: a negative estimate is noise
     best, chance = n, 0.0
     m = max(2, smallest)

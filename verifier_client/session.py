@@ -442,10 +442,10 @@ class _Run:
         if looks_ok and predicted is not None and n * per_base <= cap:
             # a first look where the expected trainings are least (baselines.first_look): an
             # attribution far better than epsilon stops there
+            point, se = pilot_point(pilot.values, pilot.predictions, pilot.design, o.aggregate)
             first, chance = first_look(
-                n, epsilon=epsilon, point=pilot_point(pilot.values, pilot.predictions,
-                                                      pilot.design, o.aggregate),
-                sd=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse, n_pilot=o.pilot,
+                n, epsilon=epsilon, point=point, se=SIZING_MARGIN * se,
+                sd=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
                 delta_stat=delta * LOOK_DELTA[0] / 2 / (task.n_targets if o.aggregate == "max"
                                                        else 1),
                 kappa=upper_bias_coefficient(np.asarray(pilot.design.rhos)), smallest=clt_min,
