@@ -48,7 +48,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from protocol.errors import ProtocolError, ShapeError
+from protocol.errors import InvalidParameterError, ProtocolError, ShapeError
 from protocol.messages import ArrayRef, Verdict
 from protocol.signing import SignedMessage, open_signed
 from protocol.tasks import Task
@@ -257,6 +257,13 @@ def audit_session(
     client.prover_key = wanted
     mine = [r for r in records if r.prover_key == wanted]
     ours = next((r for r in mine if session_id in (r.prover_session, r.id)), None)
+    if ours is not None and ours.prover_session is None and ours.protocol == "noninteractive":
+        raise InvalidParameterError(
+            f"session {ours.id} was checked alone (route noninteractive): this machine trained "
+            "every subset itself, so the Prover holds no transcript of it to audit; `show "
+            f"{ours.id[:12]}` has its record and certificate (verify --protocol interactive "
+            "makes a session a third party can audit)"
+        )
     bundle: dict[str, Any] | None = None
     try:
         bundle = fetch_bundle(client, session_id, key)

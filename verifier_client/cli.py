@@ -551,7 +551,12 @@ def audit_cmd(
         for what in skipped:
             Console().print(f"[yellow]not checked[/]  {what}", highlight=False)
         word = "[green]MATCHES[/]" if report.ok else "[red]DOES NOT MATCH[/]"
-        Console().print(f"recomputed {report.recomputed}; recorded {report.recorded}: {word}")
+        if report.recomputed is None and report.recorded is None:
+            Console().print("nothing recomputed: the Prover shows no transcript of this "
+                            f"session: {word}")  # fmt: skip
+        else:
+            Console().print(f"recomputed {report.recomputed}; recorded {report.recorded}: "
+                            f"{word}")  # fmt: skip
     raise typer.Exit(code=0 if report.ok else 1)
 
 

@@ -134,3 +134,20 @@ def test_an_unsigned_verdict_flipped_to_accept_fails_the_audit(decided: Decided)
     detail = _failed(report)["unsigned fields agree with the signed verdict"]
     assert "transcript.verdict is 'accept', signed 'abort'" in detail
     assert "session.verdict is 'accept', signed 'abort'" in detail
+
+
+def test_a_session_checked_alone_is_refused_in_words_and_the_others_still_pass(
+    decided: Decided,
+) -> None:
+    """Checking alone leaves the Prover no transcript: its audit is a clear error (exit 2, main:
+    'recomputed None; recorded None: DOES NOT MATCH', exit 1), and its record does not disturb
+    the audit of the Prover's sessions."""
+    alone = verify(decided.url, TASK, 0.5, key=decided.key, db="sqlite:///verifier.db",
+                   budget=100, pairs_per_level=4, spot_checks=0, protocol="noninteractive",
+                   poll_s=0.02)  # fmt: skip
+    assert alone["status"] == "decided" and alone["protocol"] == "noninteractive", alone
+    code, out = decided.audit(str(alone["session"]))
+    assert code == 2 and isinstance(out, str), out
+    assert "checked alone" in out and "no transcript" in out and "Traceback" not in out
+    code, report = decided.audit(decided.sessions[0])
+    assert code == 0 and _failed(report) == {}, report
