@@ -54,7 +54,7 @@ def _seed(seed: str | int | bytes | None) -> bytes | None:
 def verify(
     prover: str,
     task: str,
-    epsilon: float | str,
+    epsilon: float | str | None,
     *,
     key: Path | str | Ed25519PrivateKey,
     db: str = "sqlite:///verifier.db",
@@ -74,6 +74,9 @@ def verify(
     repeatable figures), never a secret: the nonce, salt and spot-checks are always random.
     ``options`` are :class:`~verifier_client.session.Options` fields: ``delta``, ``aggregate``,
     ``pairs_per_level``, ``spot_checks``, ``method``, ``budget``, ``attribution``, ...
+    With ``epsilon=None`` and ``reach_trainings=N`` it only plans: no challenge is sent, and the
+    result (``plan_only``) holds, per route, the smallest epsilon its plan reaches within N
+    trainings here (``verify --reach N``).
 
     The result is what ``verify --json`` prints: ``verdict`` ("accept"/"abort"), ``reason``,
     ``certified_epsilon`` (the bound), ``certificate`` (its parts), ``figures``, ``times``,
@@ -85,7 +88,14 @@ def verify(
             "verify: secrets_seed is for tests only; the nonce, salt and spot-checks are random"
         )
     signing_key = key if isinstance(key, Ed25519PrivateKey) else load_private_key(Path(key))
-    eps, relative = parse_epsilon(epsilon)
+    if epsilon is None:  # plan only: the smallest epsilon within reach_trainings
+        if options.get("reach_trainings") is None:
+            raise InvalidParameterError("verify: give epsilon (or reach_trainings, to plan only)")
+        eps, relative = 1.0, False  # a placeholder: reach plans every epsilon itself
+    elif options.get("reach_trainings") is not None:
+        raise InvalidParameterError("verify: reach_trainings plans without an epsilon: give one")
+    else:
+        eps, relative = parse_epsilon(epsilon)
     try:
         opts = Options(task=task, epsilon=eps, relative=relative, seed=_seed(seed), **options)
     except TypeError as exc:  # an unknown option name: the caller's error

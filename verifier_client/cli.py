@@ -346,12 +346,20 @@ def verify(
     prover: Annotated[str, typer.Option(help="The Prover's base URL.")],
     task: TaskOpt,
     epsilon: Annotated[
-        str, typer.Option(help="Abort unless err(g) <= epsilon is certified; 0.5 or 5% of Var f.")
-    ],
+        str | None,
+        typer.Option(help="Abort unless err(g) <= epsilon is certified; 0.5 or 5% of Var f."),
+    ] = None,
     delta: Annotated[float, typer.Option(help="Failure probability.")] = 0.05,
     aggregate: Annotated[
         str, typer.Option(help="mean (over targets; default) | max (every target).")
     ] = "mean",
+    reach: Annotated[
+        int | None,
+        typer.Option(
+            help="No epsilon in mind: plan only (no challenge), and print the smallest "
+            "epsilon each route reaches within this many trainings here."
+        ),
+    ] = None,
     validity: Annotated[
         str,
         typer.Option(
@@ -435,7 +443,9 @@ def verify(
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
 ) -> None:
-    """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error."""
+    """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error. With --reach N instead
+    of --epsilon, plan only: the smallest epsilon each route reaches within N trainings here
+    (exit 0; no challenge is sent)."""
     from verifier_client.session import Options
 
     signing_key = _load_key(key, key_env)
@@ -444,13 +454,15 @@ def verify(
         estimator=estimator, pairs_per_level=pairs, spot_checks=spot_checks,
         spot_fraction=spot_fraction, pilot=pilot, max_prover_trainings=max_prover_trainings,
         fresh_samples=fresh, tau=tau, honest_err=honest_err, attribution=attribution,
-        method=method, budget=budget,
+        method=method, budget=budget, reach_trainings=reach,
     )  # fmt: skip
     try:  # refused before any traffic: a bad option is the user's error, not the Prover's
         from verifier_client.api import parse_epsilon
         from verifier_client.api import verify as verify_api
 
-        eps, relative = parse_epsilon(epsilon)
+        if (epsilon is None) == (reach is None):
+            raise _fail("give --epsilon (verify), or --reach N without it (plan only)")
+        eps, relative = parse_epsilon(epsilon) if epsilon is not None else (1.0, False)
         Options(task=task, epsilon=eps, relative=relative, **fields).validate()
     except ProtocolError as exc:
         raise _fail(str(exc)) from None
@@ -466,9 +478,47 @@ def verify(
     result["seconds"] = round(time.perf_counter() - started, 3)
     if json_out:
         typer.echo(json.dumps(result))
+    elif result.get("plan_only"):
+        print_reach(Console(), result)
     else:
         print_summary(Console(), result)
+    if result.get("plan_only"):
+        raise typer.Exit(code=0)  # a plan, not a verdict
     raise typer.Exit(code=0 if result["verdict"] == "accept" else 1)
+
+
+def print_reach(console: Console, result: dict[str, Any]) -> None:
+    """``verify --reach N``: per route, the smallest epsilon its plan reaches within N
+    trainings here, in absolute units and as a share of the pilot's Var f."""
+    from verifier_client.routes import NAMES
+
+    n = result["trainings_here"]
+    table = Table(title=f"{result['task']} ({result['aggregate']}, delta = {result['delta']}): "
+                        f"the smallest epsilon within {n:,} trainings here")  # fmt: skip
+    for col in ("route", "epsilon", "share of Var f", "trainings here", "Prover trainings",
+                "time here"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "route" else "right",
+                         no_wrap=col == "route")  # fmt: skip
+    for route, r in result["reach"].items():
+        if r is None:
+            table.add_row(NAMES[route], "out of reach" if route != "witness" else "not offered",
+                          "", "", "", "")  # fmt: skip
+            continue
+        table.add_row(NAMES[route], f"{r['epsilon']:.3g}", f"{100 * r['share_of_var_f']:.1f} %",
+                      f"{r['verifier_trainings']:,.0f}", f"{r['prover_trainings']:,}",
+                      _duration(r["seconds"]))  # fmt: skip
+    console.print(table)
+    best = result["best"]
+    if best is None:
+        console.print(f"No route certifies any epsilon within {n:,} trainings here; raise --reach.")
+        return
+    eps = result["reach"][best]["epsilon"]
+    console.print(
+        f"Smallest: {eps:.3g} by {NAMES[best]} (Var f ~ {result['var_f_pilot']:.3g} from the "
+        f"{result['pilot_trainings']:,}-training pilot, not counted above). Plans are sized for "
+        f"an attribution with err = epsilon / 2; verify with --epsilon {eps:.3g} or more.",
+        highlight=False,
+    )
 
 
 def print_summary(console: Console, result: dict[str, Any], indent: str = "") -> None:

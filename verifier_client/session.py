@@ -125,6 +125,9 @@ class Options:
     timeout_s: float = 3600.0
     seed: bytes | None = None  # fixes the design (pilot, E, fresh samples), never a secret
     secrets_seed: bytes | None = None  # tests only (verify() refuses it): nonce, salt, spots
+    # plan only: the smallest epsilon each route reaches within this many trainings here (no
+    # epsilon needed, no challenge sent: _Run.reach)
+    reach_trainings: int | None = None
 
     def validate(self) -> None:
         """Refuse bad options before any traffic (the user's error, not the Prover's)."""
@@ -159,6 +162,16 @@ class Options:
             raise InvalidParameterError("the residual estimator needs --fresh >= 2 samples")
         if self.tau is not None and not (math.isfinite(self.tau) and self.tau >= 0):
             raise InvalidParameterError(f"tau must be finite and >= 0; got {self.tau!r}")
+        if self.reach_trainings is not None:
+            if self.reach_trainings < 1:
+                raise InvalidParameterError("--reach needs a budget of at least 1 training")
+            if self.relative or self.pairs_per_level is not None or self.spot_checks is not None \
+                    or self.protocol not in ("auto", "interactive", "noninteractive", "witness") \
+                    or self.estimator != "gap":  # fmt: skip
+                raise InvalidParameterError(
+                    "--reach plans every route from the pilot: it takes no --epsilon, --pairs "
+                    "or --spot-checks, and the gap estimator only"
+                )
 
     def tau_for(self, task: TaskBase) -> float:
         """The CHECKEQUIV tolerance of a challenge: the task's declared tau, or a larger one the
@@ -568,6 +581,74 @@ class _Run:
         self.opts = replace(o, protocol=chosen.route)
         return chosen.sizes
 
+    def reach(self, task: TaskBase, model: Datamodel, prover_cap: int) -> dict[str, Any]:
+        """Plan only (``reach_trainings``): for each route, the smallest epsilon (absolute, to
+        1 %) whose plan fits within that many trainings here beyond the pilot (checking alone:
+        both its looks, its worst case) and is not cut by a Prover or protocol cap, with that
+        plan's cost; found by bisection on the same planner ``choose_route`` uses (its cost
+        falls as epsilon grows). Scale: the pilot's mean Var f (a point estimate)."""
+        from verifier_client import routes
+
+        budget = self.opts.reach_trainings or 0
+        pilot = self.pilot(task, model)
+        var = np.var(pilot.values, axis=0, ddof=1)
+        scale = float(var.mean() if self.opts.aggregate == "mean" else var.max())
+        scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+
+        def plan_at(epsilon: float) -> dict[str, routes.RouteCost]:
+            self._pilot = replace(pilot, epsilon=epsilon)
+            try:
+                return {c.route: c for c in routes.plan_routes(self, task, model, prover_cap)}
+            finally:
+                self._pilot = pilot
+
+        def spent(c: routes.RouteCost) -> float:
+            return float(c.worst) if c.route == "noninteractive" and c.worst else \
+                c.verifier_trainings  # fmt: skip
+
+        found: dict[str, Any] = {}
+        for route in routes.ROUTES:
+
+            def fits(epsilon: float, route: str = route) -> bool:
+                try:
+                    c = plan_at(epsilon)[route]
+                except InvalidParameterError:
+                    return False
+                return c.sizes is not None and c.reaches and spent(c) <= budget
+
+            if not any(c.route == route and c.sizes is not None for c in
+                       plan_at(scale).values()):  # fmt: skip
+                found[route] = None  # not offered (the witness route on most tasks)
+                continue
+            hi = scale
+            for _ in range(40):  # up to 2^40 x Var f either way
+                if fits(hi):
+                    break
+                hi *= 2
+            else:
+                found[route] = None
+                continue
+            lo = hi / 2
+            for _ in range(40):
+                if not fits(lo):
+                    break
+                hi, lo = lo, lo / 2
+            while hi / lo > 1.01:
+                mid = math.sqrt(lo * hi)
+                lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+            c = plan_at(hi)[route]
+            found[route] = {"epsilon": hi, "share_of_var_f": hi / scale,
+                            "verifier_trainings": spent(c),
+                            "prover_trainings": c.prover_trainings,
+                            "seconds": spent(c) * pilot.seconds_per_training}  # fmt: skip
+        reached = [r for r in found if found[r] is not None]
+        best = min(reached, key=lambda r: (found[r]["epsilon"], routes.TIE_ORDER.index(r)),
+                   default=None)  # fmt: skip
+        return {"plan_only": True, "task": task.name, "aggregate": self.opts.aggregate,
+                "delta": self.opts.delta, "trainings_here": budget, "var_f_pilot": scale,
+                "pilot_trainings": len(pilot.values), "best": best, "reach": found,
+                "notes": self.notes}  # fmt: skip
+
     def validity_for(self, n: int) -> Literal["betting", "clt", "finite"]:
         """The challenge's validity: as asked, or for ``auto`` clt where it is allowed at this
         p and n (:func:`protocol.certificate.clt_refusal`), else betting, saying why now."""
@@ -854,6 +935,8 @@ def run_verification(
     else:
         content = record.attribution_hash
         _, model = client.attribution(content)
+    if opts.reach_trainings is not None:  # plan only: what each route reaches at a budget
+        return run.reach(task, model, client.info().limits.max_subsets)
     # 2. the route and its sizes, said before the Prover trains
     planned: Sizes | None = None
     if record is None and opts.protocol != "naive" and opts.estimator == "gap":

@@ -148,3 +148,44 @@ def test_under_clt_the_interactive_route_checks_as_many_bases_as_clt_needs(
     assert default_validity(p, n) == "clt" and n >= bases
     assert spot_trainings(sizes, 4) == sizes.spot_checks == 4 * bases
     assert "spot-checks raised to" in sizes.source
+
+
+def test_reach_says_the_smallest_epsilon_within_a_budget_and_verify_keeps_to_it(
+    tmp_path: Path,
+) -> None:
+    """``verify --reach N`` (no epsilon): per route the smallest epsilon whose plan fits in N
+    trainings here; verifying at that epsilon plans (and spends) no more than N, and 3 % below
+    it the plan does not fit."""
+    key, budget = _key(tmp_path), 3000
+    db = f"sqlite:///{tmp_path}/v.db"
+    with serve_prover(tmp_path / "p", TASK) as url:
+        base = ["verify", "--prover", url, "--task", TASK, "--budget", "400", "--key", str(key),
+                "--db", db, "--seed", "5", "--max-prover-trainings", "200000"]  # fmt: skip
+        out = runner.invoke(app, [*base, "--reach", str(budget), "--json"])
+        assert out.exit_code == 0, (out.stdout[-600:], out.stderr[-600:])
+        plan = json.loads(out.stdout)
+        assert plan["plan_only"] and plan["trainings_here"] == budget
+        assert plan["reach"]["witness"] is None  # the planted task is not certifiable
+        alone = plan["reach"]["noninteractive"]
+        assert alone is not None and alone["verifier_trainings"] <= budget
+        assert plan["best"] in ("interactive", "noninteractive")
+        text = runner.invoke(app, [*base, "--reach", str(budget)])
+        assert text.exit_code == 0 and "Smallest:" in text.stdout, text.stdout[-600:]
+        assert verifier_client.session.VerifierStore(db).all() == []  # nothing sent or recorded
+
+        def planned(epsilon: float) -> dict[str, object]:
+            done = runner.invoke(app, [*base, "--epsilon", f"{epsilon:.6g}", "--protocol",
+                                       "noninteractive", "--json"])  # fmt: skip
+            assert done.exit_code in (0, 1), (done.stdout[-600:], done.stderr[-600:])
+            result = json.loads(done.stdout)
+            plans = {c["route"]: c for c in result["routes"]["routes"]}
+            return {"plan": plans["noninteractive"], "spent": result["local_trainings"]}
+
+        at = planned(alone["epsilon"])
+        worst = at["plan"].get("worst_case_trainings", at["plan"]["verifier_training_equivalents"])  # type: ignore[union-attr]
+        assert worst <= budget and at["spent"] <= budget + plan["pilot_trainings"], at
+        below = planned(alone["epsilon"] / 1.03)["plan"]
+        assert below.get("worst_case_trainings", below["verifier_training_equivalents"]) > budget  # type: ignore[union-attr]
+    for bad in (["--reach", "0"], ["--reach", "100", "--epsilon", "0.5"], []):
+        done = runner.invoke(app, [*base, *bad])
+        assert done.exit_code == 2 and "Traceback" not in done.output, (bad, done.output[-400:])
