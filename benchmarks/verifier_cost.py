@@ -44,7 +44,7 @@ from protocol.signing import generate_key
 from protocol.tasks import load_task
 from verifier_client.baselines import alone_looks
 from verifier_client.routes import choose, plan_routes, spot_trainings
-from verifier_client.session import Options, _Run
+from verifier_client.session import Options, Run
 
 # epsilon per task as shares of the pilot's Var f lower bound would move with the pilot; the
 # cells are absolute, chosen so the honest ridge attribution (err in brackets) is certifiable.
@@ -58,12 +58,13 @@ TASKS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 # (max: the largest target's err, ~0.9 for digits-logreg's ridge, its pair-sums' SD ~13)
 DELTA = 0.05
+_ATTRIBUTIONS: dict[tuple[str, int], Any] = {}
 
 
-def _session(ref: str, epsilon: float, aggregate: str, seed: int) -> _Run:
+def _session(ref: str, epsilon: float, aggregate: str, seed: int) -> Run:
     opts = Options(task=ref, epsilon=epsilon, delta=DELTA, aggregate=aggregate,
                    seed=seed.to_bytes(8, "little"), spot_fraction=0.1)  # fmt: skip
-    return _Run(None, None, generate_key(), opts, "", None)  # type: ignore[arg-type]
+    return Run(None, None, generate_key(), opts, "", None)  # type: ignore[arg-type]
 
 
 def cell(
@@ -73,7 +74,10 @@ def cell(
 
     spec = TASKS[name]
     task = load_task(spec["ref"])
-    g = attribute(task, "ridge", spec["budget"], seed=seed.to_bytes(32, "little")).datamodel
+    if (name, seed) not in _ATTRIBUTIONS:  # one per task and seed, shared by its cells
+        made = attribute(task, "ridge", spec["budget"], seed=seed.to_bytes(32, "little"))
+        _ATTRIBUTIONS[name, seed] = made.datamodel
+    g = _ATTRIBUTIONS[name, seed]
     run = _session(spec["ref"], epsilon, aggregate, seed)
     t0 = time.process_time()
     costs = plan_routes(run, task, g, 2 * 10**6)
@@ -91,6 +95,8 @@ def cell(
         k: []
         for k in ("int_u", "int_acc", "int_cpu", "alone_u", "alone_acc", "alone_cpu", "alone_spent")
     }
+    if max(n_int, n_alone) * per_base > max_subsets:
+        reps = 0  # plans only: the reps would train more than --max-subsets per rep
     rng = random.Random(seed)
     for rep in range(reps):
         n = max(n_int, n_alone)
@@ -169,7 +175,7 @@ def _median(xs: list[float]) -> float | None:
     return float(np.median(xs)) if xs else None
 
 
-def pilot_delta(run: _Run) -> float:
+def pilot_delta(run: Run) -> float:
     """The certificate's delta (a relative epsilon would spend a quarter on Var f: not here)."""
     return run.opts.delta
 

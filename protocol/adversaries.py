@@ -101,7 +101,7 @@ def _items(design: StabilityDesign, n_rows: int) -> _Items:
     rhos = np.asarray(design.rhos, dtype=np.float64)
     levels, n = len(rhos), int(design.pairs_per_level)
     a = linear_weights(rhos)
-    if getattr(design, "layout", "pairs") == "shared-base":
+    if design.layout == "shared-base":
         group = 1 + levels
         if n_rows != group * n:
             raise ShapeError(f"the design has {group * n} subsets; got {n_rows} rows of values")

@@ -402,7 +402,7 @@ def pair_members(
     """
     rhos = np.asarray(design.rhos, dtype=np.float64)
     levels, n = len(rhos), int(design.pairs_per_level)
-    if getattr(design, "layout", "pairs") == "shared-base":
+    if design.layout == "shared-base":
         group = 1 + levels
         if n_rows != group * n:
             raise ShapeError(
@@ -443,7 +443,7 @@ def group_subsets(design: StabilityDesign, groups: NDArray[np.int64]) -> NDArray
     shared-base layout, the j-th pair of every level on the pair layout."""
     levels, n = len(design.rhos), int(design.pairs_per_level)
     j = np.asarray(groups, dtype=np.int64)
-    if getattr(design, "layout", "pairs") == "shared-base":
+    if design.layout == "shared-base":
         out = (1 + levels) * j[:, None] + np.arange(1 + levels)[None, :]
     else:
         pair = np.arange(levels)[None, :] * n + j[:, None]
@@ -458,7 +458,7 @@ def checked_groups(design: StabilityDesign, spots: Sequence[int]) -> NDArray[np.
     if len(idx) == 0:
         return None
     levels, n = len(design.rhos), int(design.pairs_per_level)
-    if getattr(design, "layout", "pairs") == "shared-base":
+    if design.layout == "shared-base":
         owner = idx // (1 + levels)
     else:
         owner = (idx // 2) % n
@@ -721,7 +721,7 @@ class _Pieces:
         rhos, arrange = pair_members(design, f.shape[0])
         levels, n = len(rhos), int(design.pairs_per_level)
         z_targets = f.shape[1]
-        shared = getattr(design, "layout", "pairs") == "shared-base"
+        shared = design.layout == "shared-base"
         a = linear_weights(rhos)
         if shared:
             subsets_of = (1 + levels) * np.arange(n)[:, None] + np.arange(1 + levels)[None, :]

@@ -64,7 +64,11 @@ __all__ = [
 
 
 class StabilityDesign(Protocol):
-    """What the estimators need of a design: the levels and n (a ChallengeDesign has both)."""
+    """What the estimators need of a design: its layout (``pairs`` or ``shared-base``), the
+    levels and n (:data:`protocol.sampling.Design` has them all)."""
+
+    @property
+    def layout(self) -> str: ...
 
     @property
     def rhos(self) -> tuple[float, ...]: ...

@@ -75,16 +75,21 @@ from protocol.checks import as_mask_matrix, check_probability, check_rho
 from protocol.errors import InvalidParameterError, ShapeError
 
 __all__ = [
-    "ChallengeDesign",
+    "LAYOUTS",
+    "SAUNSHI_LEVELS",
     "SEED_BYTES",
+    "ChallengeDesign",
+    "Design",
     "SharedBaseDesign",
     "bernoulli_threshold",
     "correlated_pair",
     "keystream",
+    "make_design",
     "pack_masks",
     "sample_masks",
     "seed_from_text",
     "stream_words",
+    "subsets_per_base",
     "training_seeds",
     "unpack_masks",
 ]
@@ -230,6 +235,8 @@ class ChallengeDesign:
     rhos: tuple[float, ...]
     pairs_per_level: int
 
+    layout: ClassVar[str] = "pairs"
+
     def __post_init__(self) -> None:
         _check_design(self.seed, self.n_train, self.p, self.rhos)
         if not isinstance(self.pairs_per_level, int) or self.pairs_per_level < 1:
@@ -249,6 +256,11 @@ class ChallengeDesign:
 
     def __len__(self) -> int:
         return 2 * len(self.rhos) * self.pairs_per_level
+
+    @property
+    def subsets_per_base(self) -> int:
+        """The subsets of one pair-sum group (base j: its pair at every level), 2 L."""
+        return 2 * len(self.rhos)
 
     @property
     def n_pairs(self) -> int:
@@ -317,6 +329,11 @@ class SharedBaseDesign:
     def __len__(self) -> int:
         return (1 + len(self.rhos)) * self.bases
 
+    @property
+    def subsets_per_base(self) -> int:
+        """The subsets of one base (x_j and its L copies), 1 + L."""
+        return 1 + len(self.rhos)
+
     def base(self, j: int) -> NDArray[np.bool_]:
         """Masks of base ``j``: (1 + L, N), x first, then x'_l in level order."""
         n_train, tp = self.n_train, bernoulli_threshold(self.p)
@@ -359,6 +376,31 @@ class SharedBaseDesign:
         if not 0.0 < rho0 <= 0.5:
             raise InvalidParameterError(f"rho0 must lie in (0, 1/2]; got {rho0!r}")
         return cls(seed, n_train, p, (0.0, rho0, 2.0 * rho0), bases)
+
+
+#: a challenge design of either layout: ``layout``, ``rhos``, ``pairs_per_level``,
+#: ``subsets_per_base``, ``masks``, ``seeds``, ``chunks`` and ``len`` (|E|)
+Design = ChallengeDesign | SharedBaseDesign
+LAYOUTS: dict[str, type[ChallengeDesign] | type[SharedBaseDesign]] = {
+    "pairs": ChallengeDesign, "shared-base": SharedBaseDesign,
+}  # fmt: skip
+SAUNSHI_LEVELS = 3  # the paper's levels (0, rho0, 2 rho0)
+
+
+def subsets_per_base(layout: str, levels: int = SAUNSHI_LEVELS) -> int:
+    """The subsets of one base (pair-sum group) of a layout with ``levels`` noise levels:
+    2 L (pairs) or 1 + L (shared-base), without building a design."""
+    if layout not in LAYOUTS:
+        raise InvalidParameterError(f"unknown layout {layout!r}; one of {tuple(LAYOUTS)}")
+    return 2 * levels if layout == "pairs" else 1 + levels
+
+
+def make_design(layout: str, seed: bytes, n_train: int, p: float, rho0: float, n: int) -> Design:
+    """The paper's design (levels 0, rho0, 2 rho0) of a layout with n bases (pairs per
+    level)."""
+    if layout not in LAYOUTS:
+        raise InvalidParameterError(f"unknown layout {layout!r}; one of {tuple(LAYOUTS)}")
+    return LAYOUTS[layout].saunshi(seed, n_train, p, rho0, n)
 
 
 def _seeds(seed: bytes, n: int, start: int, stop: int | None) -> NDArray[np.uint64]:

@@ -18,6 +18,7 @@ class SimDesign:
     rhos: tuple[float, ...]
     pairs_per_level: int
     p: float = 0.5
+    layout: str = "pairs"
 
 
 def simulate_design(

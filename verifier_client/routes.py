@@ -16,7 +16,7 @@ Three routes certify the same err(g) <= epsilon at the same delta:
   and certifies its own f(theta) with m* = 0 and a per-value tau.
 
 Every route starts from the same local pilot (already spent, so it is left out of the
-comparison). Each route is then sized by :meth:`verifier_client.session._Run.sizes` (the
+comparison). Each route is then sized by :meth:`verifier_client.session.Run.sizes` (the
 interactive planner, or the trusted one with m* = 0), and costed in the Verifier's
 **training-equivalents**: a spot-check or an own training is one; a witness check is the
 measured seconds of one gradient pass over a subset divided by the pilot's seconds per
@@ -44,12 +44,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from protocol.messages import LIMITS
+from protocol.sampling import subsets_per_base
 from protocol.tasks import TaskBase
 from protocol.tasks.certifiable import certifiable_of
 
 if TYPE_CHECKING:
     from protocol.datamodel import Datamodel
-    from verifier_client.session import Sizes, _Run
+    from verifier_client.session import Run, Sizes
 
 __all__ = ["ROUTES", "RouteCost", "choose", "plan_routes", "plan_sentence"]
 
@@ -101,15 +102,12 @@ class RouteCost:
         return out
 
 
-def _per_base(run: _Run, task: TaskBase) -> int:
-    from verifier_client.session import make_design
-
-    o = run.opts
-    return len(make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0, 1))
+def _per_base(run: Run, task: TaskBase) -> int:
+    return subsets_per_base(run.opts.layout)
 
 
 def spot_trainings(sizes: Sizes, per_base: int) -> int:
-    """The spot-checks' trainings as the session draws them: whole bases (``_Run.start``)."""
+    """The spot-checks' trainings as the session draws them: whole bases (``Run.start``)."""
     n = sizes.pairs_per_level
     if sizes.spot_checks <= 0:
         return 0
@@ -117,7 +115,7 @@ def spot_trainings(sizes: Sizes, per_base: int) -> int:
     return groups * per_base
 
 
-def witness_check_cost(run: _Run, task: TaskBase, rows: int = 32) -> float | None:
+def witness_check_cost(run: Run, task: TaskBase, rows: int = 32) -> float | None:
     """Seconds of one witness check (a gradient pass over one subset) over the seconds of one
     local training, both measured here; None if the task is not certifiable."""
     cert = certifiable_of(task)
@@ -132,7 +130,7 @@ def witness_check_cost(run: _Run, task: TaskBase, rows: int = 32) -> float | Non
     return per_check / max(run._pilot.seconds_per_training, 1e-9)
 
 
-def plan_routes(run: _Run, task: TaskBase, model: Datamodel, prover_cap: int) -> list[RouteCost]:
+def plan_routes(run: Run, task: TaskBase, model: Datamodel, prover_cap: int) -> list[RouteCost]:
     """Every route's plan and cost for this task, epsilon, delta and aggregate (module doc)."""
     per_base = _per_base(run, task)
     interactive = run.sizes(task, model, prover_cap, trusted=False, quiet=True)

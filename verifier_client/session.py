@@ -48,7 +48,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -73,7 +73,7 @@ from protocol.decision import Decision, abort_decision, certify_challenge, decid
 from protocol.errors import BadResponseError, InvalidParameterError, VerificationError
 from protocol.evaluation import evaluate_with_probes, run_task
 from protocol.messages import LIMITS, Challenge, ResponseManifest, Verdict, commit_spot_checks
-from protocol.sampling import ChallengeDesign, SharedBaseDesign
+from protocol.sampling import Design, make_design, subsets_per_base
 from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from protocol.transcript import check_probes, spot_check
@@ -83,13 +83,23 @@ from verifier_client.cancel import cancel_on_interrupt
 from verifier_client.client import ProverClient, ProverRefused
 from verifier_client.store import Record, VerifierStore
 
-__all__ = ["Options", "run_verification", "train_local"]
+__all__ = ["Options", "Pilot", "Run", "Sizes", "run_verification", "train_local"]
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total), at every phase's start
 Notify = Callable[[str], None]  # a sentence the user should read now (e.g. a reused attribution)
-Design = ChallengeDesign | SharedBaseDesign
 SIZING_MARGIN = 1.25  # the pilot's spread is itself an estimate: plan for 25 % more
 DESIGN_LABELS = ("pilot", "challenge", "fresh")  # what a seed may fix: the Prover sees E anyway
+
+
+ProtocolName = Literal["auto", "interactive", "noninteractive", "naive", "witness"]
+
+
+def protocol_name(text: str) -> ProtocolName:
+    """A protocol's name read back from a record or a route (refused if unknown)."""
+    for name in get_args(ProtocolName):
+        if text == name:
+            return cast("ProtocolName", name)
+    raise InvalidParameterError(f"unknown protocol {text!r}; one of {get_args(ProtocolName)}")
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ class Options:
     # auto: clt where protocol.certificate.clt_refusal allows, else betting
     validity: Literal["auto", "betting", "clt", "finite"] = "auto"
     layout: Literal["pairs", "shared-base"] = "shared-base"
-    protocol: str = "auto"  # auto: the cheapest route that reaches epsilon (verifier_client.routes)
+    protocol: ProtocolName = "auto"  # auto: the cheapest route that reaches epsilon (routes)
     estimator: Literal["gap", "residual"] = "gap"
     pairs_per_level: int | None = None
     spot_checks: int | None = None
@@ -126,15 +136,19 @@ class Options:
     seed: bytes | None = None  # fixes the design (pilot, E, fresh samples), never a secret
     secrets_seed: bytes | None = None  # tests only (verify() refuses it): nonce, salt, spots
     # plan only: the smallest epsilon each route reaches within this many trainings here (no
-    # epsilon needed, no challenge sent: _Run.reach)
+    # epsilon needed, no challenge sent: Run.reach)
     reach_trainings: int | None = None
 
+    def __post_init__(self) -> None:
+        self.validate()  # once, when built (and again by every dataclasses.replace)
+
     def validate(self) -> None:
-        """Refuse bad options before any traffic (the user's error, not the Prover's)."""
+        """Refuse bad options before any traffic (the user's error, not the Prover's); run when
+        the options are built, so an ``Options`` that exists is a valid one."""
         choices = {
             "protocol": (
                 self.protocol,
-                ("auto", "interactive", "noninteractive", "naive", "witness"),
+                get_args(ProtocolName),
             ),
             "estimator": (self.estimator, ("gap", "residual")),
             "aggregate": (self.aggregate, ("mean", "max")),
@@ -198,13 +212,6 @@ def train_local(
     return evaluate_with_probes(task, masks, seeds)
 
 
-def make_design(layout: str, seed: bytes, n_train: int, p: float, rho0: float, n: int) -> Design:
-    """The challenge design of a layout (``pairs`` or ``shared-base``) with n per level."""
-    if layout == "shared-base":
-        return SharedBaseDesign.saunshi(seed, n_train, p, rho0, n)
-    return ChallengeDesign.saunshi(seed, n_train, p, rho0, n)
-
-
 @dataclass(frozen=True)
 class Sizes:
     """The sizes of one challenge, where they came from, and the prediction to check."""
@@ -266,7 +273,7 @@ class Pilot:
     seconds_per_training: float
 
 
-class _Run:
+class Run:
     """The state of one verification: client, store, key, options, timers, counters."""
 
     def __init__(
@@ -407,7 +414,7 @@ class _Run:
             return Sizes(epsilon, delta, o.pairs_per_level, o.spot_checks, "given", None, var_lb,
                          trained)  # fmt: skip
         sd, mse = pilot_figures(pilot.values, pilot.predictions, pilot.design, o.aggregate)
-        per_base = len(make_design(o.layout, bytes(32), task.n_train, o.p, o.rho0, 1))
+        per_base = subsets_per_base(o.layout)
         cap = prover_cap if own else min(o.max_prover_trainings, prover_cap)
         who = "trainings here" if own else "Prover trainings"
         clt_min = math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)
@@ -578,7 +585,7 @@ class _Run:
         self.note(routes.plan_sentence(chosen, costs, forced))
         if not chosen.reaches:
             self.note(cut_note(chosen.sizes.source))
-        self.opts = replace(o, protocol=chosen.route)
+        self.opts = replace(o, protocol=protocol_name(chosen.route))
         return chosen.sizes
 
     def reach(self, task: TaskBase, model: Datamodel, prover_cap: int) -> dict[str, Any]:
@@ -835,7 +842,7 @@ def post_verdict(
 
 
 def _witness(
-    run: _Run, record: Record, challenge: Challenge, task: TaskBase, model: Datamodel,
+    run: Run, record: Record, challenge: Challenge, task: TaskBase, model: Datamodel,
     design: Design, response: SignedMessage | None, values: NDArray[np.float64],
 ) -> Decision:  # fmt: skip
     """The witness route's check and decision (:mod:`verifier_client.witness`)."""
@@ -900,7 +907,7 @@ def run_verification(
         opts.validate()  # before any traffic: a bad option is the user's error, not the Prover's
     if client.key is None:
         client.key = key  # requests are signed with the Verifier's key
-    run = _Run(client, store, key, opts, url, progress, notify)
+    run = Run(client, store, key, opts, url, progress, notify)
     if notify is not None:
         told: list[str] = []
 
@@ -922,7 +929,7 @@ def run_verification(
             if record.verdict_json and record.prover_session and record.posted_at is None:
                 post_verdict(client, store, record.id, record.prover_session, record.verdict_json)
             return result_of(store, record.id, client)
-        opts = replace(opts, task=record.task_ref, protocol=record.protocol,
+        opts = replace(opts, task=record.task_ref, protocol=protocol_name(record.protocol),
                        estimator=record.estimator, attribution=record.attribution_hash)  # fmt: skip
         run.opts = opts
     task = load_task(opts.task)

@@ -28,7 +28,7 @@ from tests.databases import on_both_databases
 from tests.serving import serve_prover, verifier_db
 from verifier_client.audit import audit, fetch_bundle
 from verifier_client.client import ProverClient, TransportError
-from verifier_client.session import Options, _Run, run_verification
+from verifier_client.session import Options, Run, run_verification
 from verifier_client.store import VerifierStore
 
 TASK = "planted:n_train=20,n_targets=2"
@@ -146,18 +146,18 @@ def test_a_killed_client_resumes_without_a_new_challenge(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with prover(tmp_path / "p") as url:
-        real_wait = _Run.wait
+        real_wait = Run.wait
 
-        def broken(self: _Run, sid: str) -> None:
+        def broken(self: Run, sid: str) -> None:
             raise TransportError("connection lost")
 
-        monkeypatch.setattr(_Run, "wait", broken)
+        monkeypatch.setattr(Run, "wait", broken)
         with pytest.raises(TransportError):
             _verify(url, tmp_path, 21)
         store = VerifierStore(verifier_db(tmp_path))
         (row,) = [r for r in store.all() if r.status == "incomplete"]
         assert row.prover_session is not None
-        monkeypatch.setattr(_Run, "wait", real_wait)
+        monkeypatch.setattr(Run, "wait", real_wait)
         with httpx.Client(base_url=url, timeout=60) as http:
             done = run_verification(
                 ProverClient(http, key=KEY),

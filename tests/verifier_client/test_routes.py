@@ -138,11 +138,11 @@ def test_under_clt_the_interactive_route_checks_as_many_bases_as_clt_needs(
 
     from protocol.certificate import default_validity
     from protocol.tasks import load_task
-    from verifier_client.session import Options, _Run
+    from verifier_client.session import Options, Run
 
     task = load_task(TASK)
     opts = Options(task=TASK, epsilon=0.6, p=p, seed=b"5")
-    run = _Run(cast(Any, None), cast(Any, None), cast(Any, None), opts, "", None)
+    run = Run(cast(Any, None), cast(Any, None), cast(Any, None), opts, "", None)
     sizes = run.sizes(task, task.optimal_datamodel(), cap, trusted=False, quiet=True)
     n = sizes.pairs_per_level
     assert default_validity(p, n) == "clt" and n >= bases
