@@ -78,6 +78,7 @@ from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
 from protocol.transcript import check_probes, spot_check
 from protocol.witness import witness_limit
+from verifier_client import routes
 from verifier_client.baselines import LOOK_DELTA, LOOK_MAX_SHARE, first_look
 from verifier_client.cancel import cancel_on_interrupt
 from verifier_client.client import ProverClient, ProverRefused
@@ -567,8 +568,6 @@ class Run:
         words and keep every route's cost for the record (:mod:`verifier_client.routes`).
         None when the sizes were given (no pilot: the route is as asked, ``auto`` interactive).
         """
-        from verifier_client import routes
-
         o = self.opts
         if not o.relative and o.pairs_per_level is not None and o.spot_checks is not None:
             if o.protocol == "auto":
@@ -594,8 +593,6 @@ class Run:
         both its looks, its worst case) and is not cut by a Prover or protocol cap, with that
         plan's cost; found by bisection on the same planner ``choose_route`` uses (its cost
         falls as epsilon grows). Scale: the pilot's mean Var f (a point estimate)."""
-        from verifier_client import routes
-
         budget = self.opts.reach_trainings or 0
         pilot = self.pilot(task, model)
         var = np.var(pilot.values, axis=0, ddof=1)
