@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -134,37 +134,50 @@ class Prover:
         self.log.close()
 
 
+def _probe_loop(url: str, stop: Any, out: Any) -> None:
+    """The probe's own process: a GET of /v1/info every 0.2 s until ``stop``; each result as
+    (seconds, status or error name) on ``out``."""
+    with httpx.Client(base_url=url, timeout=PROBE_TIMEOUT,
+                      transport=httpx.HTTPTransport(local_address="127.0.0.1")) as c:  # fmt: skip
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                r = c.get("/v1/info")
+                out.put((time.perf_counter() - t, str(r.status_code)))
+            except httpx.TimeoutException:
+                out.put((PROBE_TIMEOUT, "timeout"))
+            except httpx.TransportError as exc:
+                out.put((time.perf_counter() - t, type(exc).__name__))
+            stop.wait(0.2)
+    out.put(None)
+
+
 class Probe:
-    """A small GET every 0.2 s from 127.0.0.1: latencies (a time-out counts as 10 s)."""
+    """A small GET every 0.2 s from 127.0.0.1, from a process of its own (a probe thread in the
+    attacker's process would time the attacker's own GIL, not the Prover): latencies, a
+    time-out counting as 10 s."""
 
     def __init__(self, prover: Prover) -> None:
         self.prover, self.times, self.timeouts, self.errors = prover, [], 0, Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.prover.client(timeout=PROBE_TIMEOUT) as c:
-            while not self._stop.is_set():
-                t = time.perf_counter()
-                try:
-                    r = c.get("/v1/info")
-                    self.errors[str(r.status_code)] += 1
-                    self.times.append(time.perf_counter() - t)
-                except httpx.TimeoutException:
-                    self.timeouts += 1
-                    self.times.append(PROBE_TIMEOUT)
-                except httpx.TransportError as exc:
-                    self.errors[type(exc).__name__] += 1
-                    self.times.append(time.perf_counter() - t)
-                self._stop.wait(0.2)
+        ctx = multiprocessing.get_context("spawn")
+        self._stop, self._out = ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=_probe_loop, args=(prover.url, self._stop, self._out),
+                                 daemon=True)  # fmt: skip
 
     def __enter__(self) -> Probe:
-        self._thread.start()
+        self._proc.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join()
+        while (item := self._out.get(timeout=2 * PROBE_TIMEOUT + 30)) is not None:
+            seconds, status = item
+            self.times.append(seconds)
+            if status == "timeout":
+                self.timeouts += 1
+            else:
+                self.errors[status] += 1
+        self._proc.join()
 
     def figures(self) -> dict[str, Any]:
         t = np.array(self.times or [np.nan])

@@ -25,11 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from protocol.errors import ProtocolError
-from prover_service.api.deps import limit_reads
+from prover_service.api.deps import limit_reads, write_lane
 from prover_service.api.routes import attributions, audit, info, sessions
 from prover_service.api.routes import log as log_routes
 from prover_service.errors import ServiceError
-from prover_service.limits import BodyLimit, UnsignedPostLimit, error_response
+from prover_service.limits import BodyLimit, UnsignedPostLimit, WriteLane, error_response
 from prover_service.service import ProverService
 from prover_service.settings import Settings
 from prover_service.store import now
@@ -89,7 +89,8 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         "(docs/protocol.md#two-message-protocol). Errors are `{code, detail}` (`ErrorResponse`).",
         lifespan=lifespan,
         redirect_slashes=False,  # no 307 built from the Host header: an unknown path is a 404
-        dependencies=[Depends(limit_reads)],  # every GET: read_rate_per_minute per caller
+        # every GET: read_rate_per_minute per caller; every write: through the write lane
+        dependencies=[Depends(limit_reads), Depends(write_lane)],
     )
     app.state.service = svc
     gate = svc.gate
@@ -114,9 +115,11 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
         max_uploads=settings.max_concurrent_uploads,
     )
     rate = settings.post_rate_per_minute  # outermost: before any body is read
+    app.state.write_lane = lane = WriteLane(settings.max_concurrent_writes, settings.write_wait_s)
     app.add_middleware(
-        UnsignedPostLimit, take=lambda who: gate.ledger.take("post", who, rate, now()), rate=rate
-    )
+        UnsignedPostLimit, take=lambda who: gate.ledger.take("post", who, rate, now()), rate=rate,
+        lane=lane,
+    )  # fmt: skip
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:

@@ -19,16 +19,26 @@
 :class:`UnsignedPostLimit` holds POSTs without a request signature (a challenge or a verdict:
 their signature is inside the body) to ``rate`` per minute per client address (429 with
 ``Retry-After``), before their bodies are read.
+
+:class:`WriteLane`: every write's work in the thread pool (the unsigned-POST token above, and
+the route itself, through :func:`prover_service.api.deps.write_lane`) takes one of
+``max_concurrent_writes`` slots; the others wait on the event loop, holding no thread, and
+after ``write_wait_s`` get 503 ``busy``. A body is read outside the lane, so a dripped body
+holds a connection, never a slot. Why: 64 challenges at once (a database write each, for the
+token and for the admission) had taken every thread of the pool, and a small GET, whose read
+limit is a database write too, waited behind them (issue 21: 0.7-1.2 s at the 99th
+percentile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -224,15 +234,48 @@ class BodyLimit:
         await error_response(401, "unauthorized", detail)(scope, receive, send)
 
 
+class LaneTimeout(Exception):
+    """A write waited longer than its lane allows (503 ``busy``)."""
+
+
+class WriteLane:
+    """At most ``width`` writes in the thread pool at once; the others wait on the event loop,
+    holding no thread (module doc). Its semaphore is made on the loop, at the first write."""
+
+    def __init__(self, width: int, wait_s: float) -> None:
+        self.width, self.wait_s = width, wait_s
+        self._slots: asyncio.Semaphore | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot; :class:`LaneTimeout` after ``wait_s`` without one."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.width)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.wait_s)
+        except TimeoutError:
+            raise LaneTimeout(
+                f"more than {self.width} writes at once have waited {self.wait_s:g} s here; "
+                "try again shortly"
+            ) from None
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 class UnsignedPostLimit:
     """ASGI middleware: ``rate`` unsigned POSTs per minute per client address (module doc).
 
     ``take(subject) -> seconds to wait`` draws a token (the Gate's shared ledger); it runs in
-    the thread pool, before the body is read.
+    the thread pool, through ``lane`` (a database write each), before the body is read.
     """
 
-    def __init__(self, app: ASGIApp, take: Callable[[str], float], rate: int) -> None:
+    def __init__(
+        self, app: ASGIApp, take: Callable[[str], float], rate: int, lane: WriteLane | None = None
+    ) -> None:
         self.app, self.take, self.rate = app, take, rate
+        self.lane = lane or WriteLane(1_000_000, 3600.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -240,7 +283,14 @@ class UnsignedPostLimit:
             if not signed:
                 client = scope.get("client")
                 address = client[0] if client else "unknown"
-                wait = await run_in_threadpool(self.take, f"ip:{address}"[:80])
+                try:
+                    async with self.lane.slot():
+                        wait = await run_in_threadpool(self.take, f"ip:{address}"[:80])
+                except LaneTimeout as exc:
+                    await error_response(503, "busy", str(exc), {"Retry-After": "2"})(
+                        scope, receive, send
+                    )
+                    return
                 if wait > 0:
                     detail = f"over {self.rate} unsigned POSTs per minute from this address"
                     response = error_response(429, "too_many_requests", detail,

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_challenge_bytes: int = Field(default=16 * 2**10, ge=1024)
     max_verdict_bytes: int = Field(default=2**20, ge=1024)
     post_rate_per_minute: int = Field(default=60, ge=1)  # unsigned POSTs per client address
+    # writes in the thread pool at once; the rest wait on the event loop (api.deps.write_lane)
+    max_concurrent_writes: int = Field(default=4, ge=1)
+    write_wait_s: float = Field(default=30.0, gt=0)  # then 503 with Retry-After
     # the server (prover_service.server, docs/service.md): time-outs and connection caps
     header_timeout_s: float = Field(default=10.0, gt=0)  # the request line and headers
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body, from its first read

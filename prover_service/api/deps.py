@@ -8,14 +8,17 @@ buckets), so they run in the thread pool, never on the event loop.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
+from prover_service.errors import Busy
+from prover_service.limits import LaneTimeout, WriteLane
 from prover_service.service import ProverService
 
-__all__ = ["AddressDep", "RequesterDep", "ServiceDep", "SignerDep", "limit_reads"]
+__all__ = ["AddressDep", "RequesterDep", "ServiceDep", "SignerDep", "limit_reads", "write_lane"]
 
 _READS = ("GET", "HEAD")
 _UNCHECKED = object()
@@ -92,3 +95,18 @@ def get_signer(requester: RequesterDep, service: ServiceDep) -> str:
 
 
 SignerDep = Annotated[str, Depends(get_signer)]
+
+
+async def write_lane(request: Request) -> AsyncIterator[None]:
+    """Writes (every method but GET and HEAD) run their route through the app's
+    :class:`~prover_service.limits.WriteLane`: at most ``max_concurrent_writes`` at once in the
+    thread pool, the others waiting on the event loop; 503 ``busy`` after ``write_wait_s``."""
+    if request.method in _READS:
+        yield
+        return
+    lane: WriteLane = request.app.state.write_lane
+    try:
+        async with lane.slot():
+            yield
+    except LaneTimeout as exc:
+        raise Busy(str(exc), retry_after=2) from None
