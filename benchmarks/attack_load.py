@@ -111,7 +111,10 @@ class Prover:
             if self.proc.poll() is not None:
                 raise RuntimeError((root / "serve.log").read_text()[-2000:])
             try:
-                if httpx.get(self.url + "/v1/info", timeout=2).status_code == 200:
+                # answering (its first /v1/info imports torch: ~230 MB and seconds, not an
+                # attack's) and ready (the start-up task check passed: slow under load)
+                if all(httpx.get(self.url + path, timeout=30).status_code == 200
+                       for path in ("/v1/info", "/v1/ready")):  # fmt: skip
                     return
             except httpx.TransportError:
                 pass
@@ -134,11 +137,12 @@ class Prover:
         self.log.close()
 
 
-def _probe_loop(url: str, stop: Any, out: Any) -> None:
+def _probe_loop(url: str, running: Any, stop: Any, out: Any) -> None:
     """The probe's own process: a GET of /v1/info every 0.2 s until ``stop``; each result as
-    (seconds, status or error name) on ``out``."""
+    (seconds, status or error name) on ``out``. ``running`` is set once it is up."""
     with httpx.Client(base_url=url, timeout=PROBE_TIMEOUT,
                       transport=httpx.HTTPTransport(local_address="127.0.0.1")) as c:  # fmt: skip
+        running.set()
         while not stop.is_set():
             t = time.perf_counter()
             try:
@@ -160,12 +164,14 @@ class Probe:
     def __init__(self, prover: Prover) -> None:
         self.prover, self.times, self.timeouts, self.errors = prover, [], 0, Counter()
         ctx = multiprocessing.get_context("spawn")
-        self._stop, self._out = ctx.Event(), ctx.Queue()
-        self._proc = ctx.Process(target=_probe_loop, args=(prover.url, self._stop, self._out),
-                                 daemon=True)  # fmt: skip
+        self._running, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
+        args = (prover.url, self._running, self._stop, self._out)
+        self._proc = ctx.Process(target=_probe_loop, args=args, daemon=True)
 
     def __enter__(self) -> Probe:
         self._proc.start()
+        if not self._running.wait(120):  # its imports, on a loaded machine
+            raise RuntimeError("the probe process did not start")
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -425,6 +431,7 @@ def _prover(task: str, env: dict[str, str], nofile: int | None) -> Iterator[Prov
 def run(name: str) -> dict[str, Any]:
     fn, task, env, nofile = ATTACKS[name]
     with _prover(task, env, nofile) as p:
+        p.mark()  # the peak from here on: the start-up task check's own peak is not the attack's
         before = _status(p.proc.pid)["VmRSS"]
         started = time.perf_counter()
         with Probe(p) as probe:
