@@ -516,6 +516,14 @@ class Run:
         groups = np.array(sorted(chooser.sample(range(n), k_groups)), dtype=np.int64)
         spots = [int(i) for i in group_subsets(shape, groups)]
         validity = self.validity_for(n)
+        fewest = math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)
+        if validity == "clt" and 0 < k_groups < min(n, fewest):
+            self.note(
+                f"only {k_groups:,} of the {n:,} bases are spot-checked, below {fewest:,}, the "
+                "fewest at which clt may be used on them: their own bound and the spread caps "
+                "then pay the whole value range, so the certificate will be wide; give "
+                f"--spot-checks {fewest * per_group:,} or more, or leave it to the planner"
+            )
         salt = self.random("salt", 32)
         challenge = Challenge(
             task_hash=task_hash,

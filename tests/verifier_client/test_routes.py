@@ -189,3 +189,18 @@ def test_reach_says_the_smallest_epsilon_within_a_budget_and_verify_keeps_to_it(
     for bad in (["--reach", "0"], ["--reach", "100", "--epsilon", "0.5"], []):
         done = runner.invoke(app, [*base, *bad])
         assert done.exit_code == 2 and "Traceback" not in done.output, (bad, done.output[-400:])
+
+
+def test_given_spot_checks_too_few_for_clt_are_said_before_the_prover_trains(
+    tmp_path: Path,
+) -> None:
+    """Sizes given by hand skip the planner's raise: 10 checked bases of 250 under clt make the
+    checked bases' bounds pay the range, and verify says so (with the count to give) first."""
+    key = _key(tmp_path)
+    with serve_prover(tmp_path / "p", TASK) as url:
+        result = verifier_client.verify(url, TASK, 0.6, key=key, db=f"sqlite:///{tmp_path}/v.db",
+                                        budget=400, pairs_per_level=250, spot_checks=40,
+                                        protocol="interactive", poll_s=0.02)  # fmt: skip
+    said = [n for n in result["notes"] if n.startswith("only 10 of the 250 bases")]
+    assert len(said) == 1 and "--spot-checks 800 or more" in said[0], result["notes"]
+    assert result["certificate"]["validity"] == "clt"
