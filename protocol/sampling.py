@@ -75,11 +75,11 @@ from protocol.checks import as_mask_matrix, check_probability, check_rho
 from protocol.errors import InvalidParameterError, ShapeError
 
 __all__ = [
+    "ChallengeDesign",
+    "Design",
     "LAYOUTS",
     "SAUNSHI_LEVELS",
     "SEED_BYTES",
-    "ChallengeDesign",
-    "Design",
     "SharedBaseDesign",
     "bernoulli_threshold",
     "correlated_pair",
