@@ -263,7 +263,7 @@ def _summary(console: Console, results: dict[str, Any], epsilon: float, task: st
         ("  of which the estimate", lambda r: _num((r["certificate"] or {}).get("point"))),
         ("spot-check mismatches", _spots),
         ("Prover trainings (attribution + challenge)", _prover_trainings),
-        ("route (the cheapest that reaches epsilon)", _route),
+        ("route", _route),
         ("Verifier trainings (pilot + route)", lambda r: f"{r['local_trainings']:,}"),
         ("  checking alone would have trained", _alone),
         ("bytes received / sent", lambda r: f"{r['bytes_received']:,} / {r['bytes_sent']:,}"),
@@ -291,8 +291,13 @@ def _prover_trainings(r: dict[str, Any]) -> str:
 
 
 def _route(r: dict[str, Any]) -> str:
+    """The route run, and whether it was asked for (``--protocol``) or the cheapest."""
     protocol: str = r["protocol"]
-    return {"noninteractive": "checking alone"}.get(protocol, protocol)
+    name = {"noninteractive": "checking alone"}.get(protocol, protocol)
+    routes = r.get("routes") or {}
+    if not routes:
+        return name
+    return f"{name} ({'as asked' if routes.get('forced') else 'the cheapest'})"
 
 
 def _alone(r: dict[str, Any]) -> str:
