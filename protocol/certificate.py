@@ -102,6 +102,7 @@ __all__ = [
     "Validity",
     "certify",
     "checked_groups",
+    "clt_fewest",
     "clt_refusal",
     "default_validity",
     "group_subsets",
@@ -468,6 +469,12 @@ def checked_groups(design: StabilityDesign, spots: Sequence[int]) -> NDArray[np.
     return np.asarray(groups, dtype=np.int64)
 
 
+def clt_fewest(p: float) -> int:
+    """The fewest pair-sums at which ``clt`` may be used at subset fraction p
+    (:func:`clt_refusal`): ceil(CLT_MIN_EVENTS / min(p, 1 - p)^2), 200 at p = 1/2."""
+    return math.ceil(CLT_MIN_EVENTS / min(p, 1.0 - p) ** 2)
+
+
 def clt_refusal(p: float, pairs_per_level: int) -> str | None:
     """Why ``clt`` may not be used on a design with subset fraction p and n pair-sums, or None.
 
@@ -479,7 +486,7 @@ def clt_refusal(p: float, pairs_per_level: int) -> str | None:
     expected = pairs_per_level * q
     if expected >= CLT_MIN_EVENTS:
         return None
-    need = math.ceil(CLT_MIN_EVENTS / q)
+    need = clt_fewest(p)
     return (
         f"validity 'clt' needs n min(p, 1-p)^2 >= {CLT_MIN_EVENTS} (the rarest one-example event "
         f"seen often enough for the normal approximation); here p = {p:g}, n = "

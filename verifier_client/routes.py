@@ -102,10 +102,6 @@ class RouteCost:
         return out
 
 
-def _per_base(run: Run, task: TaskBase) -> int:
-    return subsets_per_base(run.opts.layout)
-
-
 def spot_trainings(sizes: Sizes, per_base: int) -> int:
     """The spot-checks' trainings as the session draws them: whole bases (``Run.start``)."""
     n = sizes.pairs_per_level
@@ -132,7 +128,7 @@ def witness_check_cost(run: Run, task: TaskBase, rows: int = 32) -> float | None
 
 def plan_routes(run: Run, task: TaskBase, model: Datamodel, prover_cap: int) -> list[RouteCost]:
     """Every route's plan and cost for this task, epsilon, delta and aggregate (module doc)."""
-    per_base = _per_base(run, task)
+    per_base = subsets_per_base(run.opts.layout)
     interactive = run.sizes(task, model, prover_cap, trusted=False, quiet=True)
     alone = run.sizes(task, model, LIMITS["n_subsets"], trusted=True, quiet=True, own=True)
     seconds = run.pilot(task, model).seconds_per_training

@@ -55,9 +55,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
 from protocol.certificate import (
-    CLT_MIN_EVENTS,
     Certificate,
     CertificatePlan,
+    clt_fewest,
     clt_refusal,
     default_validity,
     group_subsets,
@@ -229,28 +229,41 @@ class Sizes:
     first_look_chance: float | None = None  # the plan's chance that the first look certifies
 
 
+def smallest_fitting(fits: Callable[[float], bool], start: float, steps: int) -> float | None:
+    """The smallest epsilon (to 1 %) for which ``fits`` holds, ``fits`` growing with epsilon:
+    from ``start``, doubled until it fits (at most ``steps`` times), then halved while it
+    still fits (as often), then bisected. None if nothing up to start x 2^steps fits."""
+    hi = start
+    for _ in range(steps):
+        if fits(hi):
+            break
+        hi *= 2
+    else:
+        return None
+    lo = hi / 2
+    for _ in range(steps):
+        if not fits(lo):
+            break
+        hi, lo = lo, lo / 2
+    while hi / lo > 1.01:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
 def reachable_epsilon(
     bases_for: Callable[[float], int], bases: int, epsilon: float
 ) -> float | None:
     """The smallest epsilon (to 1 %) whose plan fits in ``bases`` bases, above ``epsilon`` (the
     one asked, which does not fit): what a cut plan can promise instead. None past 10^4 x."""
-    hi = epsilon
-    for _ in range(14):  # up to epsilon * 2^14
-        hi *= 2
-        with contextlib.suppress(InvalidParameterError):
-            if bases_for(hi) <= bases:
-                break
-    else:
-        return None
-    lo = hi / 2
-    while hi / lo > 1.01:
-        mid = math.sqrt(lo * hi)
+
+    def fits(e: float) -> bool:
         try:
-            fits = bases_for(mid) <= bases
+            return bases_for(e) <= bases
         except InvalidParameterError:
-            fits = False
-        lo, hi = (lo, mid) if fits else (mid, hi)
-    return hi
+            return False
+
+    return smallest_fitting(fits, 2 * epsilon, 14)
 
 
 def cut_note(source: str) -> str:
@@ -418,7 +431,7 @@ class Run:
         per_base = subsets_per_base(o.layout)
         cap = prover_cap if own else min(o.max_prover_trainings, prover_cap)
         who = "trainings here" if own else "Prover trainings"
-        clt_min = math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)
+        clt_min = clt_fewest(o.p)
         if o.validity != "auto" or o.pairs_per_level is not None or clt_min * per_base > cap:
             clt_min = 0  # no raise (given, or not allowed): clt_refusal decides at the challenge
 
@@ -486,7 +499,7 @@ class Run:
             # clt only where clt_refusal allows it at their count too; below, those bounds
             # pay the range (protocol.certificate.certify), so check at least that many
             chosen = o.validity if o.validity != "auto" else default_validity(o.p, n)
-            k_min = min(n, math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)) * per_base
+            k_min = min(n, clt_fewest(o.p)) * per_base
             if chosen == "clt" and k < k_min:
                 k = k_min
                 source += (f"; spot-checks raised to {k_min // per_base:,} bases, the fewest "
@@ -516,7 +529,7 @@ class Run:
         groups = np.array(sorted(chooser.sample(range(n), k_groups)), dtype=np.int64)
         spots = [int(i) for i in group_subsets(shape, groups)]
         validity = self.validity_for(n)
-        fewest = math.ceil(CLT_MIN_EVENTS / min(o.p, 1.0 - o.p) ** 2)
+        fewest = clt_fewest(o.p)
         if validity == "clt" and 0 < k_groups < min(n, fewest):
             self.note(
                 f"only {k_groups:,} of the {n:,} bases are spot-checked, below {fewest:,}, the "
@@ -632,22 +645,10 @@ class Run:
                        plan_at(scale).values()):  # fmt: skip
                 found[route] = None  # not offered (the witness route on most tasks)
                 continue
-            hi = scale
-            for _ in range(40):  # up to 2^40 x Var f either way
-                if fits(hi):
-                    break
-                hi *= 2
-            else:
+            hi = smallest_fitting(fits, scale, 40)  # up to 2^40 x Var f either way
+            if hi is None:
                 found[route] = None
                 continue
-            lo = hi / 2
-            for _ in range(40):
-                if not fits(lo):
-                    break
-                hi, lo = lo, lo / 2
-            while hi / lo > 1.01:
-                mid = math.sqrt(lo * hi)
-                lo, hi = (lo, mid) if fits(mid) else (mid, hi)
             c = plan_at(hi)[route]
             found[route] = {"epsilon": hi, "share_of_var_f": hi / scale,
                             "verifier_trainings": spent(c),
