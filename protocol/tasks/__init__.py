@@ -57,16 +57,16 @@ __all__ = [
 # name -> "module:class", imported on first use (module doc).
 BUILTIN_TASKS: dict[str, str] = {
     "planted": "protocol.tasks.planted:PlantedTask",
-    "digits-logreg": "protocol.tasks.digits:DigitsLogReg",
-    "digits-mlp": "protocol.tasks.digits:DigitsMLP",
+    "digits-logreg": "protocol.tasks.digits_logreg:DigitsLogReg",
+    "digits-mlp": "protocol.tasks.digits_mlp:DigitsMLP",
     "cifar10-resnet": "protocol.tasks.cifar:CifarResNet",
     "linear-probe": "protocol.tasks.linear_probe:LinearProbe",
 }
 _CLASSES = {
     "PlantedTask": "protocol.tasks.planted",
     "PlantedSpectrum": "protocol.tasks.planted",
-    "DigitsLogReg": "protocol.tasks.digits",
-    "DigitsMLP": "protocol.tasks.digits",
+    "DigitsLogReg": "protocol.tasks.digits_logreg",
+    "DigitsMLP": "protocol.tasks.digits_mlp",
     "CifarResNet": "protocol.tasks.cifar",
     "LinearProbe": "protocol.tasks.linear_probe",
 }

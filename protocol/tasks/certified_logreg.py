@@ -28,7 +28,7 @@ import torch
 from protocol.tasks.multinomial import MultinomialProblem
 
 if TYPE_CHECKING:
-    from protocol.tasks.digits import DigitsLogReg
+    from protocol.tasks.digits_logreg import DigitsLogReg
 
 __all__ = ["EVALUATE_GRADIENT_TOL", "certified_chunk", "certified_problem", "certified_spec"]
 
