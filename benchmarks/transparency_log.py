@@ -25,7 +25,7 @@ from protocol.transparency import (
     verify_inclusion,
 )
 from prover_service.log import TransparencyLog
-from prover_service.store import make_engine
+from prover_service.tables import make_engine
 
 
 def proof_sizes(n: int) -> dict[str, object]:

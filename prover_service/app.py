@@ -32,7 +32,7 @@ from prover_service.errors import ServiceError
 from prover_service.limits import BodyLimit, UnsignedPostLimit, WriteLane, error_response
 from prover_service.service import ProverService
 from prover_service.settings import Settings
-from prover_service.store import now
+from prover_service.tables import now
 
 __all__ = ["BodyLimit", "create_app"]
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prover_service.errors import Busy
-from prover_service.store import SessionRow
+from prover_service.tables import SessionRow
 
 __all__ = ["AuditCache"]
 

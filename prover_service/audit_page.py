@@ -36,9 +36,10 @@ from protocol.residual import StabilityDesign, fit_nonnegative
 from protocol.signing import SignedMessage
 from protocol.transcript import AuditReport, Transcript, audit_transcript
 from protocol.transparency import leaf_hash, log_entry, verify_inclusion
+from prover_service.arrays import ArrayStore
 from prover_service.audit_summary import summary
 from prover_service.errors import ServiceError
-from prover_service.store import ArrayStore, SessionRow
+from prover_service.tables import SessionRow
 
 __all__ = [
     "SessionAudit",

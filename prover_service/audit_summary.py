@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from protocol.messages import Challenge
-from prover_service.store import SessionRow
+from prover_service.tables import SessionRow
 
 __all__ = ["asked_delta", "asked_epsilon", "attribution_payload", "iso_date", "summary", "trust"]
 

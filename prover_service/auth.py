@@ -18,7 +18,7 @@ Quotas that need the jobs (unfinished jobs, trainings per day, queue, disk) are 
 Prover's database (``request_nonces``, ``rate_buckets``), so every process on it (uvicorn
 workers, replicas behind a load balancer) refuses a replay any of them accepted and draws on one
 bucket per key. Each step is one atomic statement: a nonce is ``INSERT ... ON CONFLICT DO
-NOTHING`` (:func:`~prover_service.store.insert_once`), a token is taken by a conditional
+NOTHING`` (:func:`~prover_service.tables.insert_once`), a token is taken by a conditional
 ``UPDATE`` whose ``WHERE`` holds only while a token is left; the row count says which, so a race
 gives 401/429, never 500. Expired nonces and idle buckets are deleted at most every
 ``PRUNE_EVERY_S`` per process. :class:`MemoryLedger` is the reference: the same rules in one
@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from protocol.signing import BadSignatureError, signed_request_bytes, verify_bytes
 from prover_service.errors import Forbidden, StoreError, TooManyRequests, Unauthorized
 from prover_service.settings import Settings
-from prover_service.store import KnownKeyRow, RateBucketRow, RequestNonceRow, insert_once, now
+from prover_service.tables import KnownKeyRow, RateBucketRow, RequestNonceRow, insert_once, now
 
 __all__ = ["DatabaseLedger", "Gate", "Ledger", "MemoryLedger", "SignedHeaders", "load_allow_list"]
 

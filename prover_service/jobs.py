@@ -71,6 +71,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.errors import ProtocolError
+from prover_service.arrays import ArrayStore
 from prover_service.errors import (
     Conflict,
     InsufficientStorage,
@@ -81,7 +82,7 @@ from prover_service.errors import (
 from prover_service.executor import Executor, executor_from_settings, use_executor
 from prover_service.ledger import JobLedger, use_ledger
 from prover_service.settings import Settings
-from prover_service.store import ArrayStore, ChunkRow, JobRow, SessionArrayRow, SessionRow, now
+from prover_service.tables import ChunkRow, JobRow, SessionArrayRow, SessionRow, now
 
 __all__ = ["ACTIVE", "JobCancelled", "Jobs"]
 

@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.messages import array_to_npy
 from protocol.tasks import TrainingOutputs
+from prover_service.arrays import ArrayStore
 from prover_service.errors import CorruptArray
-from prover_service.store import ArrayStore, ChunkRow
+from prover_service.tables import ChunkRow
 
 __all__ = ["ChunkLedger", "JobLedger", "current_ledger", "use_ledger"]
 

@@ -3,7 +3,7 @@
 Challenges, responses, verdicts and published attributions are appended by :meth:`append`
 *inside the transaction that stores them*, so a message is stored if and only if it is logged.
 The hashing and proofs are :mod:`protocol.transparency` (RFC 9162); this module keeps the tree
-in the database (:mod:`prover_service.store`):
+in the database (:mod:`prover_service.tables`):
 
 - ``log_leaves``: index, message type, what it belongs to (session id or content hash), leaf hash;
 - ``log_nodes``: the hash of every *perfect* subtree (level ``l``, index ``i`` covers the leaves
@@ -39,7 +39,7 @@ from protocol.transparency import (
     node_hash,
 )
 from prover_service.errors import Invalid, NotFound
-from prover_service.store import LogLeafRow, LogNodeRow, LogStateRow
+from prover_service.tables import LogLeafRow, LogNodeRow, LogStateRow
 
 __all__ = ["TransparencyLog", "fold_frontier"]
 

@@ -43,6 +43,7 @@ from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, load_private_key, public_key_hex, sign_message
 from protocol.tasks import TaskBase, load_task, spec_hash
 from prover_service.adversary import parse_adversary
+from prover_service.arrays import ArrayStore
 from prover_service.attribution import AttributionResult, Method, attribute, check_method
 from prover_service.attribution.calibration import (
     MIN_CALIBRATION,
@@ -61,8 +62,7 @@ from prover_service.jobs import JobCancelled, Jobs
 from prover_service.log import TransparencyLog
 from prover_service.sessions import LOCAL, Sessions, ValuesHook
 from prover_service.settings import Settings
-from prover_service.store import (
-    ArrayStore,
+from prover_service.tables import (
     AttributionRow,
     JobRow,
     SessionRow,

@@ -55,7 +55,7 @@ from prover_service.errors import (
 )
 from prover_service.executor import Chunk
 from prover_service.jobs import JobCancelled, Jobs
-from prover_service.store import (
+from prover_service.tables import (
     ChunkRow,
     JobRow,
     NonceRow,

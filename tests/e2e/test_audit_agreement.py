@@ -36,7 +36,7 @@ from protocol.tasks import load_task
 from prover_service.app import create_app
 from prover_service.audit_page import audit_session
 from prover_service.service import ProverService
-from prover_service.store import SessionRow
+from prover_service.tables import SessionRow
 from tests.prover_service.conftest import TASK, make_settings
 from tests.serving import serve
 from verifier_client.api import verify

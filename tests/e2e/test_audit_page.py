@@ -23,7 +23,7 @@ from protocol.messages import Challenge
 from protocol.signing import generate_key, save_private_key
 from prover_service.app import create_app
 from prover_service.settings import Settings
-from prover_service.store import SessionRow
+from prover_service.tables import SessionRow
 from tests.databases import db_url, on_both_databases
 from tests.serving import serve, verifier_db
 from verifier_client.client import ProverClient

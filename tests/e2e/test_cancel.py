@@ -18,7 +18,7 @@ from protocol.signing import generate_key, save_private_key
 from prover_service.app import create_app
 from prover_service.sessions import LOCAL
 from prover_service.settings import Settings
-from prover_service.store import ChunkRow
+from prover_service.tables import ChunkRow
 from tests.databases import db_url
 from tests.serving import serve, verifier_db
 from verifier_client.cli import app as verifier_cli

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from protocol.signing import generate_key, public_key_hex, sign_request
 from protocol.tasks import load_task
 from prover_service.app import create_app
-from prover_service.store import JobRow
+from prover_service.tables import JobRow
 from tests.prover_service.conftest import (
     OWNER,
     TASK,

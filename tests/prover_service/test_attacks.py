@@ -21,11 +21,12 @@ from fastapi.testclient import TestClient
 from protocol.messages import Verdict
 from protocol.signing import SignedMessage, generate_key, sign_message, sign_request
 from prover_service.app import create_app
+from prover_service.arrays import ArrayStore
 from prover_service.audit_cache import AuditCache
 from prover_service.errors import Busy, InsufficientStorage, TooManyRequests
 from prover_service.limits import BodyLimit
 from prover_service.service import ProverService
-from prover_service.store import ArrayStore, SessionRow
+from prover_service.tables import SessionRow
 from tests.prover_service.conftest import (
     OWNER,
     SALT,

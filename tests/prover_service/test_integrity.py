@@ -19,7 +19,7 @@ from protocol.messages import ResponseManifest, array_to_npy
 from protocol.signing import KeyFileError, generate_key, load_private_key, save_private_key
 from prover_service.app import create_app
 from prover_service.service import ProverService
-from prover_service.store import ChunkRow, SessionRow
+from prover_service.tables import ChunkRow, SessionRow
 from tests.prover_service.conftest import SignedAuth, make_settings, signed_challenge
 from verifier_client.client import ProverClient
 

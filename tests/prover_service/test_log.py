@@ -22,7 +22,7 @@ from protocol.transparency import (
     verify_consistency,
     verify_inclusion,
 )
-from prover_service.store import LogLeafRow, LogNodeRow, LogStateRow
+from prover_service.tables import LogLeafRow, LogNodeRow, LogStateRow
 from tests.prover_service.conftest import SALT, SPOT, Prover, SignedAuth, signed_challenge
 
 BOUND = load_task("planted:n_train=20,n_targets=2").bound

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from protocol.signing import generate_key, sign_message
 from protocol.transparency import TreeHead, leaf_hash, log_entry, root_hash
 from prover_service.app import create_app
-from prover_service.store import LogStateRow, make_engine
+from prover_service.tables import LogStateRow, make_engine
 from tests.databases import PostgresServer
 from tests.prover_service.conftest import Prover, make_settings
 
@@ -46,7 +46,7 @@ def pg_prover(postgres_url: str, tmp_path: Path) -> Iterator[Prover]:
     app.state.service.engine.dispose()
 
 
-_CREATE = "import sys; from prover_service.store import make_engine; make_engine(sys.argv[1])"
+_CREATE = "import sys; from prover_service.tables import make_engine; make_engine(sys.argv[1])"
 
 
 def test_schema_creation_is_safe_with_several_provers(postgres_url: str) -> None:

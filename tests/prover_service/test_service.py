@@ -31,7 +31,7 @@ from protocol.signing import (
 from protocol.tasks import load_task
 from prover_service.app import create_app
 from prover_service.service import ProverService
-from prover_service.store import JobRow
+from prover_service.tables import JobRow
 from tests.prover_service.conftest import (
     SALT,
     SPOT,

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from protocol.signing import generate_key, sign_request
 from prover_service import auth
 from prover_service.app import create_app
-from prover_service.store import JobRow, RateBucketRow, RequestNonceRow
+from prover_service.tables import JobRow, RateBucketRow, RequestNonceRow
 from tests.databases import on_both_databases
 from tests.prover_service.conftest import OWNER, Prover, SignedAuth, make_settings
 from tests.serving import serve

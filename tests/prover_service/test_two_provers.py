@@ -22,7 +22,7 @@ from protocol.signing import generate_key
 from prover_service.app import create_app
 from prover_service.jobs import _HOST
 from prover_service.service import ProverService
-from prover_service.store import JobRow, now
+from prover_service.tables import JobRow, now
 from tests.databases import on_both_databases
 from tests.prover_service.conftest import OWNER, SignedAuth, make_settings, signed_challenge
 

@@ -23,7 +23,7 @@ from protocol.signing import generate_key, save_private_key
 from protocol.transparency import node_hash
 from prover_service.app import create_app
 from prover_service.service import ProverService
-from prover_service.store import LogLeafRow, LogNodeRow, LogStateRow, SessionArrayRow, SessionRow
+from prover_service.tables import LogLeafRow, LogNodeRow, LogStateRow, SessionArrayRow, SessionRow
 from tests.prover_service.conftest import TASK, make_settings
 from tests.serving import serve
 from verifier_client.api import verify

@@ -19,7 +19,7 @@ from prover_service.api.schemas import (
     JobOut,
 )
 from prover_service.errors import Malformed
-from prover_service.store import JobRow
+from prover_service.tables import JobRow
 
 router = APIRouter(prefix="/v1", tags=["attributions"])
 

@@ -19,7 +19,7 @@ from prover_service.api.schemas import (
     SessionOut,
     TranscriptOut,
 )
-from prover_service.store import SessionRow
+from prover_service.tables import SessionRow
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
 
