@@ -117,7 +117,7 @@ def create_app(settings: Settings, service: ProverService | None = None) -> Fast
     rate = settings.post_rate_per_minute  # outermost: before any body is read
     app.state.write_lane = lane = WriteLane(settings.max_concurrent_writes, settings.write_wait_s)
     app.add_middleware(
-        UnsignedPostLimit, take=lambda who: gate.ledger.take("post", who, rate, now()), rate=rate,
+        UnsignedPostLimit, take=lambda who: gate.requests.take("post", who, rate, now()), rate=rate,
         lane=lane,
     )  # fmt: skip
 

@@ -21,7 +21,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from prover_service.errors import Busy
 from prover_service.tables import SessionRow
@@ -36,17 +36,21 @@ def _key(row: SessionRow) -> tuple[str, str]:
     return row.id, digest.hexdigest()
 
 
-class AuditCache:
+S = TypeVar("S")  # where the audit reads from (the service, typed by the caller)
+R = TypeVar("R")  # the audit
+
+
+class AuditCache(Generic[S, R]):
     """Audits of decided sessions, each computed once (module doc). Thread-safe."""
 
-    def __init__(self, compute: Callable[[Any, SessionRow], Any], size: int = 256) -> None:
+    def __init__(self, compute: Callable[[S, SessionRow], R], size: int = 256) -> None:
         self.compute, self.size = compute, size
         self._lock = threading.Lock()
-        self._kept: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, str], R] = OrderedDict()
         self._computing: tuple[str, str] | None = None
         self.computed = 0  # audits computed (for tests and the benchmark)
 
-    def audit(self, service: Any, row: SessionRow) -> Any:
+    def audit(self, service: S, row: SessionRow) -> R:
         """The session's audit: kept, computed now, or 503 ``busy`` while another is."""
         if row.verdict_json is None:
             return self.compute(service, row)

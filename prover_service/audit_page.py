@@ -22,9 +22,10 @@ pair layout: the page says so.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,14 +35,18 @@ from protocol.certificate import Certificate, pair_members
 from protocol.errors import ProtocolError
 from protocol.residual import StabilityDesign, fit_nonnegative
 from protocol.signing import SignedMessage
+from protocol.tasks import TaskBase
 from protocol.transcript import AuditReport, Transcript, audit_transcript
 from protocol.transparency import leaf_hash, log_entry, verify_inclusion
 from prover_service.arrays import ArrayStore
 from prover_service.audit_summary import summary
 from prover_service.errors import ServiceError
+from prover_service.log import TransparencyLog
+from prover_service.sessions import Sessions
 from prover_service.tables import SessionRow
 
 __all__ = [
+    "AuditSources",
     "SessionAudit",
     "StabilityFit",
     "audit_session",
@@ -172,12 +177,32 @@ class StoredArrays:
         return self.store.read(sha256)
 
 
-def session_transcript(svc: Any, row: SessionRow) -> Transcript:
+class AuditSources(Protocol):
+    """What an audit reads (the Prover service provides it): the served tasks, the array store,
+    the transparency log, the Prover's key and the sessions' transcripts."""
+
+    @property
+    def tasks(self) -> Mapping[str, TaskBase]: ...
+
+    @property
+    def arrays(self) -> ArrayStore: ...
+
+    @property
+    def log(self) -> TransparencyLog: ...
+
+    @property
+    def public_key(self) -> str: ...
+
+    @property
+    def sessions(self) -> Sessions: ...
+
+
+def session_transcript(svc: AuditSources, row: SessionRow) -> Transcript:
     """The transcript of ``row``, exactly as ``GET /v1/sessions/{id}/transcript`` shows it."""
     return Transcript.model_validate(svc.sessions.transcript_of(row))
 
 
-def _log_checks(rep: SessionAudit, svc: Any, messages: dict[str, SignedMessage]) -> None:
+def _log_checks(rep: SessionAudit, svc: AuditSources, messages: dict[str, SignedMessage]) -> None:
     size, root = svc.log.size_and_root()
     missing = []
     for name, signed in messages.items():
@@ -193,7 +218,7 @@ def _log_checks(rep: SessionAudit, svc: Any, messages: dict[str, SignedMessage])
     rep.add("every message is in the transparency log", not missing, "; ".join(missing))
 
 
-def audit_session(svc: Any, row: SessionRow) -> SessionAudit:
+def audit_session(svc: AuditSources, row: SessionRow) -> SessionAudit:
     """The session's audit (module doc): the transcript's report, then the page's rows."""
     rep = SessionAudit()
     try:

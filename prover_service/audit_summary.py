@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from protocol.messages import Challenge
+from protocol.signing import SignedMessage
+from protocol.tasks import TaskBase
 from prover_service.tables import SessionRow
 
-__all__ = ["asked_delta", "asked_epsilon", "attribution_payload", "iso_date", "summary", "trust"]
+__all__ = [
+    "SummarySources",
+    "asked_delta",
+    "asked_epsilon",
+    "attribution_payload",
+    "iso_date",
+    "summary",
+    "trust",
+]
 
 
 def iso_date(t: float | None) -> str:
@@ -43,12 +54,22 @@ def asked_delta(c: Challenge) -> str:
             "the lower bound on Var f that turned the share into absolute units")  # fmt: skip
 
 
-def _task_name(row: SessionRow, service: Any) -> str:
+class SummarySources(Protocol):
+    """What a summary reads (the Prover service provides it): the served tasks and the signed
+    attributions."""
+
+    @property
+    def tasks(self) -> Mapping[str, TaskBase]: ...
+
+    def attribution(self, content_hash: str) -> tuple[SignedMessage, bytes]: ...
+
+
+def _task_name(row: SessionRow, service: SummarySources | None) -> str:
     task = service.tasks.get(row.task_hash) if service is not None else None
     return str(task.name) if task is not None else f"task {row.task_hash[:12]}…"
 
 
-def summary(row: SessionRow, service: Any = None) -> dict[str, Any]:
+def summary(row: SessionRow, service: SummarySources | None = None) -> dict[str, Any]:
     """One line of the sessions table: task, verdict, ε as asked, certified err, δ, trainings
     and the date. The Prover's trainings are the challenge's size |E|; the Verifier's, the
     spot-checks it opened in its verdict (its pilot, if any, is not in the transcript)."""
@@ -110,7 +131,7 @@ def trust(s: dict[str, Any], rep: Any, attribution: dict[str, Any] | None) -> li
     ]  # fmt: skip
 
 
-def attribution_payload(service: Any, row: SessionRow) -> dict[str, Any] | None:
+def attribution_payload(service: SummarySources, row: SessionRow) -> dict[str, Any] | None:
     """The session's attribution manifest (its signed payload), None if the Prover lacks it
     (the page's checks then say so)."""
     try:

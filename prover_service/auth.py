@@ -14,17 +14,16 @@ quotas; every key is held to
 else its address) to ``read_rate_per_minute`` reads: token buckets, 429 with ``Retry-After``.
 Quotas that need the jobs (unfinished jobs, trainings per day, queue, disk) are in :mod:`jobs`.
 
-**Where nonces and buckets live** (a :class:`Ledger`): :class:`DatabaseLedger` keeps them in the
-Prover's database (``request_nonces``, ``rate_buckets``), so every process on it (uvicorn
-workers, replicas behind a load balancer) refuses a replay any of them accepted and draws on one
-bucket per key. Each step is one atomic statement: a nonce is ``INSERT ... ON CONFLICT DO
-NOTHING`` (:func:`~prover_service.tables.insert_once`), a token is taken by a conditional
-``UPDATE`` whose ``WHERE`` holds only while a token is left; the row count says which, so a race
-gives 401/429, never 500. Expired nonces and idle buckets are deleted at most every
-``PRUNE_EVERY_S`` per process. :class:`MemoryLedger` is the reference: the same rules in one
-process's memory, for a :class:`Gate` that no app has bound to a database (``create_app`` binds
-every Gate to its service's database).
-"""
+**Where nonces and buckets live** (a :class:`RequestStore`): :class:`DatabaseRequestStore` keeps
+them in the Prover's database (``request_nonces``, ``rate_buckets``), so every process on it
+(uvicorn workers, replicas behind a load balancer) refuses a replay any of them accepted and draws
+on one bucket per key. Each step is one atomic statement: a nonce is ``INSERT ... ON CONFLICT DO
+NOTHING`` (:func:`~prover_service.tables.insert_once`), a token is taken by a conditional ``UPDATE``
+whose ``WHERE`` holds only while a token is left; the row count says which, so a race gives 401/429,
+never 500. Expired nonces and idle buckets are deleted at most every ``PRUNE_EVERY_S`` per process.
+:class:`MemoryRequestStore` is the reference: the same rules in one process's memory, for a
+:class:`Gate` that no app has bound to a database (``create_app`` binds every Gate to its service's
+database)."""
 
 from __future__ import annotations
 
@@ -41,8 +40,18 @@ from prover_service.errors import Forbidden, StoreError, TooManyRequests, Unauth
 from prover_service.settings import Settings
 from prover_service.tables import KnownKeyRow, RateBucketRow, RequestNonceRow, insert_once, now
 
-__all__ = ["DatabaseLedger", "Gate", "Ledger", "MemoryLedger", "SignedHeaders", "load_allow_list"]
+__all__ = [
+    "LOCAL",
+    "DatabaseRequestStore",
+    "Gate",
+    "RequestStore",
+    "MemoryRequestStore",
+    "SignedHeaders",
+    "load_allow_list",
+]
 
+#: The operator's own in-process calls: never a hex key, so never a request's.
+LOCAL = "local"
 PRUNE_EVERY_S = 10.0  # how often one process deletes expired nonces and idle buckets
 _NONCES = cast(Table, RequestNonceRow.__table__)
 _BUCKETS = cast(Table, RateBucketRow.__table__)
@@ -71,7 +80,7 @@ def load_allow_list(settings: Settings) -> frozenset[str]:
     return frozenset(keys)
 
 
-class Ledger(Protocol):
+class RequestStore(Protocol):
     """Where a Gate records nonces and takes tokens (module doc)."""
 
     shared: bool  # whether other processes see the same nonces and buckets
@@ -94,7 +103,7 @@ class Ledger(Protocol):
         ...
 
 
-class MemoryLedger:
+class MemoryRequestStore:
     """Nonces and buckets in this process's memory: the reference for one process. Thread-safe."""
 
     shared = False
@@ -132,7 +141,7 @@ class MemoryLedger:
             self._known.setdefault(key, address)
 
 
-class DatabaseLedger:
+class DatabaseRequestStore:
     """Nonces and buckets in the Prover's database, shared by every process on it (module doc)."""
 
     shared = True
@@ -211,15 +220,15 @@ class DatabaseLedger:
 class Gate:
     """Authenticates signed requests and admits keys and readers (module doc). Thread-safe."""
 
-    def __init__(self, settings: Settings, ledger: Ledger | None = None) -> None:
+    def __init__(self, settings: Settings, requests: RequestStore | None = None) -> None:
         self.settings = settings
         self.allow = load_allow_list(settings)
         self.started_at = now()
-        self.ledger: Ledger = ledger or MemoryLedger()
+        self.requests: RequestStore = requests or MemoryRequestStore()
 
     def share(self, db: sessionmaker[Session]) -> None:
         """Keep nonces and buckets in the database ``db``, shared with every process on it."""
-        self.ledger = DatabaseLedger(db)
+        self.requests = DatabaseRequestStore(db)
 
     def authenticate(
         self, headers: SignedHeaders, method: str, target: str, body: bytes,
@@ -248,11 +257,11 @@ class Gate:
         t = now()
         if abs(t - ts) > window:
             raise Unauthorized(f"stale request time stamp: outside +-{window} s of the Prover")
-        if not self.ledger.shared and ts < self.started_at - 1:
+        if not self.requests.shared and ts < self.started_at - 1:
             # signed before this process started: its nonce may have been seen by the last one
             raise Unauthorized("request signed before the Prover restarted; sign it again")
         # kept a window past the last moment any process (clocks a window apart) accepts ts
-        if not self.ledger.spend(nonce, key.lower(), max(t, ts) + 2 * window + 1, t):
+        if not self.requests.spend(nonce, key.lower(), max(t, ts) + 2 * window + 1, t):
             raise Unauthorized("request nonce already used: a signed request counts once")
         return key.lower()
 
@@ -268,18 +277,18 @@ class Gate:
         keys already. ``address`` "local" is the operator's own in-process call."""
         if self.allow and key not in self.allow:
             raise Forbidden("this Verifier key is not on the Prover's allow-list")
-        if not self.allow and address != "local" and not self.ledger.known(key):
+        if not self.allow and address != LOCAL and not self.requests.known(key):
             per_hour = self.settings.new_keys_per_hour
             t = now()
-            wait = self.ledger.take(NEW_KEYS, f"ip:{address}"[:80], per_hour, t, 3600.0)
+            wait = self.requests.take(NEW_KEYS, f"ip:{address}"[:80], per_hour, t, 3600.0)
             if wait > 0:
                 raise TooManyRequests(
                     f"over {per_hour} new Verifier keys per hour from this address (open "
                     "registration); use a key this Prover knows", retry_after=int(wait) + 1
                 )  # fmt: skip
-            self.ledger.remember(key, address, t)
+            self.requests.remember(key, address, t)
         rate = self.settings.rate_per_minute
-        wait = self.ledger.take("expensive", key, rate, now())
+        wait = self.requests.take("expensive", key, rate, now())
         if wait > 0:
             raise TooManyRequests(
                 f"over {rate} expensive requests per minute for this key", retry_after=int(wait) + 1
@@ -290,7 +299,7 @@ class Gate:
         ``read_rate_per_minute``."""
         rate = self.settings.read_rate_per_minute
         subject = f"key:{key}" if key else f"ip:{address}"
-        wait = self.ledger.take("read", subject[:80], rate, now())
+        wait = self.requests.take("read", subject[:80], rate, now())
         if wait > 0:
             who = "key" if key else "address"
             raise TooManyRequests(f"over {rate} reads per minute from this {who}", int(wait) + 1)

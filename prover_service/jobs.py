@@ -63,7 +63,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Row, delete, func, select, update
@@ -79,12 +79,12 @@ from prover_service.errors import (
     ServiceError,
     TooManyRequests,
 )
-from prover_service.executor import Executor, executor_from_settings, use_executor
+from prover_service.executor import Executor, use_executor
 from prover_service.ledger import JobLedger, use_ledger
 from prover_service.settings import Settings
 from prover_service.tables import ChunkRow, JobRow, SessionArrayRow, SessionRow, now
 
-__all__ = ["ACTIVE", "JobCancelled", "Jobs"]
+__all__ = ["ACTIVE", "Handler", "JobCancelled", "Jobs", "Lanes"]
 
 ACTIVE = ("queued", "running")
 DAY_S = 86_400.0
@@ -106,8 +106,8 @@ class JobCancelled(Exception):
     """Raised inside a running job once it has been cancelled (never leaves this package)."""
 
 
-StepFn = Callable[[JobRow], bool]  # run one chunk of a challenge; True when the job is finished
-RunFn = Callable[[JobRow], None]  # run a whole attribution
+#: One step of a job: a challenge's next chunk (True when finished), or a whole attribution.
+Handler = Callable[[JobRow], object]
 # An unfinished job as the quota checks read it: (owner, total, done, reserved_bytes).
 _ActiveRow = Row[str | None, int, int, int | None]
 
@@ -120,15 +120,10 @@ class Jobs:
         self._admit = threading.Lock()
         self._wake = {"challenge": threading.Event(), "attribution": threading.Event()}
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.step_challenge: StepFn | None = None
-        self.run_attribution: RunFn | None = None
-        self.executor: Executor = executor_from_settings(settings)
         self.worker_id = f"{_HOST}:{os.getpid()}:{os.urandom(4).hex()}"
         _LIVE.add(self.worker_id)
         self._held: set[str] = set()  # jobs whose lease this process holds
         self._held_lock = threading.Lock()
-        self._heartbeat: threading.Thread | None = None
         self._fail_ownerless()
 
     # -- admission --------------------------------------------------------------------------
@@ -338,7 +333,7 @@ class Jobs:
             return False
         return False
 
-    def _claim(self, kind: str) -> JobRow | None:
+    def claim(self, kind: str) -> JobRow | None:
         """Claim the next job of a lane (module doc): the least recently served key's least
         recently served challenge, or the oldest attribution; None if none is free."""
         t = now()
@@ -377,7 +372,7 @@ class Jobs:
                     return s.get(JobRow, r.id)
         return None
 
-    def _release(self, job_id: str) -> None:
+    def release(self, job_id: str) -> None:
         with self._held_lock:
             self._held.discard(job_id)
         with self.db.begin() as s:
@@ -387,7 +382,7 @@ class Jobs:
                 .values(lease_owner=None, lease_until=None)
             )
 
-    def _renew(self) -> None:
+    def renew(self) -> None:
         """Extend every lease this process holds (the heartbeat)."""
         with self._held_lock:
             held = list(self._held)
@@ -399,14 +394,7 @@ class Jobs:
                     .values(lease_until=now() + LEASE_S)
                 )
 
-    def _beat(self) -> None:
-        while not self._stop.wait(LEASE_S / 3):
-            try:
-                self._renew()
-            except SQLAlchemyError as exc:
-                log.warning("could not renew job leases: %s", type(exc).__name__)
-
-    def _fail(self, job: JobRow, reason: str) -> None:
+    def fail(self, job: JobRow, reason: str) -> None:
         """Mark a job failed with ``reason`` (and its challenge's session)."""
         self.set(job.id, status="failed", error=reason[:500])
         if job.kind == "challenge":
@@ -417,36 +405,71 @@ class Jobs:
                     .values(status="failed")
                 )
 
-    # -- running ----------------------------------------------------------------------------
-    def _run_one(self, kind: str) -> bool:
+    # -- the lanes' side -------------------------------------------------------------------
+    def wait_for_work(self, kind: str, timeout: float) -> None:
+        """Block until a job of lane ``kind`` is added or resumed (or ``timeout`` s pass)."""
+        self._wake[kind].wait(timeout=timeout)
+        self._wake[kind].clear()
+
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless shutting down meanwhile; True if shutting down."""
+        return self._stop.wait(seconds)
+
+    def close(self) -> None:
+        """Shutting down: running jobs stop at their next progress report, waits end."""
+        self._stop.set()
+        for event in self._wake.values():
+            event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+
+class Lanes:
+    """The worker lanes of one process (module doc, "Scheduling"): one thread per kind of job,
+    each claiming the next job of its kind from ``jobs`` and running one step of it with its
+    handler (``handlers[kind]``), on ``executor``; and a heartbeat that renews the leases held."""
+
+    KINDS = ("challenge", "attribution")
+
+    def __init__(self, jobs: Jobs, executor: Executor, handlers: Mapping[str, Handler]) -> None:
+        if set(handlers) != set(self.KINDS):
+            raise ValueError(
+                f"Lanes need a handler for each of {self.KINDS}; got {sorted(handlers)}"
+            )
+        self.jobs, self.executor, self.handlers = jobs, executor, dict(handlers)
+        self._threads: list[threading.Thread] = []
+        self._heartbeat: threading.Thread | None = None
+
+    def run_one(self, kind: str) -> bool:
         """Claim the next job of a lane and advance it by one step; False if none is free."""
-        job = self._claim(kind)
+        jobs = self.jobs
+        job = jobs.claim(kind)
         if job is None:
             return False
         try:
             if kind == "challenge":
-                assert self.step_challenge is not None  # noqa: S101 - wired by the service
-                self.step_challenge(job)
+                self.handlers[kind](job)
             else:
-                assert self.run_attribution is not None  # noqa: S101
-                kept = JobLedger(self.db, self.arrays, job.id)
+                kept = JobLedger(jobs.db, jobs.arrays, job.id)
                 with use_executor(self.executor), use_ledger(kept):
-                    self.run_attribution(job)
+                    self.handlers[kind](job)
         except JobCancelled:
-            self.discard_partial(job.id)  # what was in flight when it was cancelled
+            jobs.discard_partial(job.id)  # what was in flight when it was cancelled
         except SQLAlchemyError as exc:  # infrastructure: the job stays queued for another try
             log.error("job %s: database error (%s); it will be retried", job.id,
                       str(exc).splitlines()[0][:200])  # fmt: skip
-            self._stop.wait(1.0)
+            jobs.pause(1.0)
         except (ProtocolError, ServiceError) as exc:
             detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
-            self._fail(job, f"{type(exc).__name__}: {detail}")
+            jobs.fail(job, f"{type(exc).__name__}: {detail}")
         except Exception as exc:  # noqa: BLE001 - a failed job is recorded, not fatal
             log.exception("job %s failed", job.id)
-            self._fail(job, f"internal error ({type(exc).__name__})")
+            jobs.fail(job, f"internal error ({type(exc).__name__})")
         finally:
             try:
-                self._release(job.id)
+                jobs.release(job.id)
             except SQLAlchemyError:
                 log.warning("job %s: could not release its lease; it expires", job.id)
         return True
@@ -457,20 +480,26 @@ class Jobs:
         ``max_chunks`` stops the challenge lane after that many chunks (a simulated kill).
         """
         worked = False
-        while self._run_one("attribution"):
+        while self.run_one("attribution"):
             worked = True
         chunks = 0
         while max_chunks is None or chunks < max_chunks:
-            if not self._run_one("challenge"):
+            if not self.run_one("challenge"):
                 break
             worked, chunks = True, chunks + 1
         return worked
 
     def _lane(self, kind: str) -> None:
-        while not self._stop.is_set():
-            if not self._run_one(kind):
-                self._wake[kind].wait(timeout=1.0)
-                self._wake[kind].clear()
+        while not self.jobs.stopping:
+            if not self.run_one(kind):
+                self.jobs.wait_for_work(kind, timeout=1.0)
+
+    def _beat(self) -> None:
+        while not self.jobs.pause(LEASE_S / 3):
+            try:
+                self.jobs.renew()
+            except SQLAlchemyError as exc:
+                log.warning("could not renew job leases: %s", type(exc).__name__)
 
     def start(self) -> None:
         if self._heartbeat is None:
@@ -478,22 +507,16 @@ class Jobs:
             self._heartbeat.daemon = True
             self._heartbeat.start()
         if not self._threads:
-            for kind in ("challenge", "attribution"):
+            for kind in self.KINDS:
                 t = threading.Thread(target=self._lane, args=(kind,), name=f"prover-{kind}")
                 t.daemon = True
                 t.start()
                 self._threads.append(t)
 
     def stop(self) -> None:
-        self._stop.set()
-        for event in self._wake.values():
-            event.set()
+        self.jobs.close()
         for t in self._threads:
             t.join(timeout=60)
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=10)
         self.executor.close()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from prover_service.attribution.calibration import (
     orient_scores,
     read_scores,
 )
+
+if TYPE_CHECKING:
+    from prover_service.service import ProverService
 
 __all__ = ["Published", "attribute", "publish", "read_datamodel"]
 
@@ -174,7 +177,7 @@ def publish(
     db: str = "sqlite:///prover.db",
     prover_key: str | Path | None = None,
     prover_key_env: str | None = None,
-    service: Any = None,
+    service: ProverService | None = None,
     progress: Progress | None = None,
     evaluate: int = 0,
 ) -> Published:
@@ -205,7 +208,7 @@ def publish(
     svc = service if service is not None else _open_service(task, t, db, prover_key,
                                                             prover_key_env)  # fmt: skip
     if task_hash not in svc.tasks:
-        svc.tasks[task_hash] = t
+        svc.tasks[task_hash] = declared(t)
     fields = {"tool": tool, "tool_version": tool_version, "settings": settings or {},
               "outside_trainings": outside_trainings}  # fmt: skip
     prov = svc.provenance(fields)
@@ -253,7 +256,7 @@ def reuse_warning(manifest: dict[str, Any], asked: dict[str, Any]) -> str:
 
 def _open_service(
     ref: TaskRef, task: Task, db: str, key_file: str | Path | None, key_env: str | None
-) -> Any:
+) -> ProverService:
     from prover_service.service import ProverService
     from prover_service.settings import Settings
 

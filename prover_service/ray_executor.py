@@ -40,7 +40,7 @@ from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
 from protocol.evaluation import run_task
 from protocol.tasks import Task, TaskBase, TrainingOutputs, declared, spec_hash
-from prover_service.executor import Chunk, ChunkLost, Executor, ExecutorKind, OnChunk
+from prover_service.executor_base import Chunk, ChunkLost, Executor, ExecutorKind, OnChunk
 
 __all__ = ["RayExecutor"]
 

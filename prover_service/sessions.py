@@ -24,13 +24,15 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 from pydantic import ValidationError
 from sqlalchemy import Table, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -41,8 +43,16 @@ from protocol.messages import (
     commit_spot_checks,
 )
 from protocol.sampling import ChallengeDesign, SharedBaseDesign
-from protocol.signing import BadSignatureError, SignedMessage, open_signed, sign_message
+from protocol.signing import (
+    BadSignatureError,
+    SignedMessage,
+    open_signed,
+    public_key_hex,
+    sign_message,
+)
 from protocol.tasks import TaskBase, TrainingOutputs
+from prover_service.arrays import ArrayStore
+from prover_service.auth import LOCAL, Gate
 from prover_service.errors import (
     Conflict,
     CorruptArray,
@@ -53,8 +63,13 @@ from prover_service.errors import (
     TooLarge,
     Unauthorized,
 )
-from prover_service.executor import Chunk
+from prover_service.executor import Chunk, Executor
+from prover_service.job_params import ChallengeJob
 from prover_service.jobs import JobCancelled, Jobs
+from prover_service.log import TransparencyLog
+from prover_service.published import Attributions
+from prover_service.registry import TaskRegistry
+from prover_service.settings import Settings
 from prover_service.tables import (
     ChunkRow,
     JobRow,
@@ -66,15 +81,11 @@ from prover_service.tables import (
 )
 from prover_service.witnesses import WitnessHook, WitnessOutputs, require_certifiable, solve_chunk
 
-if TYPE_CHECKING:
-    from prover_service.service import ProverService
-
 __all__ = ["LOCAL", "Sessions", "ValuesHook"]
 
 CHUNK_MODELS = 1024
 _CHUNKS = cast(Table, ChunkRow.__table__)
 _SESSION_ARRAYS = cast(Table, SessionArrayRow.__table__)
-LOCAL = "local"  # the operator's own in-process calls: never a hex key, so never a request's
 ValuesHook = Callable[
     [NDArray[np.float64], SessionRow, TaskBase, ChallengeDesign | SharedBaseDesign], NDArray[Any]
 ]
@@ -106,15 +117,19 @@ class Sessions:
     """Challenges, responses, verdicts and the reads of them (module doc)."""
 
     def __init__(
-        self, service: ProverService, jobs: Jobs, values_hook: ValuesHook | None = None,
-        witness_hook: WitnessHook | None = None,
+        self, *, settings: Settings, db: sessionmaker[Session], arrays: ArrayStore,
+        key: Ed25519PrivateKey, log: TransparencyLog, gate: Gate, tasks: TaskRegistry,
+        attributions: Attributions, jobs: Jobs, executor: Executor,
+        values_hook: ValuesHook | None = None, witness_hook: WitnessHook | None = None,
     ) -> None:  # fmt: skip
-        self.svc, self.jobs = service, jobs
+        self.settings, self.db, self.arrays, self.key = settings, db, arrays, key
+        self.public_key = public_key_hex(key)
+        self.log, self.gate, self.tasks = log, gate, tasks
+        self.attributions, self.jobs, self.executor = attributions, jobs, executor
         self.values_hook: ValuesHook = values_hook or _identity
         self.witness_hook = witness_hook
         self._pending: set[str] = set()  # nonces of challenges being admitted right now
         self._pending_lock = threading.Lock()
-        jobs.step_challenge = self.step
 
     # -- challenges -------------------------------------------------------------------------
     def submit(self, signed: SignedMessage, address: str = LOCAL) -> SessionRow:
@@ -127,7 +142,7 @@ class Sessions:
             raise Unauthorized(str(exc)) from None
         if signed.signer != challenge.verifier_key:
             raise Unauthorized("the challenge must be signed by the key it names")
-        if challenge.prover_key is not None and challenge.prover_key != self.svc.public_key:
+        if challenge.prover_key is not None and challenge.prover_key != self.public_key:
             raise Forbidden("this challenge names another Prover's key")
         with self._pending_lock:  # a copy racing the first gets 409 before it spends any quota
             if challenge.nonce in self._pending:
@@ -140,8 +155,8 @@ class Sessions:
                 self._pending.discard(challenge.nonce)
 
     def _submit(self, signed: SignedMessage, challenge: Challenge, address: str) -> SessionRow:
-        settings = self.svc.settings
-        with self.svc.db() as s:
+        settings = self.settings
+        with self.db() as s:
             held = s.get(NonceRow, challenge.nonce)
             if held is not None:
                 mine = s.scalars(
@@ -155,9 +170,9 @@ class Sessions:
             )
         if challenge.prover_key is None and settings.require_prover_key:
             raise Invalid("this Prover requires the challenge to name its key (prover_key)")
-        self.svc.gate.admit(challenge.verifier_key, address)
-        task = self.svc.task(challenge.task_hash)
-        self.svc.attribution_row(challenge.attribution_hash, challenge.task_hash)
+        self.gate.admit(challenge.verifier_key, address)
+        task = self.tasks.task(challenge.task_hash)
+        self.attributions.row(challenge.attribution_hash, challenge.task_hash)
         n_subsets = challenge.n_subsets  # 4 n on the shared-base layout, 6 n on pairs
         if n_subsets > settings.max_subsets:
             raise TooLarge(f"|E| = {n_subsets} exceeds this Prover's {settings.max_subsets}")
@@ -172,12 +187,12 @@ class Sessions:
             status="training", job_id=os.urandom(16).hex(),
         )  # fmt: skip
         job = JobRow(id=session.job_id, kind="challenge", total=n_subsets,
-                     params_json=json.dumps({"session_id": session.id}))  # fmt: skip
+                     params_json=ChallengeJob(session_id=session.id).to_json())  # fmt: skip
         nonce = NonceRow(nonce=challenge.nonce, verifier_key=challenge.verifier_key)
         est = n_subsets * (task.n_targets * 8 + 64) * 2
         try:
             self.jobs.add(job, [nonce, session], challenge.verifier_key, est,
-                          then=lambda s: self.svc.log.append(s, signed, session.id))  # fmt: skip
+                          then=lambda s: self.log.append(s, signed, session.id))  # fmt: skip
         except IntegrityError:
             raise Conflict("nonce already used: a challenge is never accepted twice") from None
         return session
@@ -185,18 +200,18 @@ class Sessions:
     # -- training ---------------------------------------------------------------------------
     def step(self, job: JobRow) -> bool:
         """Train the next missing chunk of a challenge job (or finish it); True when done."""
-        row = self.get(json.loads(job.params_json)["session_id"])
+        row = self.get(ChallengeJob.of(job).session_id)
         challenge = Challenge.model_validate(json.loads(row.challenge_json)["payload"])
-        task = self.svc.task(row.task_hash, wait=True)  # a resumed job waits for the check
+        task = self.tasks.task(row.task_hash, wait=True)  # a resumed job waits for the check
         design = challenge.design(task.n_train)
-        with self.svc.db() as s:
+        with self.db() as s:
             done = {c.start for c in s.scalars(select(ChunkRow).where(ChunkRow.job_id == job.id))}
         step = max(CHUNK_MODELS, task.chunk_size)
         step -= step % 2
         todo = [(a, b) for a, b in design.chunks(step) if a not in done]
         if todo:
             self.jobs.check_cancelled(job.id)
-            executor = self.jobs.executor
+            executor = self.executor
             wave = [Chunk(a, b, design.masks(a, b), design.seeds(a, b))
                     for a, b in todo[: executor.slots]]  # fmt: skip
             trained = [sum(b - a for a, b in design.chunks(step) if a in done)]
@@ -204,12 +219,12 @@ class Sessions:
             def persist(
                 chunk: Chunk, out: TrainingOutputs | WitnessOutputs
             ) -> None:  # as each arrives
-                vsha = self.svc.arrays.put(array_to_npy("values", out.values)[1])
-                psha = self.svc.arrays.put(array_to_npy("probes", out.probes)[1])
+                vsha = self.arrays.put(array_to_npy("values", out.values)[1])
+                psha = self.arrays.put(array_to_npy("probes", out.probes)[1])
                 wsha = None
                 if isinstance(out, WitnessOutputs):
-                    wsha = self.svc.arrays.put(array_to_npy("witness", out.theta)[1])
-                with self.svc.db.begin() as s:  # a row another process wrote counts as done
+                    wsha = self.arrays.put(array_to_npy("witness", out.theta)[1])
+                with self.db.begin() as s:  # a row another process wrote counts as done
                     insert_once(s, _CHUNKS, {"job_id": job.id, "start": chunk.start,
                                              "stop": chunk.stop, "values_sha": vsha,
                                              "probes_sha": psha, "witness_sha": wsha})  # fmt: skip
@@ -232,19 +247,17 @@ class Sessions:
     def _chunks(self, job_id: str) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None] | None:
         """The chunks' arrays joined (witnesses None unless every chunk has them); None (and
         the damaged chunk forgotten) if one is damaged."""
-        with self.svc.db() as s:
+        with self.db() as s:
             q = select(ChunkRow).where(ChunkRow.job_id == job_id).order_by(ChunkRow.start)
             chunks = list(s.scalars(q))
         parts: list[tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None]] = []
         for c in chunks:
             try:
-                wit = (
-                    None if c.witness_sha is None else _load_npy(self.svc.arrays.get(c.witness_sha))
-                )
-                parts.append((_load_npy(self.svc.arrays.get(c.values_sha)),
-                              _load_npy(self.svc.arrays.get(c.probes_sha)), wit))  # fmt: skip
+                wit = None if c.witness_sha is None else _load_npy(self.arrays.get(c.witness_sha))
+                parts.append((_load_npy(self.arrays.get(c.values_sha)),
+                              _load_npy(self.arrays.get(c.probes_sha)), wit))  # fmt: skip
             except (CorruptArray, KeyError, ValueError):
-                with self.svc.db.begin() as s:
+                with self.db.begin() as s:
                     s.delete(s.get(ChunkRow, (c.job_id, c.start)))
                 return None
         wits = [p[2] for p in parts if p[2] is not None]
@@ -271,19 +284,19 @@ class Sessions:
             raise ProtocolError("probes are not finite; nothing signed")
         vref, vdata = array_to_npy("values", values)
         pref, pdata = array_to_npy("probes", probes)
-        self.svc.arrays.put(vdata)
-        self.svc.arrays.put(pdata)
+        self.arrays.put(vdata)
+        self.arrays.put(pdata)
         wref, wbytes = None, None
         if joined[2] is not None:  # the witness route: theta(S) of every subset, bound here
             wref, wdata = array_to_npy("witness", joined[2].astype(np.float64))
-            self.svc.arrays.put(wdata)
+            self.arrays.put(wdata)
             wbytes = len(wdata)
         manifest = ResponseManifest(session_id=row.id, challenge_digest=row.challenge_digest,
                                     values=vref, probes=pref, device_class=task.device_class,
                                     timestamp=int(now()), witness=wref,
                                     witness_bytes=wbytes)  # fmt: skip
-        signed = sign_message(self.svc.key, manifest)
-        with self.svc.db.begin() as s:
+        signed = sign_message(self.key, manifest)
+        with self.db.begin() as s:
             live = s.get(JobRow, job.id)
             if live is None or live.status == "cancelled":
                 raise JobCancelled(job.id)
@@ -299,19 +312,19 @@ class Sessions:
                 insert_once(s, _SESSION_ARRAYS, {"sha": sha, "session_id": row.id})
             live.status, live.result, live.done = "done", vref.sha256, live.total
             live.updated_at = now()
-            self.svc.log.append(s, signed, row.id)  # logged in the same transaction
+            self.log.append(s, signed, row.id)  # logged in the same transaction
         return True
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, session_id: str) -> SessionRow:
-        with self.svc.db() as s:
+        with self.db() as s:
             row = s.get(SessionRow, session_id)
         if row is None:
             raise NotFound(f"unknown session {session_id!r}")
         return row
 
     def visible(self, verifier_key: str, requester: str | None) -> bool:
-        return self.svc.settings.public_transcripts or requester in (verifier_key, LOCAL)
+        return self.settings.public_transcripts or requester in (verifier_key, LOCAL)
 
     def read(self, session_id: str, requester: str | None) -> SessionRow:
         """The session, for its own Verifier (401 unsigned, 403 another key) or if public."""
@@ -331,10 +344,10 @@ class Sessions:
 
     def array(self, sha: str, requester: str | None) -> bytes:
         """A response's array, for the Verifier of a session that was served it."""
-        if requester != LOCAL and not self.svc.settings.public_transcripts:
+        if requester != LOCAL and not self.settings.public_transcripts:
             if requester is None:
                 raise Unauthorized("arrays are visible to their Verifier only: sign the request")
-            with self.svc.db() as s:
+            with self.db() as s:
                 owners = set(s.scalars(
                     select(SessionRow.verifier_key).join(
                         SessionArrayRow, SessionArrayRow.session_id == SessionRow.id
@@ -342,7 +355,7 @@ class Sessions:
             if requester not in owners:
                 raise NotFound(f"unknown array {sha!r}")
         try:
-            return bytes(self.svc.arrays.get(sha))
+            return bytes(self.arrays.get(sha))
         except KeyError:
             raise NotFound(f"unknown array {sha!r}") from None
 
@@ -369,7 +382,7 @@ class Sessions:
             raise Invalid(str(exc)) from None
         if opened != challenge.spot_check_commitment:
             raise Invalid("the spot-check set and salt do not open the challenge's commitment")
-        with self.svc.db.begin() as s:
+        with self.db.begin() as s:
             result = s.execute(
                 update(SessionRow)
                 .where(SessionRow.id == session_id, SessionRow.verdict_json.is_(None))
@@ -378,7 +391,7 @@ class Sessions:
                 )  # fmt: skip
             )
             if result.rowcount:  # type: ignore[attr-defined]  # Session.execute is typed Result; DML gives a CursorResult
-                self.svc.log.append(s, signed, session_id)
+                self.log.append(s, signed, session_id)
         if not result.rowcount:  # type: ignore[attr-defined]  # Session.execute is typed Result; DML gives a CursorResult
             held = self.get(session_id).verdict_json
             if held is None or SignedMessage.model_validate_json(held).digest != signed.digest:
@@ -395,9 +408,9 @@ class Sessions:
             q = q.where(SessionRow.status == status)
         if verdict:
             q = q.where(SessionRow.verdict == verdict)
-        if not self.svc.settings.public_transcripts and requester != LOCAL:
+        if not self.settings.public_transcripts and requester != LOCAL:
             q = q.where(SessionRow.verifier_key == (requester or ""))
-        with self.svc.db() as s:
+        with self.db() as s:
             return list(s.scalars(q))
 
     def transcript(self, session_id: str, requester: str | None) -> dict[str, Any]:
@@ -406,10 +419,10 @@ class Sessions:
     def transcript_of(self, row: SessionRow) -> dict[str, Any]:
         """The transcript of a session row (``TranscriptOut``'s fields): what
         ``GET /v1/sessions/{id}/transcript`` answers and the ``/audit`` page audits."""
-        attribution, _ = self.svc.attribution(row.attribution_hash)
+        attribution, _ = self.attributions.attribution(row.attribution_hash)
         return {
             "session_id": row.id, "status": row.status, "verdict": row.verdict,
-            "prover_key": self.svc.public_key, "attribution": attribution.model_dump(),
+            "prover_key": self.public_key, "attribution": attribution.model_dump(),
             "challenge": json.loads(row.challenge_json),
             "response": json.loads(row.response_json) if row.response_json else None,
             "verdict_message": json.loads(row.verdict_json) if row.verdict_json else None,

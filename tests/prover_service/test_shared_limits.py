@@ -177,7 +177,7 @@ def test_a_burst_of_reads_gets_429_with_retry_after(tmp_path: Path, frozen: int)
 def test_the_database_ledger_agrees_with_the_memory_reference(tmp_path: Path) -> None:
     """The same sequence of nonces and tokens, at given times, answered alike."""
     service = create_app(make_settings(tmp_path)).state.service
-    ledgers = [auth.MemoryLedger(), auth.DatabaseLedger(service.db)]
+    ledgers = [auth.MemoryRequestStore(), auth.DatabaseRequestStore(service.db)]
     # (nonce, expires_at, t, accepted): a repeat is refused until its row expires
     steps = [("n1", 100.0, 0.0, True), ("n1", 100.0, 50.0, False), ("n2", 10.0, 5.0, True),
              ("n1", 300.0, 101.0, True), ("n1", 400.0, 200.0, False)]  # fmt: skip
@@ -194,7 +194,7 @@ def test_the_database_ledger_agrees_with_the_memory_reference(tmp_path: Path) ->
 @on_both_databases
 def test_expired_nonces_and_idle_buckets_are_pruned(tmp_path: Path) -> None:
     service = create_app(make_settings(tmp_path)).state.service
-    ledger = auth.DatabaseLedger(service.db)
+    ledger = auth.DatabaseRequestStore(service.db)
     assert ledger.spend("a" * 32, "k", 100.0, 0.0) and ledger.take("read", "ip:x", 5, 0.0) == 0
     assert ledger.spend("b" * 32, "k", 500.0, 50.0)  # pruned at 50 s: nothing expired yet
     with service.db() as s:

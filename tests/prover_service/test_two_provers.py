@@ -114,7 +114,7 @@ def test_a_database_error_in_a_job_leaves_no_sql_for_its_owner(tmp_path: Path) -
     task_hash, content, bound = _publish(svc)
     vkey = generate_key()
     sid = svc.submit_challenge(signed_challenge(vkey, task_hash, content, bound)).id
-    real = svc.jobs.step_challenge
+    real = svc.lanes.handlers["challenge"]
     calls = []
 
     def broken(job: JobRow) -> bool:
@@ -124,14 +124,14 @@ def test_a_database_error_in_a_job_leaves_no_sql_for_its_owner(tmp_path: Path) -
         if len(calls) == 2:
             raise KeyError("SELECT * FROM secrets")
         assert real is not None
-        return real(job)
+        return bool(real(job))
 
-    svc.jobs.step_challenge = broken
-    svc.jobs._run_one("challenge")  # the database error: retried later, nothing recorded
+    svc.lanes.handlers["challenge"] = broken
+    svc.lanes.run_one("challenge")  # the database error: retried later, nothing recorded
     with TestClient(app) as client:
         doc = client.get(f"/v1/sessions/{sid}", auth=SignedAuth(vkey)).json()
         assert doc["job"]["status"] in ("queued", "running") and doc["job"]["error"] is None
-        svc.jobs._run_one("challenge")  # a bug: failed, with the exception's type only
+        svc.lanes.run_one("challenge")  # a bug: failed, with the exception's type only
         doc = client.get(f"/v1/sessions/{sid}", auth=SignedAuth(vkey)).json()
         assert doc["status"] == "failed", doc
         assert doc["job"]["error"] == "internal error (KeyError)"
