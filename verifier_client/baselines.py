@@ -27,11 +27,11 @@ from protocol.residual import estimate_residual
 from protocol.sampling import SharedBaseDesign, sample_masks, training_seeds
 from protocol.signing import SignedMessage
 from protocol.tasks import Task, TaskBase
+from verifier_client.options import Sizes, Verification
 from verifier_client.store import Record
 
 if TYPE_CHECKING:
     from protocol.sampling import Design
-    from verifier_client.session import Run, Sizes
 
 __all__ = [
     "LOOK_DELTA", "LOOK_MAX_SHARE", "alone_looks", "first_look", "fresh_mse",
@@ -84,7 +84,7 @@ def first_look(
     return best, chance
 
 
-def fresh_mse(run: Run, task: Task, model: Datamodel, count: int) -> NDArray[np.float64]:
+def fresh_mse(run: Verification, task: Task, model: Datamodel, count: int) -> NDArray[np.float64]:
     """MSE of g per target on ``count`` fresh subsets trained here with fresh seeds."""
     seed = run.random("fresh", 32)
     masks = sample_masks(seed, task.n_train, run.opts.p, range(count), domain="fresh")
@@ -95,7 +95,7 @@ def fresh_mse(run: Run, task: Task, model: Datamodel, count: int) -> NDArray[np.
 
 
 def residual_decision(
-    run: Run, task: Task, model: Datamodel, design: Design, values: NDArray[np.float64],
+    run: Verification, task: Task, model: Datamodel, design: Design, values: NDArray[np.float64],
     spot: EquivReport | None,
 ) -> Decision:  # fmt: skip
     """The paper's test: MSE-hat (fresh samples) - B-hat_{>=2} (from E) <= the threshold."""
@@ -117,7 +117,7 @@ def residual_decision(
 
 
 def run(
-    run: Run, task: TaskBase, task_hash: str, content: str, model: Datamodel,
+    run: Verification, task: TaskBase, task_hash: str, content: str, model: Datamodel,
     record: Record | None, sizes: Sizes | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The non-interactive or the naive protocol, recorded like the interactive one
@@ -202,7 +202,7 @@ def alone_looks(
     return decision, looks[-1]
 
 
-def _record(run: Run, task_hash: str, content: str, protocol: str) -> Record:
+def _record(run: Verification, task_hash: str, content: str, protocol: str) -> Record:
     record = Record(
         id=os.urandom(16).hex(),
         prover_url=run.url,

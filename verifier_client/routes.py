@@ -47,10 +47,10 @@ from protocol.messages import LIMITS
 from protocol.sampling import subsets_per_base
 from protocol.tasks import TaskBase
 from protocol.tasks.certifiable import certifiable_of
+from verifier_client.options import Sizes, Verification
 
 if TYPE_CHECKING:
     from protocol.datamodel import Datamodel
-    from verifier_client.session import Run, Sizes
 
 __all__ = ["ROUTES", "RouteCost", "choose", "plan_routes", "plan_sentence"]
 
@@ -111,22 +111,24 @@ def spot_trainings(sizes: Sizes, per_base: int) -> int:
     return groups * per_base
 
 
-def witness_check_cost(run: Run, task: TaskBase, rows: int = 32) -> float | None:
+def witness_check_cost(run: Verification, task: TaskBase, rows: int = 32) -> float | None:
     """Seconds of one witness check (a gradient pass over one subset) over the seconds of one
     local training, both measured here; None if the task is not certifiable."""
     cert = certifiable_of(task)
-    if cert is None or run._pilot is None:
+    if cert is None or run.held_pilot is None:
         return None
-    masks = run._pilot.masks[:rows]
+    masks = run.held_pilot.masks[:rows]
     theta = np.zeros((len(masks), cert.n_params), dtype=np.float64)
     cert.gradients(theta, masks)  # warm-up (first-call set-up is not a per-check cost)
     t0 = time.perf_counter()
     cert.gradients(theta, masks)
     per_check = (time.perf_counter() - t0) / len(masks)
-    return per_check / max(run._pilot.seconds_per_training, 1e-9)
+    return per_check / max(run.held_pilot.seconds_per_training, 1e-9)
 
 
-def plan_routes(run: Run, task: TaskBase, model: Datamodel, prover_cap: int) -> list[RouteCost]:
+def plan_routes(
+    run: Verification, task: TaskBase, model: Datamodel, prover_cap: int
+) -> list[RouteCost]:
     """Every route's plan and cost for this task, epsilon, delta and aggregate (module doc)."""
     per_base = subsets_per_base(run.opts.layout)
     interactive = run.sizes(task, model, prover_cap, trusted=False, quiet=True)

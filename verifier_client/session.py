@@ -47,8 +47,8 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Literal, cast, get_args
+from dataclasses import replace
+from typing import Any, Literal
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -72,7 +72,7 @@ from protocol.datamodel import Datamodel
 from protocol.decision import Decision, abort_decision, certify_challenge, decide
 from protocol.errors import BadResponseError, InvalidParameterError, VerificationError
 from protocol.evaluation import evaluate_with_probes, run_task
-from protocol.messages import LIMITS, Challenge, ResponseManifest, Verdict, commit_spot_checks
+from protocol.messages import Challenge, ResponseManifest, Verdict, commit_spot_checks
 from protocol.sampling import Design, make_design, subsets_per_base
 from protocol.signing import SignedMessage, public_key_hex, sign_message
 from protocol.tasks import Task, TaskBase, load_task, spec_hash
@@ -82,6 +82,7 @@ from verifier_client import routes
 from verifier_client.baselines import LOOK_DELTA, LOOK_MAX_SHARE, first_look
 from verifier_client.cancel import cancel_on_interrupt
 from verifier_client.client import ProverClient, ProverRefused
+from verifier_client.options import Options, Pilot, Sizes, protocol_name
 from verifier_client.store import Record, VerifierStore
 
 __all__ = ["Options", "Pilot", "Run", "Sizes", "run_verification", "train_local"]
@@ -92,141 +93,11 @@ SIZING_MARGIN = 1.25  # the pilot's spread is itself an estimate: plan for 25 % 
 DESIGN_LABELS = ("pilot", "challenge", "fresh")  # what a seed may fix: the Prover sees E anyway
 
 
-ProtocolName = Literal["auto", "interactive", "noninteractive", "naive", "witness"]
-
-
-def protocol_name(text: str) -> ProtocolName:
-    """A protocol's name read back from a record or a route (refused if unknown)."""
-    for name in get_args(ProtocolName):
-        if text == name:
-            return cast("ProtocolName", name)
-    raise InvalidParameterError(f"unknown protocol {text!r}; one of {get_args(ProtocolName)}")
-
-
-@dataclass(frozen=True)
-class Options:
-    """What to verify and how much to spend. ``pairs_per_level`` (bases, for the shared-base
-    layout) and ``spot_checks`` left at None are chosen from ε (module doc)."""
-
-    task: str
-    epsilon: float
-    delta: float = 0.05
-    relative: bool = False  # epsilon is a fraction of Var f (the mean over targets)
-    aggregate: Literal["mean", "max"] = "mean"
-    # auto: clt where protocol.certificate.clt_refusal allows, else betting
-    validity: Literal["auto", "betting", "clt", "finite"] = "auto"
-    layout: Literal["pairs", "shared-base"] = "shared-base"
-    protocol: ProtocolName = "auto"  # auto: the cheapest route that reaches epsilon (routes)
-    estimator: Literal["gap", "residual"] = "gap"
-    pairs_per_level: int | None = None
-    spot_checks: int | None = None
-    spot_fraction: float = 0.1
-    pilot: int = 32
-    max_prover_trainings: int = LIMITS["n_subsets"]
-    fresh_samples: int = 0
-    tau: float | None = None  # CHECKEQUIV tolerance; None: the task's; never below the task's
-    witness_limit: float | None = None  # witness route: per-value bound; None: 1 % of epsilon
-    rho0: float = 0.2
-    p: float = 0.5
-    honest_err: float = 0.0  # baselines only: their threshold is (epsilon + honest_err) / 2
-    attribution: str = "latest"  # a content hash, "latest" (reuse, with a note) or "new"
-    method: str = "ridge"
-    budget: int = 2000
-    poll_s: float = 0.25
-    timeout_s: float = 3600.0
-    seed: bytes | None = None  # fixes the design (pilot, E, fresh samples), never a secret
-    secrets_seed: bytes | None = None  # tests only (verify() refuses it): nonce, salt, spots
-    # plan only: the smallest epsilon each route reaches within this many trainings here (no
-    # epsilon needed, no challenge sent: Run.reach)
-    reach_trainings: int | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()  # once, when built (and again by every dataclasses.replace)
-
-    def validate(self) -> None:
-        """Refuse bad options before any traffic (the user's error, not the Prover's); run when
-        the options are built, so an ``Options`` that exists is a valid one."""
-        choices = {
-            "protocol": (
-                self.protocol,
-                get_args(ProtocolName),
-            ),
-            "estimator": (self.estimator, ("gap", "residual")),
-            "aggregate": (self.aggregate, ("mean", "max")),
-            "validity": (self.validity, ("auto", "betting", "clt", "finite")),
-            "layout": (self.layout, ("pairs", "shared-base")),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise InvalidParameterError(f"unknown {name} {value!r}; one of {allowed}")
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0) or not 0 < self.delta < 1:
-            raise InvalidParameterError("need epsilon > 0 and delta in (0, 1)")
-        if self.relative and self.epsilon >= 1:
-            raise InvalidParameterError("a relative epsilon is a fraction of Var f, below 100 %")
-        if not 0 <= self.honest_err < self.epsilon:
-            raise InvalidParameterError("honest_err must lie in [0, epsilon)")
-        if self.pairs_per_level is not None and self.pairs_per_level < 2:
-            raise InvalidParameterError("need at least 2 pairs (bases) per level")
-        if (self.spot_checks is not None and self.spot_checks < 0) or self.fresh_samples < 0:
-            raise InvalidParameterError("sample sizes must be non-negative")
-        if not 0 < self.spot_fraction < 1 or self.pilot < 4:
-            raise InvalidParameterError("need 0 < spot_fraction < 1 and a pilot of >= 4 bases")
-        if self.protocol == "naive" and self.fresh_samples < 2:
-            raise InvalidParameterError("the naive protocol needs --fresh >= 2")
-        if self.estimator == "residual" and self.protocol != "naive" and self.fresh_samples < 2:
-            raise InvalidParameterError("the residual estimator needs --fresh >= 2 samples")
-        if self.tau is not None and not (math.isfinite(self.tau) and self.tau >= 0):
-            raise InvalidParameterError(f"tau must be finite and >= 0; got {self.tau!r}")
-        if self.reach_trainings is not None:
-            if self.reach_trainings < 1:
-                raise InvalidParameterError("--reach needs a budget of at least 1 training")
-            if self.relative or self.pairs_per_level is not None or self.spot_checks is not None \
-                    or self.protocol not in ("auto", "interactive", "noninteractive", "witness") \
-                    or self.estimator != "gap":  # fmt: skip
-                raise InvalidParameterError(
-                    "--reach plans every route from the pilot: it takes no --epsilon, --pairs "
-                    "or --spot-checks, and the gap estimator only"
-                )
-
-    def tau_for(self, task: TaskBase) -> float:
-        """The CHECKEQUIV tolerance of a challenge: the task's declared tau, or a larger one the
-        Verifier asks for; a smaller one is refused (honest runs could then differ by more)."""
-        if self.tau is None:
-            return task.tau
-        if self.tau < task.tau:
-            raise InvalidParameterError(
-                f"--tau {self.tau:g} is below the tau = {task.tau:g} task {task.name!r} declares: "
-                "honest runs may differ by that much"
-            )
-        return self.tau
-
-    @property
-    def threshold(self) -> float:
-        """The baselines' threshold, (epsilon + honest_err) / 2."""
-        return (self.epsilon + self.honest_err) / 2.0
-
-
 def train_local(
     task: Task, masks: NDArray[np.bool_], seeds: NDArray[np.uint64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
     """V's own training: values and CHECKEQUIV probes."""
     return evaluate_with_probes(task, masks, seeds)
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """The sizes of one challenge, where they came from, and the prediction to check."""
-
-    epsilon: float  # absolute units
-    delta: float  # left for the certificate (a relative epsilon spends delta / 4)
-    pairs_per_level: int
-    spot_checks: int
-    source: str
-    predicted_width: float | None = None
-    variance_lower_bound: float | None = None
-    pilot_trainings: int = 0
-    looks: tuple[int, ...] = ()  # checking alone: the bases certified at each look (baselines)
-    first_look_chance: float | None = None  # the plan's chance that the first look certifies
 
 
 def smallest_fitting(fits: Callable[[float], bool], start: float, steps: int) -> float | None:
@@ -272,21 +143,6 @@ def cut_note(source: str) -> str:
             "epsilon asks for, so an honest Prover may be aborted")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Pilot:
-    """The Verifier's pilot: its design and masks, its values, the committed g's predictions,
-    epsilon in absolute units (and Var f's lower bound when epsilon was relative) and the
-    seconds one local training took."""
-
-    design: Design
-    masks: NDArray[np.bool_]
-    values: NDArray[np.float64]
-    predictions: NDArray[np.float64]
-    epsilon: float
-    var_lb: float | None
-    seconds_per_training: float
-
-
 class Run:
     """The state of one verification: client, store, key, options, timers, counters."""
 
@@ -308,7 +164,7 @@ class Run:
         self.times: dict[str, float] = {}
         self.local_trainings = 0
         self.device_class = ""  # the Prover's, from its signed response
-        self._pilot: Pilot | None = None
+        self._pilot: Pilot | None = None  # measured once (pilot), read by routes (held_pilot)
         self.routes: dict[str, Any] | None = None  # every route's plan (choose_route)
 
     def random(self, label: str, n: int) -> bytes:
@@ -370,6 +226,11 @@ class Run:
         return content, model
 
     # 2. size: from epsilon ------------------------------------------------------------------
+    @property
+    def held_pilot(self) -> Pilot | None:
+        """The pilot, if it has been trained (:meth:`pilot`); None before."""
+        return self._pilot
+
     def pilot(self, task: TaskBase, model: Datamodel) -> Pilot:
         """The local pilot (trained once, shared by every route's plan): its values, the
         committed g's predictions on it, and epsilon in absolute units."""

@@ -12,7 +12,7 @@ the plain task's and both parties know which one they train):
   followed by a float64 Newton-PCG polish (:meth:`MultinomialProblem.polish`) to the rounding
   floor; honest runs then differ by rounding only, and the declared tau (1e-9) still holds.
 
-The certifiable extension (:meth:`DigitsLogReg.certifiable`) is the
+The certifiable extension (:meth:`protocol.tasks.digits_logreg.DigitsLogReg.certifiable`) is the
 :class:`~protocol.tasks.multinomial.MultinomialProblem` on the same pool and targets, whose
 ``witnesses`` run the same L-BFGS and polish only until the per-value bound the challenge asks
 for (:mod:`protocol.witness`).
@@ -20,24 +20,46 @@ for (:mod:`protocol.witness`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from protocol.tasks.digits_data import DigitsData
 from protocol.tasks.multinomial import MultinomialProblem
 
-if TYPE_CHECKING:
-    from protocol.tasks.digits_logreg import DigitsLogReg
-
-__all__ = ["EVALUATE_GRADIENT_TOL", "certified_chunk", "certified_problem", "certified_spec"]
+__all__ = [
+    "EVALUATE_GRADIENT_TOL",
+    "CertifiableLogReg",
+    "certified_chunk",
+    "certified_problem",
+    "certified_spec",
+]
 
 # evaluate() polishes until ||grad|| <= this (or the rounding floor stops it): per-value bounds
 # of <= 35 * 1e-10 / l2, far below the declared tau.
 EVALUATE_GRADIENT_TOL = 1e-10
 
 
-def certified_problem(task: DigitsLogReg) -> MultinomialProblem:
+class CertifiableLogReg(Protocol):
+    """What this module reads of the task (:class:`protocol.tasks.digits_logreg.DigitsLogReg`,
+    which imports this module; the protocol keeps the dependency one way)."""
+
+    data: DigitsData
+    l2: float
+    bound: float
+    p: float
+    device: torch.device
+
+    @property
+    def probe_inputs(self) -> torch.Tensor: ...
+
+    def solve(self, weights: torch.Tensor) -> torch.Tensor: ...
+
+    def logits(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def certified_problem(task: CertifiableLogReg) -> MultinomialProblem:
     """The task's certifiable problem, whose warm solver is the task's L-BFGS."""
     data = task.data
     problem = MultinomialProblem(
@@ -53,7 +75,7 @@ def certified_problem(task: DigitsLogReg) -> MultinomialProblem:
     return problem
 
 
-def certified_spec(task: DigitsLogReg) -> dict[str, Any]:
+def certified_spec(task: CertifiableLogReg) -> dict[str, Any]:
     """The spec keys ``certifiable=1`` adds (module doc)."""
     return {
         "certifiable": 1,
@@ -65,7 +87,7 @@ def certified_spec(task: DigitsLogReg) -> dict[str, Any]:
 
 
 def certified_chunk(
-    task: DigitsLogReg, problem: MultinomialProblem, masks: torch.Tensor
+    task: CertifiableLogReg, problem: MultinomialProblem, masks: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Margins (K, Z) float64 at the polished optimum and probe logits (K, 16, 10)."""
     m = masks.cpu().numpy().astype(bool)
@@ -73,4 +95,4 @@ def certified_chunk(
     theta, _ = problem.polish(problem.warm_solver(m), m, EVALUATE_GRADIENT_TOL)
     margins = torch.from_numpy(problem.raw_outputs(theta))
     w = torch.tensor(np.ascontiguousarray(theta.T), dtype=torch.float64, device=task.device)
-    return margins, task.logits(w, task._xp.double())
+    return margins, task.logits(w, task.probe_inputs.double())

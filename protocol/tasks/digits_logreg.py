@@ -266,6 +266,11 @@ class DigitsLogReg(TrainedTask):
         """Fine-tune copies of ``start`` (D C, 1) on weighted pools (K, N): (D C, K)."""
         return self.solve(weights, linear, start.repeat(1, weights.shape[0]))
 
+    @property
+    def probe_inputs(self) -> torch.Tensor:
+        """The probes' inputs (P, D), as the models see them."""
+        return self._xp
+
     def logits(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits (K, T, C) of the models in w (D C, K) on inputs x (T, D)."""
         k = w.shape[1]
