@@ -51,6 +51,7 @@ from protocol.adversaries import (  # noqa: E402
 from protocol.certificate import (  # noqa: E402
     CLT_MIN_EVENTS,
     certify,
+    clt_fewest,
     default_validity,
     max_undetected,
     pass_probability,
@@ -136,25 +137,39 @@ def run(
     pilot_g = with_err(task, epsilon / 2)
     sd, mse = pilot_figures(task.evaluate(masks, seeds), pilot_g.predict(masks), design, aggregate)  # type: ignore[arg-type]
     split = task.n_targets if aggregate == "max" else 1
-    per_j = 4 if layout == "shared-base" else 6
+    shared = layout == "shared-base"
+    per_j = 4 if shared else 6
     pl = plan_certificate(
         epsilon, delta, sd_pair_sum=1.1 * sd, mse=1.1 * mse, rhos=RHOS,
-        spot_fraction=frac * per_j / 6, n_targets_split=split,
+        spot_fraction=frac, n_targets_split=split, layout=layout,
     )  # fmt: skip
     n = pl.pairs_per_level
     n_sub = per_j * n
-    k = pl.spot_checks
-    m_star = max_undetected(n_sub, k, delta / 2)
+    validity = default_validity(0.5, n) if shared else "betting"
+    if shared:  # whole bases, as the session draws them: m* and the counts are in bases
+        k = min(n, math.ceil(frac * n))
+        if validity == "clt":  # the session's raise: clt holds on the checked bases too
+            k = max(k, min(n, clt_fewest(0.5)))
+        m_star = max_undetected(n, k, delta / 2)
+        m_grid = strategic_counts(n, k, delta / 2)
+    else:
+        k = pl.spot_checks
+        m_star = max_undetected(n_sub, k, delta / 2)
+        m_grid = strategic_counts(n_sub, k, delta / 2)
     models = {c: with_err(task, c * epsilon) for c in MULTIPLIERS}
+    ranges = {c: g.output_range() for c, g in models.items()}
     truth = {c: float(np.max(task.err(g))) for c, g in models.items()}
-    m_grid = strategic_counts(n_sub, k, delta / 2)
     acc: dict[str, list[float]] = {}
     cert_eps: dict[float, list[float]] = {c: [] for c in MULTIPLIERS}
     bounds: dict[tuple[str, float, int], list[float]] = {}
 
-    def certificate(values: Any, preds: Any) -> Any:
+    def certificate(values: Any, preds: Any, c: float, checked: Any = None) -> Any:
+        if not shared:
+            return certify(values, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
+                           spot_checks=k, bound=task.bound)  # fmt: skip
         return certify(values, preds, design, delta=delta, aggregate=aggregate,  # type: ignore[arg-type]
-                       spot_checks=k, bound=task.bound)  # fmt: skip
+                       checked=checked, bound=task.bound, validity=validity,  # type: ignore[arg-type]
+                       prediction_range=ranges[c])  # fmt: skip
 
     def before(values: Any, preds: Any) -> bool | None:
         if layout != "pairs":
@@ -174,7 +189,7 @@ def run(
         f = task.evaluate(masks, seeds)
         for c, g in models.items():
             preds = g.predict(masks)
-            cert = certificate(f, preds)
+            cert = certificate(f, preds, c, rng.choice(n, k, replace=False) if shared else None)
             cert_eps[c].append(cert.certified_epsilon)
             acc.setdefault(f"honest|{c}|0|after", []).append(float(cert.accepts(epsilon)))
             if c < 1.0:
@@ -182,8 +197,19 @@ def run(
             for name in ADVERSARIES:
                 for m in m_grid:
                     bad = corrupt(name, f, preds, m)
-                    seen = certificate(bad, preds)
-                    w = pass_probability(len(f), m, k)
+                    if shared:  # the check passes iff every checked base is clean: weight
+                        # by its probability, draw the checked bases among the clean ones
+                        touched = np.unique(np.flatnonzero(np.any(bad != f, axis=1)) // 4)
+                        w = pass_probability(n, len(touched), k)
+                        clean = np.setdiff1d(np.arange(n), touched)
+                        seen = certificate(bad, preds, c, rng.choice(clean, k, replace=False)) \
+                            if w > 0 else None  # fmt: skip
+                    else:
+                        w = pass_probability(len(f), m, k)
+                        seen = certificate(bad, preds, c)
+                    if seen is None:
+                        acc.setdefault(f"{name}|{c}|{m}|after", []).append(0.0)
+                        continue
                     acc.setdefault(f"{name}|{c}|{m}|after", []).append(w * seen.accepts(epsilon))
                     bounds.setdefault((name, c, m), []).append(seen.certified_epsilon)
                     old = before(bad, preds)
@@ -204,7 +230,9 @@ def run(
     return {
         "layout": layout, "aggregate": aggregate, "epsilon": epsilon, "delta": delta,
         "spot_fraction": frac,
+        "validity": validity,
         "plan": {"pairs_per_level": n, "n_subsets": n_sub, "spot_checks": k,
+                 "spot_checks_are": "bases" if shared else "subsets",
                  "max_corrupted": m_star, "planner_max_corrupted": pl.max_corrupted,
                  "predicted_width": pl.predicted_width, "parts": pl.parts, "pilot_sd": sd,
                  "pilot_mse": mse},

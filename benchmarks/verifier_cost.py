@@ -44,7 +44,7 @@ from protocol.signing import generate_key
 from protocol.tasks import load_task
 from verifier_client.baselines import alone_looks
 from verifier_client.routes import choose, plan_routes, spot_trainings
-from verifier_client.session import Options, Run
+from verifier_client.run import Options, Run
 
 # epsilon per task as shares of the pilot's Var f lower bound would move with the pilot; the
 # cells are absolute, chosen so the honest ridge attribution (err in brackets) is certifiable.

@@ -6,7 +6,7 @@ An attribution is a datamodel stored in the array store under its content hash, 
 It is computed by an attribution job (:meth:`Attributions.submit`, run on the attribution lane
 by :meth:`Attributions.run`), calibrated from uploaded scores (:meth:`Attributions.submit_import`)
 or published as given (:meth:`Attributions.publish_datamodel`). A cheating Prover's hook
-(``tamper``, :mod:`prover_service.adversary`) sees each datamodel before it is signed; the honest
+(``tamper``, :mod:`prover_service.cheating`) sees each datamodel before it is signed; the honest
 path calls the identity.
 """
 

@@ -34,13 +34,13 @@ from protocol.messages import LIMITS, Provenance, ResponseManifest, array_from_n
 from protocol.sampling import ChallengeDesign, SharedBaseDesign
 from protocol.signing import SignedMessage, load_private_key, public_key_hex
 from protocol.tasks import TaskBase
-from prover_service.adversary import Adversary, parse_adversary
 from prover_service.arrays import ArrayStore
 from prover_service.attribution import AttributionResult
 from prover_service.attribution.calibration import LoadedScores
 from prover_service.audit_cache import AuditCache
 from prover_service.audit_page import SessionAudit, audit_session
 from prover_service.auth import LOCAL, Gate
+from prover_service.cheating import Adversary, parse_adversary
 from prover_service.errors import Forbidden, Unauthorized
 from prover_service.executor import executor_from_settings
 from prover_service.jobs import Jobs, Lanes

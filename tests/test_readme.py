@@ -20,7 +20,7 @@ from typer.main import get_command
 from prover_service.cli import app as prover_app
 from verifier_client.api import verify
 from verifier_client.cli import app as verifier_app
-from verifier_client.session import Options
+from verifier_client.run import Options
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()

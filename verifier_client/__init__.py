@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from verifier_client.api import verify
     from verifier_client.report import summary_lines
-    from verifier_client.session import Options, run_verification
+    from verifier_client.run import Options, run_verification
 
 __all__ = ["Options", "run_verification", "summary_lines", "verify"]
 
 # Imported on first access, so that ``vda-verifier --help`` does not load the store (sqlalchemy).
 _LAZY = {
-    "Options": "verifier_client.session",
-    "run_verification": "verifier_client.session",
+    "Options": "verifier_client.run",
+    "run_verification": "verifier_client.run",
     "summary_lines": "verifier_client.report",
     "verify": "verifier_client.api",
 }

@@ -24,7 +24,7 @@ from protocol.sampling import seed_from_text
 from protocol.signing import load_private_key
 from verifier_client.client import ProverClient
 from verifier_client.limits import prover_http
-from verifier_client.session import Notify, Options, Progress, run_verification
+from verifier_client.run import Notify, Options, Progress, run_verification
 from verifier_client.store import VerifierStore
 
 __all__ = ["parse_epsilon", "verify"]
@@ -72,7 +72,7 @@ def verify(
     signing key (a PEM file or the key); ``db`` where the record goes (``history``/``show``
     read it); ``seed`` fixes the design (the pilot, the challenge's subsets and training seeds:
     repeatable figures), never a secret: the nonce, salt and spot-checks are always random.
-    ``options`` are :class:`~verifier_client.session.Options` fields: ``delta``, ``aggregate``,
+    ``options`` are :class:`~verifier_client.run.Options` fields: ``delta``, ``aggregate``,
     ``pairs_per_level``, ``spot_checks``, ``method``, ``budget``, ``attribution``, ...
     With ``epsilon=None`` and ``reach_trainings=N`` it only plans: no challenge is sent, and the
     result (``plan_only``) holds, per route, the smallest epsilon its plan reaches within N

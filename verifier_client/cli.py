@@ -446,7 +446,7 @@ def verify(
     """Verify a Prover's attribution; exit 0 accept, 1 abort, 2 error. With --reach N instead
     of --epsilon, plan only: the smallest epsilon each route reaches within N trainings here
     (exit 0; no challenge is sent)."""
-    from verifier_client.session import Options
+    from verifier_client.run import Options
 
     signing_key = _load_key(key, key_env)
     fields: dict[str, Any] = dict(

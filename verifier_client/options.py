@@ -1,8 +1,8 @@
 """What a verification is asked to do and what it measured: the options (validated once, when
 built), the sizes of a challenge, the pilot, and :class:`Verification`, the face of a running
-verification (:class:`verifier_client.session.Run`) that the routes and the baselines see.
+verification (:class:`verifier_client.run.Run`) that the routes and the baselines see.
 
-This module imports nothing of the Verifier's own, so :mod:`verifier_client.session`,
+This module imports nothing of the Verifier's own, so :mod:`verifier_client.run`,
 :mod:`verifier_client.routes` and :mod:`verifier_client.baselines` all import it and none of
 them imports another for its types.
 """
@@ -178,7 +178,7 @@ class Pilot:
 
 class Verification(Protocol):
     """A running verification as the routes and the baselines use it (the one implementation is
-    :class:`verifier_client.session.Run`)."""
+    :class:`verifier_client.run.Run`)."""
 
     client: ProverClient
     store: VerifierStore

@@ -79,7 +79,7 @@ def asked(result: dict[str, Any]) -> str:
 
 
 def _cells(store: VerifierStore, row: Record) -> tuple[str, ...]:
-    from verifier_client.session import result_of
+    from verifier_client.run import result_of
 
     r = result_of(store, row.id, None)
     cert = r.get("certified_epsilon")
@@ -116,7 +116,7 @@ def history(db: DbOpt = "sqlite:///verifier.db", json_out: JsonOpt = False) -> N
 
 def show_lines(store: VerifierStore, row: Record) -> list[str]:
     """The readable summary of one record: what was asked of whom, when, and the verdict."""
-    from verifier_client.session import result_of
+    from verifier_client.run import result_of
 
     r = result_of(store, row.id, None)
     lines = [

@@ -19,7 +19,7 @@ MEANING = (
     "epsilon is accepted at most delta of the time.",
 )
 
-# Which recorded phase each side spent its time in (verifier_client/session.py names them).
+# Which recorded phase each side spent its time in (verifier_client/run.py names them).
 _PROVER = {"attribution": "attribution", "prover_training": "challenge trainings"}
 _VERIFIER = {"pilot": "pilot", "spot_checks": "spot-checks", "certificate": "certificate",
              "fresh_samples": "fresh samples", "local_training": "local trainings"}  # fmt: skip

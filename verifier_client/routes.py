@@ -16,7 +16,7 @@ Three routes certify the same err(g) <= epsilon at the same delta:
   and certifies its own f(theta) with m* = 0 and a per-value tau.
 
 Every route starts from the same local pilot (already spent, so it is left out of the
-comparison). Each route is then sized by :meth:`verifier_client.session.Run.sizes` (the
+comparison). Each route is then sized by :meth:`verifier_client.run.Run.sizes` (the
 interactive planner, or the trusted one with m* = 0), and costed in the Verifier's
 **training-equivalents**: a spot-check or an own training is one; a witness check is the
 measured seconds of one gradient pass over a subset divided by the pilot's seconds per

@@ -27,7 +27,7 @@ from prover_service.tables import SessionRow
 from tests.databases import db_url, on_both_databases
 from tests.serving import serve, verifier_db
 from verifier_client.client import ProverClient
-from verifier_client.session import Options, run_verification
+from verifier_client.run import Options, run_verification
 from verifier_client.store import VerifierStore
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")

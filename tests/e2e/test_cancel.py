@@ -23,7 +23,7 @@ from tests.databases import db_url
 from tests.serving import serve, verifier_db
 from verifier_client.cli import app as verifier_cli
 from verifier_client.client import ProverClient, ProverRefused
-from verifier_client.session import Options, run_verification
+from verifier_client.run import Options, run_verification
 from verifier_client.store import VerifierStore
 
 TASK = "planted:n_train=20,n_targets=2"

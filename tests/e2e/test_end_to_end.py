@@ -28,7 +28,7 @@ from tests.databases import on_both_databases
 from tests.serving import serve_prover, verifier_db
 from verifier_client.audit import audit, fetch_bundle
 from verifier_client.client import ProverClient, TransportError
-from verifier_client.session import Options, Run, run_verification
+from verifier_client.run import Options, Run, run_verification
 from verifier_client.store import VerifierStore
 
 TASK = "planted:n_train=20,n_targets=2"

@@ -20,7 +20,7 @@ import httpx
 from protocol.signing import generate_key
 from tests.serving import serve_prover
 from verifier_client.client import ProverClient
-from verifier_client.session import Options, run_verification
+from verifier_client.run import Options, run_verification
 from verifier_client.store import VerifierStore
 
 MLP = "digits-mlp:steps=10,hidden=16,batch=16"

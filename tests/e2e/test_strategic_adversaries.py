@@ -28,7 +28,7 @@ from protocol.certificate import max_undetected
 from protocol.signing import generate_key
 from tests.serving import serve_prover
 from verifier_client.client import ProverClient
-from verifier_client.session import Options, run_verification
+from verifier_client.run import Options, run_verification
 from verifier_client.store import VerifierStore
 
 TASK = "planted:n_train=20,n_targets=2"

@@ -13,7 +13,7 @@ from tests.databases import on_both_databases
 from tests.e2e.test_end_to_end import KEY, TASK, _verify, prover
 from tests.serving import verifier_db
 from verifier_client.client import ProverClient, TransportError
-from verifier_client.session import Options, run_verification
+from verifier_client.run import Options, run_verification
 from verifier_client.store import VerifierStore
 
 

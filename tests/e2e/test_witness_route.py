@@ -27,7 +27,7 @@ from protocol.witness_adversaries import WITNESS_ATTACKS
 from tests.serving import serve_prover
 from verifier_client.audit import audit, fetch_bundle
 from verifier_client.client import ProverClient
-from verifier_client.session import Options, run_verification
+from verifier_client.run import Options, run_verification
 from verifier_client.store import VerifierStore
 
 TASK = "digits-logreg:certifiable=1"

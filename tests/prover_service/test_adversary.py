@@ -8,7 +8,7 @@ import pytest
 
 from protocol.adversaries import corrupt_extreme, corrupt_quiet
 from protocol.errors import InvalidParameterError
-from prover_service.adversary import parse_adversary
+from prover_service.cheating import parse_adversary
 from tests.protocol.test_certificate import RHOS, TASK, with_err
 from tests.simulate import simulate_design, simulate_shared_design
 

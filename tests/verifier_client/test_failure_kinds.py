@@ -24,7 +24,7 @@ from prover_service.app import create_app
 from prover_service.service import ProverService
 from tests.prover_service.conftest import OWNER, Prover, make_settings
 from verifier_client.client import ProverClient, TransportError
-from verifier_client.session import Options, run_verification
+from verifier_client.run import Options, run_verification
 from verifier_client.store import VerifierStore
 
 TASK = "planted:n_train=20,n_targets=2"

@@ -16,7 +16,7 @@ from protocol.signing import generate_key, save_private_key
 from tests.serving import serve_prover
 from verifier_client.cli import app
 from verifier_client.routes import RouteCost, choose, plan_sentence, spot_trainings
-from verifier_client.session import Sizes
+from verifier_client.run import Sizes
 
 runner = CliRunner()
 TASK = "planted:n_train=20,n_targets=2"
@@ -118,7 +118,7 @@ def test_a_forced_witness_route_on_a_task_that_has_none_is_refused_before_the_pr
 
 
 def test_a_cut_plan_says_the_epsilon_it_can_reach() -> None:
-    from verifier_client.session import reachable_epsilon
+    from verifier_client.run import reachable_epsilon
 
     def bases_for(eps: float) -> int:  # a width ~ 1 / sqrt(n): n = (2 / eps)^2
         return math.ceil((2.0 / eps) ** 2)
@@ -138,7 +138,7 @@ def test_under_clt_the_interactive_route_checks_as_many_bases_as_clt_needs(
 
     from protocol.certificate import default_validity
     from protocol.tasks import load_task
-    from verifier_client.session import Options, Run
+    from verifier_client.run import Options, Run
 
     task = load_task(TASK)
     opts = Options(task=TASK, epsilon=0.6, p=p, seed=b"5")
@@ -171,7 +171,7 @@ def test_reach_says_the_smallest_epsilon_within_a_budget_and_verify_keeps_to_it(
         assert plan["best"] in ("interactive", "noninteractive")
         text = runner.invoke(app, [*base, "--reach", str(budget)])
         assert text.exit_code == 0 and "Smallest:" in text.stdout, text.stdout[-600:]
-        assert verifier_client.session.VerifierStore(db).all() == []  # nothing sent or recorded
+        assert verifier_client.run.VerifierStore(db).all() == []  # nothing sent or recorded
 
         def planned(epsilon: float) -> dict[str, object]:
             done = runner.invoke(app, [*base, "--epsilon", f"{epsilon:.6g}", "--protocol",
