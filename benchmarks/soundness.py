@@ -4,9 +4,11 @@ On a planted task with exact err (N = 20, Z = 4, B0 = 0.2, B1 = 4, B2 = 0.3, B3 
 noise 0.2), datamodels g_c = Phi with its slopes scaled so that err = c epsilon exactly, for
 c in (0, 1/4, 1/2, 1, 5/4, 2). Either layout (``--layout``; the Verifier's default is
 ``shared-base``). Sizes from :func:`protocol.certificate.plan_certificate` with a pilot on
-g_{1/2}; k = ``--spot-fraction`` |E| spot-checks (for shared-base the planner, which counts
-6 subsets per pair index, is given spot_fraction x 4/6, so it plans the same k and a larger
-m* than the real one: conservative). Each challenge is simulated at the level of value arrays
+g_{1/2}. Pair layout: k = ``--spot-fraction`` |E| spot-checked subsets. Shared-base layout, as
+the session draws them: k = ``--spot-fraction`` n whole bases (raised to
+:func:`protocol.certificate.clt_fewest` under ``clt``), m* and the counts in bases, and U the
+smaller of the checked bases' bound and the robust one (``certify(..., checked=...)``) at the
+default validity. Each challenge is simulated at the level of value arrays
 (numpy masks with the design's joint law, planted ``evaluate``, no HTTP).
 
 For c >= 1 the Prover also corrupts ``m`` values with every adversary of
