@@ -54,6 +54,10 @@ def asked_delta(c: Challenge) -> str:
             "the lower bound on Var f that turned the share into absolute units")  # fmt: skip
 
 
+class _SignedAttributions(Protocol):
+    def attribution(self, content_hash: str) -> tuple[SignedMessage, bytes]: ...
+
+
 class SummarySources(Protocol):
     """What a summary reads (the Prover service provides it): the served tasks and the signed
     attributions."""
@@ -61,7 +65,8 @@ class SummarySources(Protocol):
     @property
     def tasks(self) -> Mapping[str, TaskBase]: ...
 
-    def attribution(self, content_hash: str) -> tuple[SignedMessage, bytes]: ...
+    @property
+    def attributions(self) -> _SignedAttributions: ...
 
 
 def _task_name(row: SessionRow, service: SummarySources | None) -> str:
@@ -135,6 +140,6 @@ def attribution_payload(service: SummarySources, row: SessionRow) -> dict[str, A
     """The session's attribution manifest (its signed payload), None if the Prover lacks it
     (the page's checks then say so)."""
     try:
-        return dict(service.attribution(row.attribution_hash)[0].payload)
+        return dict(service.attributions.attribution(row.attribution_hash)[0].payload)
     except Exception:  # noqa: BLE001 - a missing or damaged attribution is the checks' to report
         return None

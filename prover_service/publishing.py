@@ -211,20 +211,21 @@ def publish(
         svc.tasks[task_hash] = declared(t)
     fields = {"tool": tool, "tool_version": tool_version, "settings": settings or {},
               "outside_trainings": outside_trainings}  # fmt: skip
-    prov = svc.provenance(fields)
+    prov = svc.attributions.provenance(fields)
     notes: list[str] = []
     details: dict[str, Any] = {}
     warnings: list[str] = []
     if model is not None:
-        content_hash = svc.publish_datamodel(task_hash, model, prov)
+        content_hash = svc.attributions.publish_datamodel(task_hash, model, prov)
     elif loaded is not None:
         if loaded.inferred:
             notes.append(loaded.note())
-        content_hash, result = svc.publish_scores(task_hash, loaded, budget, p, key_seed, prov,
-                                                  progress)  # fmt: skip
+        content_hash, result = svc.attributions.publish_scores(
+            task_hash, loaded, budget, p, key_seed, prov, progress
+        )
         details = dict(result.details)
         warnings = list(details.pop("warnings", []))
-    signed, dm_bytes = svc.attribution(content_hash)
+    signed, dm_bytes = svc.attributions.attribution(content_hash)
     if evaluate:
         published = Datamodel.from_bytes(dm_bytes)
         details["quality"] = held_out_quality(t, published, evaluate, key_seed, p).as_dict()

@@ -9,8 +9,9 @@ is built with what it needs, and none holds a reference back to this object:
   worker lanes (:class:`~prover_service.jobs.Lanes`, given their handlers when built);
 - :mod:`prover_service.published` -- attribution jobs, imports and the signed manifests;
 - :mod:`prover_service.sessions` -- challenges, training chunks, responses, verdicts, reads;
-- this module -- the wiring, ``info``, and the facade (thin delegations) the API, the CLI and
-  the tests call.
+- this module -- the wiring, ``info``, jobs for their owner, the workers' start and stop. The
+  API, the CLI and the tests call the parts themselves (``service.sessions.submit``,
+  ``service.attributions.submit``, ...).
 
 All state is in the database and the array store, so a new :class:`ProverService` on the same
 database continues where a killed one stopped. A cheating Prover (``settings.adversary``, for
@@ -21,7 +22,6 @@ the honest path calls the identity and never branches on it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,13 +30,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.datamodel import Datamodel
-from protocol.messages import LIMITS, Provenance, ResponseManifest, array_from_npy
+from protocol.messages import LIMITS, ResponseManifest, array_from_npy
 from protocol.sampling import ChallengeDesign, SharedBaseDesign
-from protocol.signing import SignedMessage, load_private_key, public_key_hex
+from protocol.signing import load_private_key, public_key_hex
 from protocol.tasks import TaskBase
 from prover_service.arrays import ArrayStore
-from prover_service.attribution import AttributionResult
-from prover_service.attribution.calibration import LoadedScores
 from prover_service.audit_cache import AuditCache
 from prover_service.audit_page import SessionAudit, audit_session
 from prover_service.auth import LOCAL, Gate
@@ -49,7 +47,7 @@ from prover_service.published import Attributions
 from prover_service.registry import TaskRegistry
 from prover_service.sessions import Sessions, ValuesHook
 from prover_service.settings import Settings
-from prover_service.tables import AttributionRow, JobRow, SessionRow, check_database, make_engine
+from prover_service.tables import JobRow, SessionRow, check_database, make_engine
 
 __all__ = ["LOCAL", "ProverService"]
 
@@ -93,8 +91,7 @@ def _values_hook(
 
 
 class ProverService:
-    """One Prover: the composition root (module doc). It builds each part with what it needs and
-    keeps the facade the API, the CLI and tests call."""
+    """One Prover: the composition root (module doc). It builds each part with what it needs."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -194,70 +191,6 @@ class ProverService:
         return self.lanes.run_pending(max_chunks)
 
     # -- attributions -----------------------------------------------------------------------
-
-    # -- attributions (delegated to prover_service.published) ----------------------------------
-    def submit_attribution(
-        self, task_hash: str, method: str, budget: int, p: float, seed: str, owner: str = LOCAL,
-        address: str = LOCAL,
-    ) -> JobRow:  # fmt: skip
-        return self.attributions.submit(task_hash, method, budget, p, seed, owner, address)
-
-    def provenance(self, fields: dict[str, Any] | None, owner: str = LOCAL) -> Provenance:
-        return self.attributions.provenance(fields, owner)
-
-    def submit_import(
-        self, task_hash: str, body: bytes, budget: int, p: float = 0.5, seed: str = "",
-        orientation: str | None = None, provenance: dict[str, Any] | None = None,
-        owner: str = LOCAL, address: str = LOCAL,
-    ) -> tuple[JobRow, LoadedScores, list[str]]:  # fmt: skip
-        return self.attributions.submit_import(task_hash, body, budget, p, seed, orientation,
-                                               provenance, owner, address)  # fmt: skip
-
-    def publish_datamodel(
-        self, task_hash: str, model: Datamodel, provenance: dict[str, Any] | Provenance | None,
-        owner: str = LOCAL, address: str = LOCAL,
-    ) -> str:  # fmt: skip
-        return self.attributions.publish_datamodel(task_hash, model, provenance, owner, address)
-
-    def publish_scores(
-        self, task_hash: str, scores: LoadedScores, budget: int, p: float, seed: bytes,
-        provenance: Provenance, progress: Callable[[int, int], None] | None = None,
-    ) -> tuple[str, AttributionResult]:  # fmt: skip
-        return self.attributions.publish_scores(task_hash, scores, budget, p, seed, provenance,
-                                                progress)  # fmt: skip
-
-    def attribution(self, content_hash: str) -> tuple[SignedMessage, bytes]:
-        return self.attributions.attribution(content_hash)
-
-    def attribution_row(self, content_hash: str, task_hash: str) -> AttributionRow:
-        return self.attributions.row(content_hash, task_hash)
-
-    def latest_attribution(self, task_hash: str) -> str:
-        return self.attributions.latest(task_hash)
-
-    # -- sessions (delegated; ``requester`` is a verified key, None, or LOCAL) ----------------
-    def submit_challenge(self, signed: SignedMessage, address: str = LOCAL) -> SessionRow:
-        return self.sessions.submit(signed, address)
-
-    def session(self, session_id: str, requester: str | None = LOCAL) -> SessionRow:
-        return self.sessions.read(session_id, requester)
-
-    def response(self, session_id: str, requester: str | None = LOCAL) -> SignedMessage:
-        return self.sessions.response(session_id, requester)
-
-    def array(self, sha: str, requester: str | None = LOCAL) -> bytes:
-        return self.sessions.array(sha, requester)
-
-    def post_verdict(self, session_id: str, signed: SignedMessage) -> SessionRow:
-        return self.sessions.post_verdict(session_id, signed)
-
-    def list_sessions(
-        self, requester: str | None, task: str | None, status: str | None, verdict: str | None
-    ) -> list[SessionRow]:
-        return self.sessions.list(requester, task, status, verdict)
-
-    def transcript(self, session_id: str, requester: str | None) -> dict[str, Any]:
-        return self.sessions.transcript(session_id, requester)
 
     def check_integrity(self) -> list[str]:
         """Re-hash every stored array: the names of the damaged ones (for ``serve``)."""

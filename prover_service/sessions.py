@@ -326,7 +326,7 @@ class Sessions:
     def visible(self, verifier_key: str, requester: str | None) -> bool:
         return self.settings.public_transcripts or requester in (verifier_key, LOCAL)
 
-    def read(self, session_id: str, requester: str | None) -> SessionRow:
+    def read(self, session_id: str, requester: str | None = LOCAL) -> SessionRow:
         """The session, for its own Verifier (401 unsigned, 403 another key) or if public."""
         row = self.get(session_id)
         if not self.visible(row.verifier_key, requester):
@@ -335,14 +335,14 @@ class Sessions:
             raise Forbidden("this session belongs to another Verifier")
         return row
 
-    def response(self, session_id: str, requester: str | None) -> SignedMessage:
+    def response(self, session_id: str, requester: str | None = LOCAL) -> SignedMessage:
         row = self.read(session_id, requester)
         if row.response_json is None:
             job = self.jobs.get(row.job_id)
             raise Conflict(f"response not ready: {job.done}/{job.total} trainings ({job.status})")
         return SignedMessage.model_validate_json(row.response_json)
 
-    def array(self, sha: str, requester: str | None) -> bytes:
+    def array(self, sha: str, requester: str | None = LOCAL) -> bytes:
         """A response's array, for the Verifier of a session that was served it."""
         if requester != LOCAL and not self.settings.public_transcripts:
             if requester is None:

@@ -187,7 +187,7 @@ def _install(d: Decided, bundle: Bundle) -> SessionRow:
             verdict_json=json.dumps(t["verdict_message"]), status=t["status"],
             verdict=t["verdict"],
         ))  # fmt: skip
-    return svc.session(d.session, None)
+    return svc.sessions.read(d.session, None)
 
 
 def _cli(d: Decided, bundle: Bundle) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def _verify(url: str, root: Path, epsilon: float, seed: int, relative: bool = Fa
 
 def _check_stability_chart(driver, svc, session_id: str) -> None:  # type: ignore[no-untyped-def]
     """One dot per level at the recomputed h(rho), the fitted curve drawn, both axes labelled."""
-    challenge = json.loads(svc.session(session_id).challenge_json)["payload"]
+    challenge = json.loads(svc.sessions.read(session_id).challenge_json)["payload"]
     rhos = Challenge.model_validate(challenge).design(20).rhos
     chart = driver.find_element("css selector", "#stability svg.chart.stability")
     dots = chart.find_elements("css selector", "circle.level")
@@ -171,7 +171,7 @@ def test_audit_page_in_chromium(tmp_path: Path) -> None:
                 driver.save_screenshot(shot)
             # tamper with the stored response: the page recomputes and shows it failed
             svc = app.state.service
-            row = svc.session(accepted["session"])
+            row = svc.sessions.read(accepted["session"])
             assert row.response_json is not None
             forged = row.response_json.replace('"device_class":"', '"device_class":"x')
             with svc.db.begin() as s:

@@ -66,7 +66,7 @@ def test_ctrl_c_cancels_the_provers_job_and_resume_finishes(prover: Any, tmp_pat
             svc.run_pending(max_chunks=1)  # one chunk of the challenge, then Ctrl-C
             (record,) = VerifierStore(verifier_db(tmp_path)).all()
             seen["sid"] = record.prover_session
-            seen["job"] = svc.session(record.prover_session, LOCAL).job_id
+            seen["job"] = svc.sessions.read(record.prover_session, LOCAL).job_id
             chunks = _chunks(svc, seen["job"])
             assert chunks, "a chunk was trained before the interrupt"
             seen["shas"] = {sha for c in chunks for sha in (c.values_sha, c.probes_sha)}
@@ -80,7 +80,7 @@ def test_ctrl_c_cancels_the_provers_job_and_resume_finishes(prover: Any, tmp_pat
     sid, job = seen["sid"], seen["job"]
     assert any(f"job {job} is cancelled" in n and f"--resume {sid}" in n for n in notes), notes
     # on the Prover: cancelled, and its partial arrays gone
-    assert svc.session(sid, LOCAL).status == "cancelled"
+    assert svc.sessions.read(sid, LOCAL).status == "cancelled"
     assert _chunks(svc, job) == []
     assert not any(svc.arrays.has(sha) for sha in seen["shas"])
     # on the Verifier: incomplete, and `show` says how to finish it
@@ -102,7 +102,7 @@ def test_ctrl_c_cancels_the_provers_job_and_resume_finishes(prover: Any, tmp_pat
     assert result["status"] == "decided" and result["verdict"] in ("accept", "abort")
     assert result["session"] == sid and result["prover_trainings"] == 8000
     assert any("had been cancelled: queued again" in n for n in result["notes"])
-    assert svc.session(sid, LOCAL).status == "decided"
+    assert svc.sessions.read(sid, LOCAL).status == "decided"
     with httpx.Client(base_url=url, timeout=60) as http:  # a finished job does not resume
         with pytest.raises(ProverRefused) as done:
             ProverClient(http, key=key).resume_job(job)
@@ -136,7 +136,7 @@ def test_the_cancel_command_stops_a_running_verification(prover: Any, tmp_path: 
     sid = record.prover_session
     assert "is cancelled" in said[0] and f"--resume {sid}" in said[0]
     assert stopped.value.status == 409 and f"--resume {sid}" in str(stopped.value)
-    assert record.status == "incomplete" and svc.session(sid, LOCAL).status == "cancelled"
+    assert record.status == "incomplete" and svc.sessions.read(sid, LOCAL).status == "cancelled"
     again = CliRunner().invoke(verifier_cli, ["cancel", sid, "--db", verifier_db(tmp_path),
                                               "--key", str(key_file)])  # fmt: skip
     assert again.exit_code == 0 and "already cancelled" in again.stdout

@@ -40,7 +40,7 @@ from tests.prover_service.conftest import (
 
 def _content(svc: ProverService) -> tuple[str, str, float]:
     task_hash = next(iter(svc.tasks))
-    job = svc.submit_attribution(task_hash, "ridge", 64, 0.5, "")
+    job = svc.attributions.submit(task_hash, "ridge", 64, 0.5, "")
     svc.run_pending()
     return task_hash, str(svc.job(job.id).result), svc.tasks[task_hash].bound
 
@@ -76,12 +76,12 @@ def test_new_keys_are_admitted_at_a_limited_rate_per_address(tmp_path: Path) -> 
     task_hash, content, bound = _content(svc)
     keys = [generate_key() for _ in range(3)]
     for key in keys[:2]:
-        svc.submit_challenge(signed_challenge(key, task_hash, content, bound), "10.0.0.1")
+        svc.sessions.submit(signed_challenge(key, task_hash, content, bound), "10.0.0.1")
     with pytest.raises(TooManyRequests, match="new Verifier keys per hour"):
-        svc.submit_challenge(signed_challenge(keys[2], task_hash, content, bound), "10.0.0.1")
+        svc.sessions.submit(signed_challenge(keys[2], task_hash, content, bound), "10.0.0.1")
     # a key already known comes back from the same address; a new one from another address
-    svc.submit_challenge(signed_challenge(keys[0], task_hash, content, bound), "10.0.0.1")
-    svc.submit_challenge(signed_challenge(keys[2], task_hash, content, bound), "10.0.0.2")
+    svc.sessions.submit(signed_challenge(keys[0], task_hash, content, bound), "10.0.0.1")
+    svc.sessions.submit(signed_challenge(keys[2], task_hash, content, bound), "10.0.0.2")
 
 
 def test_a_full_queue_still_admits_a_new_keys_small_challenge(tmp_path: Path) -> None:
@@ -92,14 +92,14 @@ def test_a_full_queue_still_admits_a_new_keys_small_challenge(tmp_path: Path) ->
     def large() -> SignedMessage:
         return signed_challenge(greedy, task_hash, content, bound, pairs_per_level=512)
 
-    big = [svc.submit_challenge(large()) for _ in range(2)]
+    big = [svc.sessions.submit(large()) for _ in range(2)]
     with pytest.raises(TooManyRequests, match="fair share"):
-        svc.submit_challenge(signed_challenge(greedy, task_hash, content, bound))
-    small = svc.submit_challenge(signed_challenge(honest, task_hash, content, bound))
+        svc.sessions.submit(signed_challenge(greedy, task_hash, content, bound))
+    small = svc.sessions.submit(signed_challenge(honest, task_hash, content, bound))
     # round robin over keys: the honest key's challenge is served second, not after every job
     svc.run_pending(max_chunks=2)
-    assert svc.session(small.id).status == "ready"
-    assert all(svc.session(b.id).status == "training" for b in big)
+    assert svc.sessions.read(small.id).status == "ready"
+    assert all(svc.sessions.read(b.id).status == "training" for b in big)
 
 
 # -- 8: the disk quota counts what admitted jobs will write -----------------------------------
@@ -112,7 +112,7 @@ def test_the_disk_quota_counts_admitted_jobs(tmp_path: Path) -> None:
     with pytest.raises(InsufficientStorage, match="unfinished jobs will write"):
         for _ in range(4):
             key = generate_key()
-            svc.submit_challenge(signed_challenge(key, task_hash, content, bound,
+            svc.sessions.submit(signed_challenge(key, task_hash, content, bound,
                                                   pairs_per_level=100))  # fmt: skip
             admitted += 1
     assert admitted == (250_000 - used) // 96_000 == 2
@@ -206,14 +206,14 @@ def test_a_decided_sessions_audit_is_computed_once(tmp_path: Path) -> None:
     task_hash, content, bound = _content(svc)
     vkey = generate_key()
     challenge = signed_challenge(vkey, task_hash, content, bound)
-    sid = svc.submit_challenge(challenge).id
+    sid = svc.sessions.submit(challenge).id
     svc.run_pending()
-    response = svc.response(sid)
+    response = svc.sessions.response(sid)
     verdict = Verdict(session_id=sid, challenge_digest=challenge.digest,
                       response_digest=response.digest, verdict="accept", reason="passed",
                       figures={"gap": 0.01}, spot_check_indices=tuple(SPOT), salt=SALT.hex(),
                       timestamp=int(time.time()))  # fmt: skip
-    svc.post_verdict(sid, sign_message(vkey, verdict))
+    svc.sessions.post_verdict(sid, sign_message(vkey, verdict))
     with TestClient(app) as client:
         pages = [client.get(f"/audit/sessions/{sid}") for _ in range(3)]
     assert [p.status_code for p in pages] == [200, 200, 200]

@@ -97,16 +97,16 @@ def _respond(root: Path, executor: str, pairs: int, seed: str) -> tuple[str, str
     root.mkdir()
     svc = ProverService(make_settings(root, executor=executor, ray_workers=2))
     task_hash = next(iter(svc.tasks))
-    job = svc.submit_attribution(task_hash, "ridge", 300, 0.5, "")
+    job = svc.attributions.submit(task_hash, "ridge", 300, 0.5, "")
     svc.run_pending()
     content = svc.job(job.id).result
     assert content is not None, svc.job(job.id).error
     bound = svc.tasks[task_hash].bound
     signed = signed_challenge(VKEY, task_hash, content, bound, pairs_per_level=pairs,
                               challenge_seed=seed)  # fmt: skip
-    session = svc.submit_challenge(signed)
+    session = svc.sessions.submit(signed)
     svc.run_pending()
-    got = ResponseManifest.model_validate(svc.response(session.id).payload)
+    got = ResponseManifest.model_validate(svc.sessions.response(session.id).payload)
     assert svc.job(session.job_id).done == 6 * pairs
     svc.stop_worker()
     return content, got.values.sha256, got.probes.sha256

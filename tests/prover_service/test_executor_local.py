@@ -99,13 +99,13 @@ def test_attribution_job_resumes_from_its_kept_chunks(
     (tmp_path / "live").mkdir()
     ref = ProverService(make_settings(tmp_path / "ref", tasks=[TASK]))
     task_hash = next(iter(ref.tasks))
-    want = ref.submit_attribution(task_hash, "ridge", 3000, 0.5, "")  # 3 chunks of 1024
+    want = ref.attributions.submit(task_hash, "ridge", 3000, 0.5, "")  # 3 chunks of 1024
     ref.run_pending()
     assert ref.job(want.id).status == "done"
 
     live = tmp_path / "live"
     first = ProverService(make_settings(live, tasks=[TASK]))
-    job = first.submit_attribution(task_hash, "ridge", 3000, 0.5, "")
+    job = first.attributions.submit(task_hash, "ridge", 3000, 0.5, "")
     put = JobLedger.put
 
     def put_then_die(self: JobLedger, start: int, stop: int, out: Any) -> None:

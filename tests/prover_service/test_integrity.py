@@ -26,14 +26,14 @@ from verifier_client.client import ProverClient
 
 def _challenge(svc: ProverService) -> tuple[SessionRow, object]:
     task_hash = next(iter(svc.tasks))
-    job = svc.submit_attribution(task_hash, "ridge", 200, 0.5, "")
+    job = svc.attributions.submit(task_hash, "ridge", 200, 0.5, "")
     svc.run_pending()
     content = svc.job(job.id).result
     assert content is not None
     vkey = generate_key()
     ch = signed_challenge(vkey, task_hash, content, svc.tasks[task_hash].bound,
                           challenge_seed="ab" * 32)  # fmt: skip
-    return svc.submit_challenge(ch), vkey
+    return svc.sessions.submit(ch), vkey
 
 
 def _flip(path: Path) -> None:
@@ -48,7 +48,7 @@ def test_a_damaged_chunk_is_trained_again_not_signed(tmp_path: Path) -> None:
     ref = ProverService(make_settings(tmp_path / "a"))
     session, _ = _challenge(ref)
     ref.run_pending()
-    want = ResponseManifest.model_validate(ref.response(session.id).payload)
+    want = ResponseManifest.model_validate(ref.sessions.response(session.id).payload)
 
     svc = ProverService(make_settings(tmp_path / "b"))
     session, _ = _challenge(svc)
@@ -64,7 +64,7 @@ def test_a_damaged_chunk_is_trained_again_not_signed(tmp_path: Path) -> None:
     _flip(svc.arrays.root / chunk.values_sha[:2] / chunk.values_sha)
     assert svc.sessions._chunks(session.job_id) is None  # noqa: SLF001 - damage detected
     svc.sessions.step(job)  # trains the chunk again
-    got = ResponseManifest.model_validate(svc.response(session.id).payload)
+    got = ResponseManifest.model_validate(svc.sessions.response(session.id).payload)
     assert got.values.sha256 == want.values.sha256
 
 
@@ -74,7 +74,9 @@ def test_a_damaged_array_is_never_served(tmp_path: Path) -> None:
         svc: ProverService = app.state.service
         session, vkey = _challenge(svc)
         svc.run_pending()
-        sha = ResponseManifest.model_validate(svc.response(session.id).payload).values.sha256
+        sha = ResponseManifest.model_validate(
+            svc.sessions.response(session.id).payload
+        ).values.sha256
         _flip(svc.arrays.root / sha[:2] / sha)
         r = client.get(f"/v1/arrays/{sha}", auth=SignedAuth(vkey))  # type: ignore[arg-type]
         assert r.status_code == 503 and r.json()["code"] == "corrupt_array"

@@ -81,7 +81,7 @@ def test_sigkill_mid_job_then_restart_gives_identical_response(tmp_path: Path) -
     # Reference run, in process, on its own database.
     ref = ProverService(make_settings(ref_root, tasks=[TASK]))
     task_hash = next(iter(ref.tasks))
-    job = ref.submit_attribution(task_hash, "influence", 50, 0.5, "")
+    job = ref.attributions.submit(task_hash, "influence", 50, 0.5, "")
     ref.run_pending()
     content = ref.job(job.id).result
     assert content is not None
@@ -93,9 +93,9 @@ def test_sigkill_mid_job_then_restart_gives_identical_response(tmp_path: Path) -
             VKEY, task_hash, content, bound, pairs_per_level=400, challenge_seed=seed
         )
 
-    session = ref.submit_challenge(make())
+    session = ref.sessions.submit(make())
     ref.run_pending()
-    want = ResponseManifest.model_validate(ref.response(session.id).payload)
+    want = ResponseManifest.model_validate(ref.sessions.response(session.id).payload)
 
     # The live Prover: same attribution (same method, budget and seed), then killed mid-job.
     make_settings(live_root, tasks=[TASK])  # writes the key file

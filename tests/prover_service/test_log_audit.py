@@ -15,7 +15,7 @@ from verifier_client.client import ProverClient
 
 
 def _transcript(prover: Prover, session_id: str) -> dict:  # type: ignore[type-arg]
-    return prover.service.transcript(session_id, LOCAL)
+    return prover.service.sessions.transcript(session_id, LOCAL)
 
 
 def test_an_honest_log_passes_every_check(prover: Prover) -> None:

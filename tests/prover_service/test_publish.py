@@ -74,7 +74,7 @@ def test_upload_scores_then_the_manifest_carries_their_provenance(prover: Prover
     assert job["status"] == "done", job
     out = prover.client.get(f"/v1/attributions/{job['result']}").json()
     manifest = open_signed(
-        prover.service.attribution(job["result"])[0], AttributionManifest
+        prover.service.attributions.attribution(job["result"])[0], AttributionManifest
     )  # the signature holds
     assert out["manifest"]["payload"]["provenance"]["tool"] == "traker"
     prov = manifest.provenance

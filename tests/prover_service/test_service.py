@@ -233,7 +233,7 @@ def test_a_killed_job_resumes_and_gives_identical_bytes(tmp_path: Path) -> None:
         settings = make_settings(root, tasks=["planted:n_train=20,n_targets=2,seed=3"])
         service = ProverService(settings)
         task_hash = next(iter(service.tasks))
-        job = service.submit_attribution(task_hash, "ridge", 200, 0.5, "")
+        job = service.attributions.submit(task_hash, "ridge", 200, 0.5, "")
         service.run_pending()
         content = service.job(job.id).result
         assert content is not None
@@ -245,14 +245,14 @@ def test_a_killed_job_resumes_and_gives_identical_bytes(tmp_path: Path) -> None:
             pairs_per_level=800,
             challenge_seed="ab" * 32,
         )
-        session = service.submit_challenge(challenge)
+        session = service.sessions.submit(challenge)
         if interrupt:
             service.run_pending(max_chunks=2)
             assert service.job(session.job_id).done == 2048
             service.close()  # the killed process's connections are gone with it
             service = ProverService(settings)  # the restart
         service.run_pending()
-        rm = ResponseManifest.model_validate(service.response(session.id).payload)
+        rm = ResponseManifest.model_validate(service.sessions.response(session.id).payload)
         service.close()
         return rm.values.sha256 + rm.probes.sha256
 
@@ -272,17 +272,17 @@ def test_adversaries_change_what_they_claim_to(tmp_path: Path, spec: str) -> Non
     task_hash = next(iter(honest.tasks))
     out = {}
     for name, svc in (("honest", honest), ("cheat", cheat)):
-        job = svc.submit_attribution(task_hash, "ridge", 200, 0.5, "")
+        job = svc.attributions.submit(task_hash, "ridge", 200, 0.5, "")
         svc.run_pending()
         content = svc.job(job.id).result
-        dm = Datamodel.from_bytes(svc.attribution(content)[1])
+        dm = Datamodel.from_bytes(svc.attributions.attribution(content)[1])
         ch = signed_challenge(
             generate_key(), task_hash, content, svc.tasks[task_hash].bound, challenge_seed="cd" * 32
         )
-        session = svc.submit_challenge(ch)
+        session = svc.sessions.submit(ch)
         svc.run_pending()
-        rm = ResponseManifest.model_validate(svc.response(session.id).payload)
-        out[name] = (dm, array_from_npy(rm.values, svc.array(rm.values.sha256)))
+        rm = ResponseManifest.model_validate(svc.sessions.response(session.id).payload)
+        out[name] = (dm, array_from_npy(rm.values, svc.sessions.array(rm.values.sha256)))
     (dm_h, v_h), (dm_c, v_c) = out["honest"], out["cheat"]
     if spec == "scale:0.5":
         np.testing.assert_allclose(dm_c.weights, dm_h.weights * 0.5)
@@ -298,7 +298,7 @@ def test_adversaries_change_what_they_claim_to(tmp_path: Path, spec: str) -> Non
 def test_replay_answers_with_an_earlier_response(tmp_path: Path) -> None:
     svc = ProverService(make_settings(tmp_path, adversary="replay"))
     task_hash = next(iter(svc.tasks))
-    job = svc.submit_attribution(task_hash, "ridge", 200, 0.5, "")
+    job = svc.attributions.submit(task_hash, "ridge", 200, 0.5, "")
     svc.run_pending()
     content = svc.job(job.id).result
     values = []
@@ -306,10 +306,10 @@ def test_replay_answers_with_an_earlier_response(tmp_path: Path) -> None:
         ch = signed_challenge(
             generate_key(), task_hash, content, svc.tasks[task_hash].bound, challenge_seed=seed
         )
-        session = svc.submit_challenge(ch)
+        session = svc.sessions.submit(ch)
         svc.run_pending()
-        rm = ResponseManifest.model_validate(svc.response(session.id).payload)
-        values.append(array_from_npy(rm.values, svc.array(rm.values.sha256)))
+        rm = ResponseManifest.model_validate(svc.sessions.response(session.id).payload)
+        values.append(array_from_npy(rm.values, svc.sessions.array(rm.values.sha256)))
     np.testing.assert_array_equal(values[0], values[1])
 
 
@@ -343,10 +343,10 @@ def test_public_transcripts_flag_opens_the_audit_log(tmp_path: Path) -> None:
     with TestClient(app) as client:
         service = app.state.service
         task_hash = next(iter(service.tasks))
-        job = service.submit_attribution(task_hash, "ridge", 200, 0.5, "")
+        job = service.attributions.submit(task_hash, "ridge", 200, 0.5, "")
         service.run_pending()
         challenge = signed_challenge(generate_key(), task_hash, service.job(job.id).result, BOUND)
-        sid = service.submit_challenge(challenge).id
+        sid = service.sessions.submit(challenge).id
         service.run_pending()
         assert client.get(f"/v1/sessions/{sid}/transcript").status_code == 200  # unsigned
         assert [s["session_id"] for s in client.get("/v1/sessions").json()] == [sid]

@@ -36,7 +36,7 @@ def _pair(tmp_path: Path, **over: object) -> tuple[ProverService, ProverService]
 
 def _publish(svc: ProverService) -> tuple[str, str, float]:
     task_hash = next(iter(svc.tasks))
-    job = svc.submit_attribution(task_hash, "ridge", 64, 0.5, "")
+    job = svc.attributions.submit(task_hash, "ridge", 64, 0.5, "")
     svc.run_pending()
     return task_hash, str(svc.job(job.id).result), svc.tasks[task_hash].bound
 
@@ -55,7 +55,7 @@ def test_two_provers_on_one_database_finish_each_job_once(tmp_path: Path) -> Non
         for _ in range(3):  # |E| = 6 x 700 = 4,200: five chunks of 1,024
             c = signed_challenge(vkey, task_hash, content, bound, pairs_per_level=700,
                                  challenge_seed=SEED)  # fmt: skip
-            sessions.append((svc, svc.submit_challenge(c).id))
+            sessions.append((svc, svc.sessions.submit(c).id))
     ref.run_pending()
     start = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -74,12 +74,12 @@ def test_two_provers_on_one_database_finish_each_job_once(tmp_path: Path) -> Non
         t.join()
     assert not errors, errors
     a.run_pending()  # a step either one skipped while the other held the job
-    want = ResponseManifest.model_validate(ref.response(sessions[3][1]).payload)
+    want = ResponseManifest.model_validate(ref.sessions.response(sessions[3][1]).payload)
     for _svc, sid in sessions[:3]:
-        row = b.session(sid)
+        row = b.sessions.read(sid)
         job = b.job(row.job_id)
         assert (row.status, job.status, job.error) == ("ready", "done", None)
-        got = ResponseManifest.model_validate(a.response(sid).payload)
+        got = ResponseManifest.model_validate(a.sessions.response(sid).payload)
         assert (got.values.sha256, got.probes.sha256) == (want.values.sha256, want.probes.sha256)
     for svc in (a, b, ref):
         svc.engine.dispose()
@@ -89,8 +89,8 @@ def test_two_provers_on_one_database_finish_each_job_once(tmp_path: Path) -> Non
 def test_a_dead_processs_lease_is_taken_over_a_live_ones_is_not(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
     task_hash, content, bound = _publish(a)
-    sid = a.submit_challenge(signed_challenge(generate_key(), task_hash, content, bound)).id
-    job_id = a.session(sid).job_id
+    sid = a.sessions.submit(signed_challenge(generate_key(), task_hash, content, bound)).id
+    job_id = a.sessions.read(sid).job_id
 
     def lease(owner: str, until: float) -> None:
         with a.db.begin() as s:
@@ -99,10 +99,10 @@ def test_a_dead_processs_lease_is_taken_over_a_live_ones_is_not(tmp_path: Path) 
 
     lease(b.jobs.worker_id, now() + 3600)  # a live Prover holds it
     assert not a.run_pending()
-    assert a.session(sid).status == "training"
+    assert a.sessions.read(sid).status == "training"
     lease(f"{_HOST}:999999999:dead", now() + 3600)  # a killed Prover of this host held it
     assert a.run_pending()
-    assert a.session(sid).status == "ready"
+    assert a.sessions.read(sid).status == "ready"
     for svc in (a, b):
         svc.engine.dispose()
 
@@ -113,7 +113,7 @@ def test_a_database_error_in_a_job_leaves_no_sql_for_its_owner(tmp_path: Path) -
     svc: ProverService = app.state.service
     task_hash, content, bound = _publish(svc)
     vkey = generate_key()
-    sid = svc.submit_challenge(signed_challenge(vkey, task_hash, content, bound)).id
+    sid = svc.sessions.submit(signed_challenge(vkey, task_hash, content, bound)).id
     real = svc.lanes.handlers["challenge"]
     calls = []
 

@@ -180,7 +180,7 @@ def test_a_transport_failure_is_never_an_abort(world: World, case: str) -> None:
     (row,) = world.store.all()
     assert (row.status, row.verdict, row.verdict_json) == ("incomplete", None, None)
     if row.prover_session is not None:  # the Prover holds no verdict either
-        held = world.service.session(row.prover_session, public_key_hex(OWNER))
+        held = world.service.sessions.read(row.prover_session, public_key_hex(OWNER))
         assert held.verdict is None and held.status != "decided"
     done = world.verify(resume=row.id)  # and the record is finished once the network is back
     assert done["status"] == "decided" and done["reason"] in ("certified", "not_certified")
@@ -216,7 +216,7 @@ def test_html_or_a_redirect_is_a_signed_and_posted_abort(world: World, case: str
     assert ("a 307 reply" in str(result["detail"])) == ("307" in case), result["detail"]
     (row,) = world.store.all()
     assert row.verdict_json is not None and result["verdict_posted"]
-    held = world.service.session(row.prover_session or "", public_key_hex(OWNER))
+    held = world.service.sessions.read(row.prover_session or "", public_key_hex(OWNER))
     assert (held.status, held.verdict) == ("decided", "abort")
 
 

@@ -37,7 +37,7 @@ def create_attribution(
     """Start a job that trains what the method needs and publishes the signed datamodel. The
     request must be signed by a Verifier key the Prover admits; 429 with ``Retry-After`` over a
     quota, 413 over the operator's maximum budget."""
-    return job_out(service.submit_attribution(body.task_hash, body.method, body.budget, body.p,
+    return job_out(service.attributions.submit(body.task_hash, body.method, body.budget, body.p,
                                               body.seed, owner=signer,
                                               address=address))  # fmt: skip
 
@@ -111,9 +111,9 @@ def import_attribution(
     ``max_upload_bytes`` for an admitted key; past ``max_body_bytes`` it is streamed to disk and
     its signature checked before it is loaded (:mod:`prover_service.limits`). The ``.npy``
     header is checked against the task's shape before anything is allocated."""
-    job, loaded, notes = service.submit_import(task_hash, body, budget, p, seed, orientation,
-                                               provenance, owner=signer,
-                                               address=address)  # fmt: skip
+    job, loaded, notes = service.attributions.submit_import(
+        task_hash, body, budget, p, seed, orientation, provenance, owner=signer, address=address
+    )
     return ImportAccepted(job=job_out(job), orientation=loaded.orientation.value,
                           orientation_inferred=loaded.inferred, notes=notes)  # fmt: skip
 
@@ -131,9 +131,12 @@ def publish_datamodel(
 ) -> AttributionOut:
     """The body is ``Datamodel.to_bytes()`` (intercept (Z,) and weights (Z, N)); nothing is
     trained. The signed manifest records the provenance; its ``trainings`` are the tool's."""
-    content_hash = service.publish_datamodel(task_hash, Datamodel.from_bytes(body), provenance,
-                                             owner=signer, address=address)  # fmt: skip
-    return AttributionOut(content_hash=content_hash, manifest=service.attribution(content_hash)[0])
+    content_hash = service.attributions.publish_datamodel(
+        task_hash, Datamodel.from_bytes(body), provenance, owner=signer, address=address
+    )
+    return AttributionOut(
+        content_hash=content_hash, manifest=service.attributions.attribution(content_hash)[0]
+    )
 
 
 @router.get("/jobs/{job_id}", responses=READ_ERRORS, summary="A job's status and progress")
@@ -163,19 +166,25 @@ def resume_job(job_id: str, service: ServiceDep, signer: SignerDep) -> JobOut:
 @router.get("/attributions", responses=READ_ERRORS, summary="The latest attribution for a task")
 def latest_attribution(task: str, service: ServiceDep) -> AttributionOut:
     """The most recent published attribution of a task (by task hash)."""
-    content_hash = service.latest_attribution(task)
-    return AttributionOut(content_hash=content_hash, manifest=service.attribution(content_hash)[0])
+    content_hash = service.attributions.latest(task)
+    return AttributionOut(
+        content_hash=content_hash, manifest=service.attributions.attribution(content_hash)[0]
+    )
 
 
 @router.get("/attributions/{content_hash}", responses=READ_ERRORS,
             summary="A published attribution's signed manifest")  # fmt: skip
 def get_attribution(content_hash: str, service: ServiceDep) -> AttributionOut:
     """The signed manifest; the datamodel's bytes are at ``/datamodel``."""
-    return AttributionOut(content_hash=content_hash, manifest=service.attribution(content_hash)[0])
+    return AttributionOut(
+        content_hash=content_hash, manifest=service.attributions.attribution(content_hash)[0]
+    )
 
 
 @router.get("/attributions/{content_hash}/datamodel", responses=READ_ERRORS | BINARY,
             response_class=Response, summary="A published datamodel's binary form")  # fmt: skip
 def get_datamodel(content_hash: str, service: ServiceDep) -> Response:
     """``Datamodel.to_bytes()``; its SHA-256 is the content hash."""
-    return Response(service.attribution(content_hash)[1], media_type="application/octet-stream")
+    return Response(
+        service.attributions.attribution(content_hash)[1], media_type="application/octet-stream"
+    )

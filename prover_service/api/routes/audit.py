@@ -31,7 +31,7 @@ templates.env.filters["date"] = iso_date
 def audit_index(request: Request, service: ServiceDep) -> HTMLResponse:
     """Server-rendered HTML; the sessions are listed only where transcripts are public."""
     public = service.settings.public_transcripts
-    rows = service.list_sessions(None, None, None, None) if public else []
+    rows = service.sessions.list(None, None, None, None) if public else []
     sessions = [summary(r, service) for r in reversed(rows)]
     return templates.TemplateResponse(request, "audit.html", {
         "prover_key": service.public_key, "head": service.log.head(), "public": public,
@@ -45,7 +45,7 @@ def audit_session_page(session_id: str, request: Request, service: ServiceDep) -
     """Checks, per-target bounds chart, inclusion proofs and links to the raw messages."""
     if not service.settings.public_transcripts:
         raise NotFound(f"unknown session {session_id!r}")
-    row = service.session(session_id, None)
+    row = service.sessions.read(session_id, None)
     rep = service.audits.audit(service, row)  # a decided session's audit is computed once
     s = summary(row, service)
     chart = bounds_chart(rep.certificate, s["epsilon"]) if rep.certificate is not None else ""

@@ -40,7 +40,7 @@ def create_challenge(
     """Signed by the key it names, with a fresh nonce and time stamp, from a key the Prover
     admits, within its quotas. A nonce seen before is 409 (naming the session when the challenge
     is the same), even after the time window: a resuming Verifier finds its session."""
-    row = service.submit_challenge(body, address)
+    row = service.sessions.submit(body, address)
     return SessionCreated(session_id=row.id, job_id=row.job_id)
 
 
@@ -51,7 +51,7 @@ def list_sessions(
 ) -> list[SessionOut]:  # fmt: skip
     """Filter by task hash, status (training, ready, decided, failed, cancelled) and verdict."""
     return [
-        _session_out(r, service) for r in service.list_sessions(requester, task, status, verdict)
+        _session_out(r, service) for r in service.sessions.list(requester, task, status, verdict)
     ]
 
 
@@ -59,21 +59,21 @@ def list_sessions(
             summary="A session's status and progress")  # fmt: skip
 def get_session(session_id: str, service: ServiceDep, requester: RequesterDep) -> SessionOut:
     """Training progress of the session's job, and the verdict once posted."""
-    return _session_out(service.session(session_id, requester), service)
+    return _session_out(service.sessions.read(session_id, requester), service)
 
 
 @router.get("/sessions/{session_id}/response", responses=WRITE_ERRORS,
             summary="The signed response manifest (409 until training is done)")  # fmt: skip
 def get_response(session_id: str, service: ServiceDep, requester: RequesterDep) -> SignedMessage:
     """The manifest binds the values and probe arrays by SHA-256; fetch them from /v1/arrays."""
-    return service.response(session_id, requester)
+    return service.sessions.response(session_id, requester)
 
 
 @router.get("/arrays/{sha}", responses=READ_ERRORS | BINARY, response_class=Response,
             summary="A response's binary array (.npy bytes) by its SHA-256")  # fmt: skip
 def get_array(sha: str, service: ServiceDep, requester: RequesterDep) -> Response:
     """Content-addressed and re-hashed on every read; for the Verifier of a session it answers."""
-    return Response(service.array(sha, requester), media_type="application/octet-stream")
+    return Response(service.sessions.array(sha, requester), media_type="application/octet-stream")
 
 
 @router.post("/sessions/{session_id}/verdict", responses=WRITE_ERRORS,
@@ -81,11 +81,11 @@ def get_array(sha: str, service: ServiceDep, requester: RequesterDep) -> Respons
 def post_verdict(session_id: str, body: SignedMessage, service: ServiceDep) -> SessionOut:
     """Recorded once; it must open the challenge's commitment. The same signed verdict posted
     again is answered 200 (a re-post after a lost reply); a different one 409."""
-    return _session_out(service.post_verdict(session_id, body), service)
+    return _session_out(service.sessions.post_verdict(session_id, body), service)
 
 
 @router.get("/sessions/{session_id}/transcript", responses=READ_ERRORS,
             summary="Every signed message of a session, for a third-party audit")  # fmt: skip
 def get_transcript(session_id: str, service: ServiceDep, requester: RequesterDep) -> TranscriptOut:
     """Visible to the session's verifier (signed request) or to anyone if transcripts are public."""
-    return TranscriptOut.model_validate(service.transcript(session_id, requester))
+    return TranscriptOut.model_validate(service.sessions.transcript(session_id, requester))
