@@ -98,7 +98,6 @@ __all__ = [
     "CLT_MIN_EVENTS",
     "Certificate",
     "CertificatePlan",
-    "PilotTargets",
     "VALIDITIES",
     "Validity",
     "certify",
@@ -112,7 +111,6 @@ __all__ = [
     "pass_probability",
     "pilot_figures",
     "pilot_point",
-    "pilot_targets",
     "plan_certificate",
     "predicted_width",
     "upper_bias_coefficient",
@@ -998,41 +996,16 @@ def pilot_point(
     noise (s_z^2 less the grand mean's: the targets share their masks); the point is the
     largest shrunk mean, its SE the posterior SD of that target plus the grand mean's SE.
     Inputs as :func:`certify`."""
-    if aggregate == "mean":
-        u, _ = _pilot_pair_sums(values, predictions, design, aggregate)
-        per_base = u.mean(axis=1)
-        return float(per_base.mean()), float(per_base.std(ddof=1) / math.sqrt(u.shape[0]))
-    t = pilot_targets(values, predictions, design)
-    top = int(np.argmax(t.point))
-    return float(t.point[top]), float(t.se[top])
-
-
-@dataclass(frozen=True)
-class PilotTargets:
-    """Per target z of a pilot: the empirical-Bayes point of err_z and its SE (as
-    :func:`pilot_point` for ``max``), the SD of the pair-sums u_z and E r_z^2; and the part of
-    the SEs the targets share (``se_common``, the grand mean's: they share their masks)."""
-
-    point: FloatArray
-    se: FloatArray
-    sd: FloatArray
-    mse: FloatArray
-    se_common: float = 0.0
-
-
-def pilot_targets(
-    values: FloatArray, predictions: FloatArray, design: StabilityDesign
-) -> PilotTargets:
-    """The pilot's figures per target (:class:`PilotTargets`; the shrinkage of
-    :func:`pilot_point`). Inputs as :func:`certify`."""
-    u, r = _pilot_pair_sums(values, predictions, design, "max")
+    u, _ = _pilot_pair_sums(values, predictions, design, aggregate)
     n = u.shape[0]
+    if aggregate == "mean":
+        per_base = u.mean(axis=1)
+        return float(per_base.mean()), float(per_base.std(ddof=1) / math.sqrt(n))
     means = u.mean(axis=0)
     se2 = u.var(axis=0, ddof=1) / n
-    sd = u.std(axis=0, ddof=1)
-    mse = (r * r).mean(axis=0)
-    if len(means) == 1:
-        return PilotTargets(means, np.sqrt(se2), sd, mse)
+    z = len(means)
+    if z == 1:
+        return float(means[0]), float(math.sqrt(se2[0]))
     # the targets share their masks, so their noise is correlated: the grand mean's SE comes
     # from the per-base averages, and the deviations m_z - grand carry the rest of the noise
     grand = float(means.mean())
@@ -1041,7 +1014,8 @@ def pilot_targets(
     spread = max(0.0, float(means.var(ddof=1) - noise.mean()))
     keep = np.divide(spread, spread + noise, out=np.ones_like(noise), where=(spread + noise) > 0)
     shrunk = grand + keep * (means - grand)
-    return PilotTargets(shrunk, np.sqrt(keep * noise + se2_grand), sd, mse, math.sqrt(se2_grand))
+    top = int(np.argmax(shrunk))
+    return float(shrunk[top]), float(math.sqrt(keep[top] * noise[top] + se2_grand))
 
 
 def predicted_width(

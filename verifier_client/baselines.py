@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from protocol.sampling import Design
 
 __all__ = [
-    "LOOK_DELTA", "LOOK_MAX_SHARE", "alone_looks", "first_look", "fresh_mse", "look_chance",
+    "LOOK_DELTA", "LOOK_MAX_SHARE", "alone_looks", "first_look", "fresh_mse",
     "residual_decision", "run",
 ]  # fmt: skip
 
@@ -46,58 +46,17 @@ LOOK_DELTA = (0.5, 0.5)
 LOOK_MAX_SHARE = 0.8
 
 
-def look_chance(
-    m: int,
-    *,
-    epsilon: float,
-    point: float | NDArray[np.float64],
-    se: float | NDArray[np.float64],
-    sd: float | NDArray[np.float64],
-    mse: float | NDArray[np.float64],
-    delta_stat: float,
-    kappa: float,
-    se_common: float = 0.0,
-) -> float:
-    """The plan's chance that a look at m bases certifies epsilon (:func:`first_look`).
-
-    Target z certifies if its estimate at m bases, about err_z + N(0, sd_z^2 / m), plus its
-    width w_z(m) lies below epsilon; err_z is known from the pilot as point_z + se_common xi +
-    sqrt(se_z^2 - se_common^2) eta_z, with xi shared by the targets (their pilot shares its
-    masks) and xi, eta_z standard normal. Given xi the targets are taken as independent, so
-    P = E_xi prod_z Phi((epsilon - point_z - se_common xi - w_z) / sqrt(se_z^2 - se_common^2 +
-    sd_z^2 / m)), the expectation by 40-point Gauss-Hermite quadrature. One target (``mean``):
-    Phi((epsilon - point - w) / sqrt(se^2 + sd^2 / m))."""
-    from protocol.certificate import predicted_width
-    from protocol.distributions import norm
-
-    pts = np.maximum(np.atleast_1d(np.asarray(point, dtype=np.float64)), 0.0)  # err >= 0
-    ses, sds, mses = (np.broadcast_to(np.atleast_1d(np.asarray(x, dtype=np.float64)), pts.shape)
-                      for x in (se, sd, mse))  # fmt: skip
-    common = min(max(float(se_common), 0.0), float(ses.min()))
-    width = np.array([sum(v for k, v in predicted_width(m, 0, float(sds[z]), float(mses[z]),
-                                                        delta_stat, kappa).items()
-                          if k in ("statistical", "bias")) for z in range(len(pts))])  # fmt: skip
-    spread = np.sqrt(ses**2 - common**2 + sds**2 / m)
-    if common == 0.0:
-        return float(np.prod(norm.cdf((epsilon - pts - width) / spread)))
-    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
-    margin = epsilon - pts[None, :] - width[None, :] - common * nodes[:, None]
-    each = np.prod(norm.cdf(margin / spread[None, :]), axis=1)
-    return float(np.dot(weights, each) / weights.sum())
-
-
 def first_look(
     n: int,
     *,
     epsilon: float,
-    point: float | NDArray[np.float64],
-    se: float | NDArray[np.float64],
-    sd: float | NDArray[np.float64],
-    mse: float | NDArray[np.float64],
+    point: float,
+    se: float,
+    sd: float,
+    mse: float,
     delta_stat: float,
     kappa: float,
     smallest: int,
-    se_common: float = 0.0,
 ) -> tuple[int, float]:
     """The first look's bases and the chance it certifies, for a second look at ``n`` bases.
 
@@ -106,21 +65,19 @@ def first_look(
     bases the bound is about err + w(m) with w the statistical and bias parts of
     :func:`protocol.certificate.predicted_width` (m* = 0) at ``delta_stat``, and its point has
     SD sd / sqrt(m); so, with err near N(point, se^2),
-    P(certified at m) ~ Phi((epsilon - point - w(m)) / sqrt(se^2 + sd^2 / m)).
+    P(certified at m) ~ Phi((epsilon - point - w(m)) / sqrt(se^2 + sd^2 / m)). The expected
+    trainings are m + (1 - P) (n - m) (the second look trains only the rest). Returns the m of
+    a geometric grid from ``smallest`` to n that minimises them, and its P."""
+    from protocol.certificate import predicted_width
+    from protocol.distributions import norm
 
-    For the ``max`` aggregate pass the figures per target (arrays, Z each, and the SE they
-    share: :func:`protocol.certificate.pilot_targets`): the look certifies only if every
-    target's bound is below epsilon (:func:`look_chance`). The largest target's figure alone
-    overstated the chance when several targets sit near epsilon, and a plain product of the
-    targets' chances understated it, the pilot's error being largely shared.
-
-    The expected trainings are m + (1 - P) (n - m) (the second look trains only the rest).
-    Returns the m of a geometric grid from ``smallest`` to n that minimises them, and its P."""
+    point = max(0.0, point)  # err >= 0: a negative estimate is noise
     best, chance = n, 0.0
     m = max(2, smallest)
     while m < n:
-        p = look_chance(m, epsilon=epsilon, point=point, se=se, sd=sd, mse=mse,
-                        delta_stat=delta_stat, kappa=kappa, se_common=se_common)  # fmt: skip
+        parts = predicted_width(m, 0, sd, mse, delta_stat, kappa)
+        w = parts["statistical"] + parts["bias"]
+        p = float(norm.cdf((epsilon - point - w) / math.sqrt(se**2 + sd**2 / m)))
         if m + (1.0 - p) * (n - m) < best + (1.0 - chance) * (n - best):
             best, chance = m, p
         m = max(m + 1, math.ceil(m * 1.15))

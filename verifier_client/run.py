@@ -63,7 +63,6 @@ from protocol.certificate import (
     group_subsets,
     pilot_figures,
     pilot_point,
-    pilot_targets,
     plan_certificate,
     upper_bias_coefficient,
     variance_lower_bound,
@@ -338,20 +337,13 @@ class Run:
         if looks_ok and predicted is not None and n * per_base <= cap:
             # a first look where the expected trainings are least (baselines.first_look): an
             # attribution far better than epsilon stops there
-            if o.aggregate == "max":  # every target must certify: the chance per target
-                t = pilot_targets(pilot.values, pilot.predictions, pilot.design)
-                point, se, sd_z, mse_z, common = t.point, t.se, t.sd, t.mse, t.se_common
-            else:
-                one = pilot_point(pilot.values, pilot.predictions, pilot.design, "mean")
-                point, se, sd_z, mse_z = (np.array([x]) for x in (*one, sd, mse))
-                common = 0.0
+            point, se = pilot_point(pilot.values, pilot.predictions, pilot.design, o.aggregate)
             first, chance = first_look(
                 n, epsilon=epsilon, point=point, se=SIZING_MARGIN * se,
-                sd=SIZING_MARGIN * sd_z, mse=SIZING_MARGIN * mse_z,
+                sd=SIZING_MARGIN * sd, mse=SIZING_MARGIN * mse,
                 delta_stat=delta * LOOK_DELTA[0] / 2 / (task.n_targets if o.aggregate == "max"
                                                        else 1),
                 kappa=upper_bias_coefficient(np.asarray(pilot.design.rhos)), smallest=clt_min,
-                se_common=SIZING_MARGIN * common,
             )  # fmt: skip
             if first <= LOOK_MAX_SHARE * n:
                 looks = (first, n)  # checking alone stops at the first look that certifies

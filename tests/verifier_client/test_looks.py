@@ -9,7 +9,6 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from protocol.certificate import predicted_width
 from protocol.datamodel import Datamodel
 from protocol.sampling import SharedBaseDesign
 from protocol.tasks import PlantedTask
@@ -73,34 +72,3 @@ def test_a_good_attribution_stops_at_the_first_look_and_trains_half() -> None:
     # epsilon 0.45, measured seeds 0..39: 15 accepts, 6 of them at the first look)
     late = _run(*_task_with_err(0.3), 0.45, 3)
     assert late[1] == BASES and late[2] == BASES * 4
-
-
-def test_the_first_looks_chance_for_max_asks_every_target_and_shares_the_pilots_error() -> None:
-    """look_chance: one target is the closed form; Z targets are never likelier to all certify
-    than any one of them; with no shared pilot error it is the product of the targets' chances,
-    with the error all shared (and an exact look) it is one target's chance."""
-    from protocol.distributions import norm
-    from verifier_client.baselines import look_chance
-
-    kw = {"epsilon": 1.0, "delta_stat": 0.005, "kappa": 0.1}
-    one = look_chance(400, point=0.5, se=0.2, sd=2.0, mse=0.3, **kw)
-    assert 0.0 < one < 1.0
-
-    parts = predicted_width(400, 0, 2.0, 0.3, 0.005, 0.1)
-    w = parts["statistical"] + parts["bias"]
-    assert abs(one - float(norm.cdf((1.0 - 0.5 - w) / math.sqrt(0.04 + 4.0 / 400)))) < 1e-12
-    pts, ses = np.full(4, 0.5), np.full(4, 0.2)
-    alone = look_chance(400, point=pts, se=ses, sd=2.0, mse=0.3, **kw)
-    assert abs(alone - one**4) < 1e-12  # nothing shared: independent targets
-    shared = [look_chance(400, point=pts, se=ses, sd=2.0, mse=0.3, se_common=c, **kw)
-              for c in (0.05, 0.1, 0.15, 0.2)]  # fmt: skip
-    assert all(a <= b + 1e-12 for a, b in zip([alone, *shared], shared, strict=False))
-    assert all(s <= one + 1e-9 for s in shared)  # never above a single target's chance
-    exact = look_chance(10**8, point=pts, se=ses, sd=1e-3, mse=0.0, se_common=0.2, **kw)
-    single = look_chance(10**8, point=0.5, se=0.2, sd=1e-3, mse=0.0, **kw)
-    assert abs(exact - single) < 1e-3
-    # a target well below epsilon does not lower the chance; one near epsilon does
-    mixed = np.array([0.5, 0.0, 0.0, 0.0])
-    assert look_chance(400, point=mixed, se=ses, sd=2.0, mse=0.3, **kw) > 0.95 * one
-    near = np.array([0.5, 0.9, 0.0, 0.0])
-    assert look_chance(400, point=near, se=ses, sd=2.0, mse=0.3, **kw) < 0.5 * one
