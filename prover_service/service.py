@@ -22,6 +22,7 @@ the honest path calls the identity and never branches on it.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -127,8 +128,10 @@ class ProverService:
 
     # -- info -------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        import torch
-
+        # No task that trains with torch has imported it: they all train on the CPU, and the
+        # first /v1/info need not pay torch's import (seconds, 200+ MB).
+        torch = sys.modules.get("torch")
+        cuda = torch is not None and bool(torch.cuda.is_available())
         s = self.settings
         first = next(iter(self.tasks.values()), None)
         return {
@@ -146,7 +149,7 @@ class ProverService:
                 }
                 for h, t in self.tasks.items()
             ],  # fmt: skip
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "device": "cuda" if cuda else "cpu",
             "device_class": first.device_class if first else "none",
             "limits": LIMITS
             | {

@@ -72,3 +72,27 @@ def test_the_lazy_distributions_are_scipys_own() -> None:
     assert chi2.ppf(0.05, 7) == scipy.stats.chi2.ppf(0.05, 7)
     assert gammaln(12.5) == scipy.special.gammaln(12.5)
     assert np.array_equal(rankdata([3.0, 1.0, 2.0]), [3.0, 1.0, 2.0])
+
+
+_INFO = """
+import tempfile
+from pathlib import Path
+from protocol.signing import generate_key, save_private_key
+from prover_service.service import ProverService
+from prover_service.settings import Settings
+d = Path(tempfile.mkdtemp())
+save_private_key(generate_key(), d / "k.pem")
+svc = ProverService(Settings(db=f"sqlite:///{d}/p.db", key_file=d / "k.pem",
+                             array_dir=d / "arrays", tasks=["planted"], run_worker=False,
+                             check_tasks=False))
+info = svc.info()
+assert info["device"] == "cpu" and info["tasks"][0]["name"] == "planted", info
+"""
+
+
+def test_a_prover_of_torch_free_tasks_answers_info_without_importing_torch() -> None:
+    """/v1/info names the device; a Prover whose tasks never import torch trains on the CPU
+    and must not pay torch's import (seconds, 200+ MB) on its first request (issue 21)."""
+    loaded = _imported(_INFO)
+    assert "sqlalchemy" in loaded  # the probe built a real service
+    assert not any(m == "torch" or m.startswith("torch.") for m in loaded), loaded
