@@ -222,8 +222,8 @@ def bench_mlp(device: str, models: int, threads: int, reps: int = 2) -> dict[str
     torch.set_num_threads(before)
     d, h, c, b = 65, task.hidden, 10, task.batch
     flops = task.steps * 3 * 2 * b * (d * h + (h + 1) * c)
-    best = max(r[0] for r in exact)
-    best_f32 = max(r[0] for r in f32)
+    wall, wall_f32 = [r[0] for r in exact], [r[0] for r in f32]
+    best, best_f32 = max(wall), max(wall_f32)
     return {
         "task": "digits-mlp", "device": device, "threads": threads, "models": models,
         "chunk_size": task.chunk_size, "reps": reps,
@@ -231,9 +231,9 @@ def bench_mlp(device: str, models: int, threads: int, reps: int = 2) -> dict[str
         "float32_reference_models_per_second": best_f32,
         "float32_reference_models_per_cpu_second": max(r[1] for r in f32),
         "speedup_vs_float32_reference": best / best_f32,
-        "median_models_per_second": float(np.median([r[0] for r in exact])),
-        "float32_reference_median_models_per_second": float(np.median([r[0] for r in f32])),
-        "per_rep_wall_rates": {"exact": [r[0] for r in exact], "float32": [r[0] for r in f32]},
+        "median_models_per_second": float(np.median(wall)),
+        "float32_reference_median_models_per_second": float(np.median(wall_f32)),
+        "per_rep_wall_rates": {"exact": wall, "float32": wall_f32},
         "flops_per_model": flops, "achieved_gflops": best * flops / 1e9,
         "target_accuracy": float((result["exact"] > 0).mean()),
         "float32_reference_target_accuracy": float((result["f32"] > 0).mean()),
@@ -316,6 +316,8 @@ def main() -> None:
     ap.add_argument("--cifar-dir", default=None)
     ap.add_argument("--cross-device", action="store_true")
     args = ap.parse_args()
+    if args.mlp_reps < 1:
+        ap.error("--mlp-reps must be at least 1")
     _pin(args.threads)
     tasks = set(args.tasks.split(","))
     rows = []

@@ -56,6 +56,24 @@ def test_logreg_honest_runs_differ_by_less_than_its_declared_tau(logreg: DigitsL
         assert np.abs(part.probes - whole.probes[rows]).max() <= logreg.tau
 
 
+# digits-mlp version 3's outputs on a small configuration (6 models: values float64, probes
+# float32), computed before the training loop's range pass changed (issue 24) and equal after
+# it. A change to the trained bits must come with a new task version (its spec hash).
+MLP_V3_SHA256 = "cc1be39e61d5aa45b6ef3dadd06ec37e9338bfc5b1b2f8f4f8978d4ac2ce279b"
+
+
+def test_mlp_version_3_outputs_are_the_recorded_bytes() -> None:
+    import hashlib
+
+    rng = np.random.default_rng(5)
+    masks = rng.random((6, 1497)) < 0.5
+    out = DigitsMLP(steps=30, hidden=32, batch=16).evaluate_outputs(
+        masks, np.arange(6, dtype=np.uint64)
+    )
+    blob = np.ascontiguousarray(out.values).tobytes() + np.ascontiguousarray(out.probes).tobytes()
+    assert hashlib.sha256(blob).hexdigest() == MLP_V3_SHA256
+
+
 def test_mlp_seed_matters_and_logreg_seed_does_not(logreg: DigitsLogReg, mlp: DigitsMLP) -> None:
     other = SEEDS[:4] + np.uint64(1)
     assert not np.array_equal(mlp.evaluate(MASKS[:4], SEEDS[:4]), mlp.evaluate(MASKS[:4], other))
