@@ -11,12 +11,14 @@ digits-logreg the solution quality against scikit-learn's optimum on the same su
 1e-10) and scikit-learn's own rates: one process, and two single-thread processes; and, at
 equal accuracy, ours with the fewest iterations whose max |margin difference| is no worse than
 scikit-learn's at tol 1e-4 and 1e-6, and its speed-up; for digits-mlp (exact arithmetic) the float32
-trainer it replaced (``benchmarks/float32_mlp.py``), alternated with it in the same process on
-the same subsets, at ``--mlp-threads`` threads (rates per wall and per CPU second, with the load
-average). ``--cross-device`` (needs CUDA) trains the same
-subsets on CPU and CUDA and reports the largest difference of values and probe logits
-(what CHECKEQUIV's tolerance must absorb). The CIFAR-10 timing uses random stand-in images of
-CIFAR-10's shape (50,000 x 3 x 32 x 32) when no ``--cifar-dir`` is given: valid for speed only.
+trainer it replaced (``benchmarks/float32_mlp.py``) and the same exact task run as a chain of
+torch operations instead of the compiled loop (``protocol.tasks.mlp_kernels``; whether their
+outputs are bit-identical is reported), alternated in the same process on the same subsets, at
+``--mlp-threads`` threads (rates per wall and per CPU second, with the load average).
+``--cross-device`` (needs CUDA) trains the same subsets on CPU and CUDA and reports the
+largest difference of values and probe logits (what CHECKEQUIV's tolerance must absorb). The
+CIFAR-10 timing uses random stand-in images of CIFAR-10's shape (50,000 x 3 x 32 x 32) when no
+``--cifar-dir`` is given: valid for speed only.
 """
 
 from __future__ import annotations
@@ -200,16 +202,24 @@ def bench_mlp(device: str, models: int, threads: int, reps: int = 2) -> dict[str
     rng = np.random.default_rng(1)
     masks = rng.random((models, task.n_train)) < 0.5
     seeds = np.arange(models, dtype=np.uint64)
-    task.evaluate_outputs(masks[:4], seeds[:4])  # warm-up
+    chain = DigitsMLP(device=device)
+    chain.kernels = "torch"  # the chain of torch operations: the same bits, the old speed
+    task.evaluate_outputs(masks[:4], seeds[:4])  # warm-up (and the kernels' compilation)
+    chain.evaluate_outputs(masks[:4], seeds[:4])
     ref.train(masks[:4], seeds[:4])
     load_before = os.getloadavg()
     exact: list[tuple[float, float]] = []
     f32: list[tuple[float, float]] = []
+    torch_chain: list[tuple[float, float]] = []
     result: dict[str, Any] = {}
     for _ in range(reps):
 
         def run_exact() -> None:
             result["exact"] = task.evaluate_outputs(masks, seeds).values
+            _sync(device)
+
+        def run_chain() -> None:
+            result["chain"] = chain.evaluate_outputs(masks, seeds).values
             _sync(device)
 
         def run_f32() -> None:
@@ -218,6 +228,7 @@ def bench_mlp(device: str, models: int, threads: int, reps: int = 2) -> dict[str
 
         exact.append(_rates(run_exact, models))
         f32.append(_rates(run_f32, models))
+        torch_chain.append(_rates(run_chain, models))
     load_after = os.getloadavg()
     torch.set_num_threads(before)
     d, h, c, b = 65, task.hidden, 10, task.batch
@@ -233,7 +244,12 @@ def bench_mlp(device: str, models: int, threads: int, reps: int = 2) -> dict[str
         "speedup_vs_float32_reference": best / best_f32,
         "median_models_per_second": float(np.median(wall)),
         "float32_reference_median_models_per_second": float(np.median(wall_f32)),
-        "per_rep_wall_rates": {"exact": wall, "float32": wall_f32},
+        "exact_implementation": "numba" if task._fused and device == "cpu" else "torch",
+        "torch_chain_median_models_per_second": float(np.median([r[0] for r in torch_chain])),
+        "torch_chain_bit_identical": result["exact"].tobytes() == result["chain"].tobytes(),
+        "per_rep_wall_rates": {
+            "exact": wall, "float32": wall_f32, "torch_chain": [r[0] for r in torch_chain]
+        },
         "flops_per_model": flops, "achieved_gflops": best * flops / 1e9,
         "target_accuracy": float((result["exact"] > 0).mean()),
         "float32_reference_target_accuracy": float((result["f32"] > 0).mean()),

@@ -9,7 +9,8 @@ then again
   and 2 threads, and on the other instruction-set path the CPU can take: torch's baseline
   kernels (``ATEN_CPU_CAPABILITY=default``), MKL's and oneDNN's SSE4 paths
   (``MKL_ENABLE_INSTRUCTIONS=SSE4_2``, ``ONEDNN_MAX_CPU_ISA=SSE41``), OpenBLAS's SSE3 kernels
-  for numpy (``OPENBLAS_CORETYPE=Prescott``) and MKL's
+  for numpy (``OPENBLAS_CORETYPE=Prescott``), numba compiling for a generic x86-64
+  (``NUMBA_CPU_NAME=generic``: digits-mlp's loop, :mod:`protocol.tasks.mlp_kernels`) and MKL's
   conditional-numerical-reproducibility mode (``MKL_CBWR=COMPATIBLE``); on an AVX-512 machine
   also the AVX2 path (its native path runs in the other variants).
 
@@ -72,12 +73,14 @@ BASELINE_ISA = {
     "ONEDNN_MAX_CPU_ISA": "SSE41",
     "MKL_CBWR": "COMPATIBLE",
     "OPENBLAS_CORETYPE": "Prescott",
+    "NUMBA_CPU_NAME": "generic",
 }
 AVX2_ISA = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "OPENBLAS_CORETYPE": "Haswell",
+    "NUMBA_CPU_NAME": "haswell",
 }
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 

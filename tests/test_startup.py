@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).parents[1]
-HEAVY = ("scipy.stats", "torch", "sqlalchemy")
+HEAVY = ("scipy.stats", "torch", "sqlalchemy", "numba")
 
 _PROBE = """
 import json, sys
 {body}
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "torch",
-                                                                   "sqlalchemy"))))
+                                                                   "sqlalchemy", "numba"))))
 """
 _HELP = """
 import contextlib, io

@@ -27,12 +27,14 @@ import torch
 from numpy.typing import NDArray
 
 from protocol.errors import InvalidParameterError
+from protocol.tasks import mlp_kernels
 from protocol.tasks.digits_data import N_CLASSES, N_POOL, N_TARGETS, load_digits_split
 from protocol.tasks.exact import (
     EXACT_BITS_FLOAT32,
     check_exact_product,
     check_float32_matmul_exact,
     exp_nonpositive,
+    exp_terms,
     floor_log2,
     pow2,
     representable,
@@ -189,6 +191,20 @@ class DigitsMLP(TrainedTask):
 
     _d_in = 65  # 64 pixels and the bias input
 
+    # Which CPU implementation of _sgd runs (the bits are the same): "auto" (the compiled loop
+    # of protocol.tasks.mlp_kernels where numba is present and VDA_MLP_KERNELS is not "torch"),
+    # "numba" or "torch" (the chain of torch operations; also the path on CUDA).
+    kernels = "auto"
+
+    @property
+    def _fused(self) -> bool:
+        if self.kernels == "torch":
+            return False
+        ok = mlp_kernels.available()
+        if self.kernels == "numba" and not ok:
+            raise InvalidParameterError("digits-mlp: numba kernels asked for, numba missing")
+        return ok
+
     def _spec(self) -> dict[str, Any]:
         return {
             "task": self.name, "version": 3, **self.data.spec(),
@@ -297,6 +313,22 @@ class DigitsMLP(TrainedTask):
             lin2, lin2b = l2[:, :, :hdim].contiguous(), l2[:, :, hdim:].contiguous()
         all_live = bool(live.min() > 0)
         live1 = live.to(_F32).view(k, 1, 1)
+        if self._fused and dev.type == "cpu":
+            const = dict(
+                lim1=lim1, lim2=lim2, h_scale=2.0**g.h_frac, h_top=h_top, z_to_h=z_to_h,
+                logit_scale=2.0 ** -(g.h_frac + g.w2_frac), e_scale=2.0**g.e_frac,
+                d_scale=2.0**d_frac, mom=mom, lr_wd=lr_wd, lr_b=lr_b, c2=c2, c2b=c2b,
+            )  # fmt: skip
+            b2v, vbv = b2m.view(k, c), vb.view(k, c)
+            lins = None
+            if lin1 is not None and lin2 is not None and lin2b is not None:
+                lins = (lin1.numpy(), lin2.numpy(), lin2b.view(k, c).numpy())
+            mlp_kernels.sgd(
+                (w1m.numpy(), v1.numpy(), w2m.numpy(), v2.numpy(), b2v.numpy(), vbv.numpy()),
+                picks.contiguous().numpy(), self._y.numpy(), self._xu.numpy(), lins,
+                None if all_live else live1.view(k).numpy(), const, dz_bits, e1, exp_terms(_F32),
+            )  # fmt: skip
+            return self._sgd_out(w1m, w2m, b2m, s1, s2)
         w1u, tmp1, g1 = buf(k, hdim, d), buf(k, hdim, d), buf(k, hdim, d)
         w2u, g2, tmp2, b2u, g2b = (
             buf(k, c, hdim),
@@ -355,6 +387,13 @@ class DigitsMLP(TrainedTask):
             w1m.sub_(v1)
             w2m.sub_(v2)
             b2m.sub_(vb)
+        return self._sgd_out(w1m, w2m, b2m, s1, s2)
+
+    @staticmethod
+    def _sgd_out(
+        w1m: torch.Tensor, w2m: torch.Tensor, b2m: torch.Tensor, s1: float, s2: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masters (in units, feature-major) as weights w1 (K, 65, H), w2 (K, H + 1, 10)."""
         w1_out = w1m.mul_(1.0 / s1).transpose(1, 2).contiguous()
         w2_out = torch.cat([w2m, b2m], 2).mul_(1.0 / s2).transpose(1, 2).contiguous()
         return w1_out, w2_out

@@ -47,6 +47,7 @@ __all__ = [
     "check_exact_product",
     "check_float32_matmul_exact",
     "exp_nonpositive",
+    "exp_terms",
     "floor_log2",
     "pow2",
     "representable",
@@ -134,7 +135,8 @@ _EXP_TERMS = tuple(1.0 / math.factorial(k) for k in range(9))  # Taylor to degre
 
 
 @cache
-def _exp_terms(dtype: torch.dtype) -> tuple[float, ...]:
+def exp_terms(dtype: torch.dtype) -> tuple[float, ...]:
+    """The Taylor coefficients 1/j! (j = 0..8) of :func:`exp_nonpositive`, rounded to dtype."""
     return tuple(representable(c, dtype) for c in _EXP_TERMS)
 
 
@@ -153,7 +155,7 @@ def exp_nonpositive(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
     else:
         u, p = t.clamp_(-64.0, 0.0), out
     u.mul_(1.0 / 2**_EXP_SQUARINGS)
-    terms = _exp_terms(t.dtype)
+    terms = exp_terms(t.dtype)
     p.fill_(terms[-1])
     for coef in reversed(terms[:-1]):
         p.mul_(u)

@@ -62,14 +62,17 @@ def test_logreg_honest_runs_differ_by_less_than_its_declared_tau(logreg: DigitsL
 MLP_V3_SHA256 = "cc1be39e61d5aa45b6ef3dadd06ec37e9338bfc5b1b2f8f4f8978d4ac2ce279b"
 
 
-def test_mlp_version_3_outputs_are_the_recorded_bytes() -> None:
+@pytest.mark.parametrize("kernels", ["auto", "torch"])
+def test_mlp_version_3_outputs_are_the_recorded_bytes(kernels: str) -> None:
+    """Both CPU implementations (tests/protocol/test_mlp_kernels.py): the compiled loop where
+    numba is present ("auto") and the chain of torch operations."""
     import hashlib
 
     rng = np.random.default_rng(5)
     masks = rng.random((6, 1497)) < 0.5
-    out = DigitsMLP(steps=30, hidden=32, batch=16).evaluate_outputs(
-        masks, np.arange(6, dtype=np.uint64)
-    )
+    task = DigitsMLP(steps=30, hidden=32, batch=16)
+    task.kernels = kernels
+    out = task.evaluate_outputs(masks, np.arange(6, dtype=np.uint64))
     blob = np.ascontiguousarray(out.values).tobytes() + np.ascontiguousarray(out.probes).tobytes()
     assert hashlib.sha256(blob).hexdigest() == MLP_V3_SHA256
 
