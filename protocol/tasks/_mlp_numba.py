@@ -14,7 +14,21 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-_jit = njit(nogil=True, cache=True, fastmath=False, boundscheck=False, error_model="numpy")
+
+def _jit(fn: Any) -> Any:
+    """numba.njit (no fastmath, no GIL, no bounds checks, numpy's error model), cached on
+    disk where numba finds a writable cache directory (beside this file, the user's cache or
+    NUMBA_CACHE_DIR); compiled per process where none is writable (a read-only install without
+    a home directory), instead of failing."""
+    for cache in (True, False):
+        try:
+            return njit(
+                cache=cache, nogil=True, fastmath=False, boundscheck=False, error_model="numpy"
+            )(fn)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            if not cache:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @_jit

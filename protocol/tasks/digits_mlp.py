@@ -11,6 +11,11 @@ in float64, softmax uses an exp made of ``*`` and ``+``, and the rest is element
 (mask, seed) gives the same bits on every CPU, thread count, batch and position (and on CUDA):
 tau = 0.
 
+Two implementations of the training loop give those bits: on CPU, one compiled loop that
+trains each model in turn with its working set in cache (:mod:`protocol.tasks.mlp_kernels`,
+numba; twice the speed of the other or more); elsewhere, or with ``VDA_MLP_KERNELS=torch``, the
+chain of torch operations of :meth:`DigitsMLP._sgd`, which defines the order of operations.
+
 The task carries the differentiable extension Daunce uses (``full_model``,
 ``example_gradients``, ``example_losses``, ``finetune``), with models as columns of a (P, K)
 parameter matrix.

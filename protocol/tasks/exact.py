@@ -29,7 +29,8 @@ magnitude keep their leading bits within a fixed budget.
 Every elementwise operation is a single torch operation on tensors or on constants exactly
 representable in the tensor's dtype (:func:`representable`): no ``alpha=``, ``addcmul`` or
 ``lerp``, whose ``a * b + c`` a compiler may fuse into one FMA on one instruction set and not
-on another.
+on another. (:mod:`protocol.tasks.mlp_kernels` runs the same operations in the same order in
+one compiled loop, compiled without ``fastmath``, so that no such contraction can occur there.)
 """
 
 from __future__ import annotations

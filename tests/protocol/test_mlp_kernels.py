@@ -217,3 +217,24 @@ def test_switches(monkeypatch: pytest.MonkeyPatch) -> None:
     task.kernels = "numba"
     with pytest.raises(InvalidParameterError, match="numba"):
         _ = task._fused
+
+
+def test_compiles_without_a_cache_where_no_cache_directory_is_writable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from protocol.tasks import _mlp_numba
+
+    calls: list[bool] = []
+
+    def fake_njit(cache: bool, **options: object) -> object:
+        calls.append(cache)
+        if cache:  # what numba raises when it finds no cache locator
+            raise RuntimeError("cannot cache function 'f': no locator available for file")
+        return lambda fn: fn
+
+    monkeypatch.setattr(_mlp_numba, "njit", fake_njit)
+
+    def f() -> int:
+        return 1
+
+    assert _mlp_numba._jit(f) is f and calls == [True, False]
