@@ -324,14 +324,17 @@ class DigitsMLP(TrainedTask):
                 logit_scale=2.0 ** -(g.h_frac + g.w2_frac), e_scale=2.0**g.e_frac,
                 d_scale=2.0**d_frac, mom=mom, lr_wd=lr_wd, lr_b=lr_b, c2=c2, c2b=c2b,
             )  # fmt: skip
-            b2v, vbv = b2m.view(k, c), vb.view(k, c)
+
+            def arr(t: torch.Tensor) -> NDArray[Any]:  # shares t's memory: updated in place
+                return np.asarray(t.detach().numpy())
+
             lins = None
             if lin1 is not None and lin2 is not None and lin2b is not None:
-                lins = (lin1.numpy(), lin2.numpy(), lin2b.view(k, c).numpy())
+                lins = (arr(lin1), arr(lin2), arr(lin2b.view(k, c)))
             mlp_kernels.sgd(
-                (w1m.numpy(), v1.numpy(), w2m.numpy(), v2.numpy(), b2v.numpy(), vbv.numpy()),
-                picks.contiguous().numpy(), self._y.numpy(), self._xu.numpy(), lins,
-                None if all_live else live1.view(k).numpy(), const, dz_bits, e1, exp_terms(_F32),
+                tuple(arr(t) for t in (w1m, v1, w2m, v2, b2m.view(k, c), vb.view(k, c))),
+                arr(picks.contiguous()), arr(self._y), arr(self._xu), lins,
+                None if all_live else arr(live1.view(k)), const, dz_bits, e1, exp_terms(_F32),
             )  # fmt: skip
             return self._sgd_out(w1m, w2m, b2m, s1, s2)
         w1u, tmp1, g1 = buf(k, hdim, d), buf(k, hdim, d), buf(k, hdim, d)
