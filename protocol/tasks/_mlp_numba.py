@@ -91,8 +91,7 @@ def _softmax_grad(
     scale, e_scale, d_scale = f[5], f[6], f[7]
     lo, hi, zero = np.float32(-64.0), np.float32(0.0), np.float32(0.0)
     inv, minus_one = np.float32(1.0 / 256.0), np.float32(-1.0)
-    t0, t1, t2, t3, t4 = terms[0], terms[1], terms[2], terms[3], terms[4]
-    t5, t6, t7, t8 = terms[5], terms[6], terms[7], terms[8]
+    tt = (terms[0], terms[1], terms[2], terms[3], terms[4], terms[5], terms[6], terms[7], terms[8])
     for c in range(c_n):
         bias = b2u[c]
         for b in range(b_n):
@@ -106,30 +105,13 @@ def _softmax_grad(
     for c in range(c_n):
         for b in range(b_n):
             u = min(max(logits[c, b] * scale - m[b], lo), hi) * inv
-            p = t8 * u
-            p = p + t7
-            p = p * u
-            p = p + t6
-            p = p * u
-            p = p + t5
-            p = p * u
-            p = p + t4
-            p = p * u
-            p = p + t3
-            p = p * u
-            p = p + t2
-            p = p * u
-            p = p + t1
-            p = p * u
-            p = p + t0
-            p = p * p
-            p = p * p
-            p = p * p
-            p = p * p
-            p = p * p
-            p = p * p
-            p = p * p
-            p = p * p
+            p = tt[8] * u  # Horner from the degree-8 term; constant trip counts unroll
+            for j in range(7, 0, -1):
+                p = p + tt[j]
+                p = p * u
+            p = p + tt[0]
+            for _ in range(8):  # exp(u)^256
+                p = p * p
             e = np.rint(p * e_scale)
             du[c, b] = e
             s[b] = s[b] + e
