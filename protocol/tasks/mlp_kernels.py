@@ -111,9 +111,43 @@ def sgd(
     arrays = [*masters, *(linear if linear is not None else (w1m, w2m, b2m))]
     if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays):
         raise InvalidParameterError("digits-mlp kernels: need C-contiguous float32 arrays")
+    _check_shapes(masters, picks, y, xpool, linear, live)
     alive = np.ones(k, dtype=np.float32) if live is None else np.ascontiguousarray(live)
     _module().sgd(
         *masters, np.ascontiguousarray(picks, dtype=np.int64), np.ascontiguousarray(y),
         np.ascontiguousarray(xpool), *arrays[6:], linear is not None, alive, live is not None,
         f, int(dz_bits), int(e1), t,
     )  # fmt: skip
+
+
+def _check_shapes(
+    masters: tuple[NDArray[np.float32], ...],
+    picks: NDArray[np.int64],
+    y: NDArray[np.int64],
+    xpool: NDArray[np.float32],
+    linear: tuple[NDArray[np.float32], ...] | None,
+    live: NDArray[np.float32] | None,
+) -> None:
+    """Refuse arrays the compiled loop would read out of bounds (it runs without bounds
+    checks): inconsistent shapes, rows of ``picks`` outside the pool, labels outside the
+    classes."""
+    w1m, v1, w2m, v2, b2m, vb = masters
+    k, h, d = w1m.shape
+    c = w2m.shape[1] if w2m.ndim == 3 else -1
+    want = [(k, h, d), (k, h, d), (k, c, h), (k, c, h), (k, c), (k, c)]
+    shapes = [a.shape for a in masters]
+    if linear is not None:
+        want, shapes = want + [want[0], want[2], want[4]], shapes + [a.shape for a in linear]
+    n = xpool.shape[0] if xpool.ndim == 2 else -1
+    pairs = zip(shapes, want, strict=True)
+    problems = [f"{got} where {exp} was expected" for got, exp in pairs if got != exp]
+    if xpool.shape != (n, d) or y.shape != (n,):
+        problems.append(f"pool {xpool.shape} with labels {y.shape} for {d} inputs")
+    if picks.ndim != 3 or picks.shape[0] != k or (live is not None and live.shape != (k,)):
+        problems.append(f"picks {picks.shape} or live for {k} models")
+    elif picks.size and (picks.min() < 0 or picks.max() >= n):
+        problems.append(f"picks outside the pool's {n} rows")
+    if y.size and (y.min() < 0 or y.max() >= c):
+        problems.append(f"labels outside the {c} classes")
+    if problems:
+        raise InvalidParameterError("digits-mlp kernels: " + "; ".join(problems))

@@ -238,3 +238,25 @@ def test_compiles_without_a_cache_where_no_cache_directory_is_writable(
         return 1
 
     assert _mlp_numba._jit(f) is f and calls == [True, False]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: a.update(picks=np.full((2, 3, 2), 5, dtype=np.int64)), "outside the pool"),
+        (lambda a: a.update(picks=np.zeros((3, 3, 2), dtype=np.int64)), "picks"),
+        (lambda a: a.update(y=np.full(5, 10, dtype=np.int64)), "classes"),
+        (lambda a: a.update(xpool=np.zeros((5, 64), dtype=np.float32)), "pool"),
+        (lambda a: a.update(live=np.ones(3, dtype=np.float32)), "live"),
+        (
+            lambda a: a.update(masters=(*a["masters"][:2], np.zeros((2, 10, 5), np.float32),
+                                        *a["masters"][3:])),
+            "expected",
+        ),
+    ],
+)  # fmt: skip
+def test_out_of_bounds_input_is_refused_before_the_unchecked_loop(change, match) -> None:  # type: ignore[no-untyped-def]
+    args = _args()
+    change(args)
+    with pytest.raises(InvalidParameterError, match=match):
+        mlp_kernels.sgd(**args)
